@@ -1,0 +1,151 @@
+"""Default config: Dassl's key names and defaults, plus the project's additions.
+
+Keys are Dassl's so that CoOp/APT configs and scripts carry over. Keys the
+project adds carry a comment with their unit and range.
+"""
+from __future__ import annotations
+
+from yacs.config import CfgNode as CN
+
+_C = CN()
+
+_C.VERSION = 1
+_C.OUTPUT_DIR = "./output"
+_C.RESUME = ""
+_C.SEED = -1  # -1: no seed; any value >= 0 (0 included) seeds python, numpy and torch
+_C.USE_CUDA = True  # use a GPU when one is available; CPU otherwise
+_C.VERBOSE = True
+
+# ---------------------------------------------------------------- input
+_C.INPUT = CN()
+_C.INPUT.SIZE = (224, 224)
+_C.INPUT.NO_TRANSFORM = False
+_C.INPUT.INTERPOLATION = "bilinear"
+_C.INPUT.TRANSFORMS = ()
+_C.INPUT.PIXEL_MEAN = [0.485, 0.456, 0.406]
+_C.INPUT.PIXEL_STD = [0.229, 0.224, 0.225]
+_C.INPUT.CROP_PADDING = 4
+_C.INPUT.RRCROP_SCALE = (0.08, 1.0)
+_C.INPUT.CUTOUT_N = 1
+_C.INPUT.CUTOUT_LEN = 16
+_C.INPUT.GN_MEAN = 0.0
+_C.INPUT.GN_STD = 0.15
+_C.INPUT.RANDAUGMENT_N = 2
+_C.INPUT.RANDAUGMENT_M = 10
+_C.INPUT.COLORJITTER_B = 0.4
+_C.INPUT.COLORJITTER_C = 0.4
+_C.INPUT.COLORJITTER_S = 0.4
+_C.INPUT.COLORJITTER_H = 0.1
+_C.INPUT.RGS_P = 0.2
+_C.INPUT.GB_P = 0.5
+_C.INPUT.GB_K = 21
+
+# ---------------------------------------------------------------- dataset
+_C.DATASET = CN()
+_C.DATASET.ROOT = ""
+_C.DATASET.NAME = ""
+_C.DATASET.SOURCE_DOMAINS = ()
+_C.DATASET.TARGET_DOMAINS = ()
+_C.DATASET.NUM_LABELED = -1
+_C.DATASET.NUM_SHOTS = -1
+_C.DATASET.VAL_PERCENT = 0.1
+_C.DATASET.STL10_FOLD = -1
+_C.DATASET.CIFAR_C_TYPE = ""
+_C.DATASET.CIFAR_C_LEVEL = 1
+_C.DATASET.ALL_AS_UNLABELED = False
+_C.DATASET.SUBSAMPLE_CLASSES = "all"  # all | base | new (CoOp's base-to-new setting)
+
+# ---------------------------------------------------------------- dataloader
+_C.DATALOADER = CN()
+_C.DATALOADER.NUM_WORKERS = 4
+_C.DATALOADER.K_TRANSFORMS = 1
+_C.DATALOADER.RETURN_IMG0 = False
+_C.DATALOADER.TRAIN_X = CN()
+_C.DATALOADER.TRAIN_X.SAMPLER = "RandomSampler"
+_C.DATALOADER.TRAIN_X.BATCH_SIZE = 32
+_C.DATALOADER.TRAIN_X.N_DOMAIN = 0
+_C.DATALOADER.TRAIN_X.N_INS = 16
+_C.DATALOADER.TRAIN_U = CN()
+_C.DATALOADER.TRAIN_U.SAME_AS_X = True
+_C.DATALOADER.TRAIN_U.SAMPLER = "RandomSampler"
+_C.DATALOADER.TRAIN_U.BATCH_SIZE = 32
+_C.DATALOADER.TRAIN_U.N_DOMAIN = 0
+_C.DATALOADER.TRAIN_U.N_INS = 16
+_C.DATALOADER.TEST = CN()
+_C.DATALOADER.TEST.SAMPLER = "SequentialSampler"
+_C.DATALOADER.TEST.BATCH_SIZE = 32
+
+# ---------------------------------------------------------------- model
+_C.MODEL = CN()
+_C.MODEL.INIT_WEIGHTS = ""
+_C.MODEL.BACKBONE = CN()
+_C.MODEL.BACKBONE.NAME = ""  # OpenAI CLIP name (ViT-B/32, RN50, ...) or a path to a checkpoint file
+_C.MODEL.BACKBONE.PRETRAINED = True
+_C.MODEL.BACKBONE.ROBUST_WEIGHTS = ""  # optional file of robust visual weights (TeCoA/APT or a plain visual state dict)
+_C.MODEL.BACKBONE.DOWNLOAD_ROOT = ""  # cache folder for OpenAI downloads; "" = ~/.cache/clip
+_C.MODEL.HEAD = CN()
+_C.MODEL.HEAD.NAME = ""
+_C.MODEL.HEAD.HIDDEN_LAYERS = ()
+_C.MODEL.HEAD.ACTIVATION = "relu"
+_C.MODEL.HEAD.BN = True
+_C.MODEL.HEAD.DROPOUT = 0.0
+
+# ---------------------------------------------------------------- optim
+_C.OPTIM = CN()
+_C.OPTIM.NAME = "adam"
+_C.OPTIM.LR = 0.0003
+_C.OPTIM.WEIGHT_DECAY = 5e-4
+_C.OPTIM.MOMENTUM = 0.9
+_C.OPTIM.SGD_DAMPNING = 0
+_C.OPTIM.SGD_NESTEROV = False
+_C.OPTIM.RMSPROP_ALPHA = 0.99
+_C.OPTIM.ADAM_BETA1 = 0.9
+_C.OPTIM.ADAM_BETA2 = 0.999
+_C.OPTIM.STAGED_LR = False
+_C.OPTIM.NEW_LAYERS = ()
+_C.OPTIM.BASE_LR_MULT = 0.1
+_C.OPTIM.LR_SCHEDULER = "single_step"
+_C.OPTIM.STEPSIZE = (-1,)
+_C.OPTIM.GAMMA = 0.1
+_C.OPTIM.MAX_EPOCH = 10
+_C.OPTIM.WARMUP_EPOCH = -1
+_C.OPTIM.WARMUP_TYPE = "linear"
+_C.OPTIM.WARMUP_CONS_LR = 1e-5
+_C.OPTIM.WARMUP_MIN_LR = 1e-5
+_C.OPTIM.WARMUP_RECOUNT = True
+
+# ---------------------------------------------------------------- train / test
+_C.TRAIN = CN()
+_C.TRAIN.CHECKPOINT_FREQ = 0
+_C.TRAIN.PRINT_FREQ = 10
+_C.TRAIN.COUNT_ITER = "train_x"
+
+_C.TEST = CN()
+_C.TEST.EVALUATOR = "Classification"
+_C.TEST.PER_CLASS_RESULT = False
+_C.TEST.COMPUTE_CMAT = False
+_C.TEST.NO_TEST = False
+_C.TEST.SPLIT = "test"
+_C.TEST.FINAL_MODEL = "last_step"  # last_step | best_val
+
+# ---------------------------------------------------------------- adversarial (project)
+_C.ADV = CN()
+_C.ADV.TRAIN = CN()
+_C.ADV.TRAIN.EPS = 4.0  # training attack L-inf budget, in 1/255 units (>= 1 typical; 0 = clean training)
+_C.ADV.TRAIN.ALPHA = -1.0  # training attack step size, in 1/255 units; -1 = 2/3 * EPS (APT)
+_C.ADV.TRAIN.STEPS = 3  # training attack PGD steps (>= 1)
+_C.ADV.TRAIN.PROMPT = "onfly"  # prompt the training attack uses: onfly | constant | perturbed
+_C.ADV.TEST = CN()
+_C.ADV.TEST.ATTACK = "pgd"  # robust test after training: an attack name, or "" for clean only
+_C.ADV.TEST.EPS = -1.0  # in 1/255 units; -1 = ADV.TRAIN.EPS
+_C.ADV.TEST.ALPHA = -1.0  # in 1/255 units; -1 = EPS / 4
+_C.ADV.TEST.STEPS = 10  # PGD steps of the in-training robust test (evaluate.py uses 100)
+
+# ---------------------------------------------------------------- trainer
+_C.TRAINER = CN()
+_C.TRAINER.NAME = ""
+
+
+def get_cfg_default() -> CN:
+    """A fresh, mutable copy of the defaults."""
+    return _C.clone()

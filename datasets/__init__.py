@@ -1,0 +1,1 @@
+"""Dataset plug-ins: one file per dataset, registered with ``@DATASET_REGISTRY.register()``."""

@@ -1,0 +1,1 @@
+"""Trainer plug-ins: one file per method, registered with ``@TRAINER_REGISTRY.register()``."""
