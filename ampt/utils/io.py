@@ -26,7 +26,7 @@ def write_json(obj: Any, path: PathLike, indent: int = 2) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=indent)
+            f.write(json.dumps(obj, indent=indent))  # one-shot C encoder: ~3x faster than json.dump
             f.write("\n")
         os.replace(tmp, path)
     except BaseException:

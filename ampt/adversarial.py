@@ -1,0 +1,246 @@
+"""The adversarial CLIP trainer base: APT now, AMPT later.
+
+:class:`AdversarialClipTrainer` adds to :class:`~ampt.clip_trainer.ClipTrainer`:
+
+- the training attack from ``ADV.TRAIN`` (APT's L-inf PGD through the whole
+  model: uniform random start, ``STEPS`` sign-gradient steps of ``ALPHA``,
+  projection to the eps-ball and [0, 1]), with APT's three attack prompts;
+- a training step that runs the text encoder **once**: the prompts' text
+  features are computed with gradient, the attack reuses them detached at
+  every step, and the loss on the adversarial images uses them again;
+- ``final_evaluation()``: clean accuracy and robust accuracy under
+  ``ADV.TEST`` (PGD-10 by default), each logged with its own label and
+  written to ``results.json`` as its own record.
+
+Subclasses build ``self.model`` (a :class:`~ampt.models.PromptedCLIP` or a
+subclass) in ``build_model`` and may override :meth:`adversarial_loss` (extra
+loss terms) and the evaluation prompt hook (:meth:`eval_prompt_model`).
+
+Text-encoder passes per training step: ``onfly`` 1, ``constant`` 1 (the
+template's features are computed once, at the first step), ``perturbed``
+``STEPS + 1`` (each attack step encodes the perturbed prompts, then the loss
+encodes the restored ones).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .attacks import ATTACK_REGISTRY, attack_mode, ce_loss, check_eps, pgd_linf
+from .clip_trainer import ClipTrainer
+from .evaluation import LEARNED, AttackSpec, accuracy_under_attack, prompt_count, prompt_model
+from .models import template_text_features
+from .models.templates import DEFAULT_TEMPLATE
+
+logger = logging.getLogger(__name__)
+
+PROMPT_MODES = ("onfly", "constant", "perturbed")
+# Step of the prompt ascent in "perturbed" mode, relative to the context's RMS (see below).
+DEFAULT_PROMPT_ALPHA = 0.05
+
+
+@dataclass(frozen=True)
+class TrainBudget:
+    """The training attack; ``eps``/``alpha`` in 1/255 units."""
+
+    eps: float
+    alpha: float
+    steps: int
+    prompt: str
+    prompt_alpha: float
+
+    @classmethod
+    def from_cfg(cls, cfg: Any) -> "TrainBudget":
+        node = cfg.ADV.TRAIN
+        eps = check_eps(node.EPS, "ADV.TRAIN.EPS")
+        alpha = 2.0 * eps / 3.0 if float(node.ALPHA) == -1 else float(node.ALPHA)
+        if alpha < 0 or alpha > 255:
+            raise ValueError(f"ADV.TRAIN.ALPHA must be -1 (2/3 EPS) or in [0, 255] in 1/255 units (got {node.ALPHA})")
+        steps = int(node.STEPS)
+        if steps < 1 and eps > 0:
+            raise ValueError(f"ADV.TRAIN.STEPS must be >= 1 (got {steps}); ADV.TRAIN.EPS 0 trains on clean images")
+        if node.PROMPT not in PROMPT_MODES:
+            raise ValueError(f'ADV.TRAIN.PROMPT "{node.PROMPT}" is not one of {", ".join(PROMPT_MODES)}')
+        prompt_alpha = float(node.get("PROMPT_ALPHA", DEFAULT_PROMPT_ALPHA))
+        if prompt_alpha < 0:
+            raise ValueError(f"ADV.TRAIN.PROMPT_ALPHA must be >= 0 (got {prompt_alpha})")
+        return cls(eps, alpha, steps, node.PROMPT, prompt_alpha)
+
+
+def test_spec(cfg: Any) -> Optional[AttackSpec]:
+    """The in-training robust test from ``ADV.TEST`` (None when ``ATTACK`` is "")."""
+    node = cfg.ADV.TEST
+    if not node.ATTACK:
+        return None
+    ATTACK_REGISTRY.get(node.ATTACK)
+    eps = float(cfg.ADV.TRAIN.EPS) if float(node.EPS) == -1 else float(node.EPS)
+    alpha = None if float(node.ALPHA) == -1 else float(node.ALPHA)
+    if int(node.STEPS) < 0:
+        raise ValueError(f"ADV.TEST.STEPS must be >= 0 (got {node.STEPS})")
+    return AttackSpec(node.ATTACK, eps=check_eps(eps, "ADV.TEST.EPS"), steps=int(node.STEPS), alpha=alpha)
+
+
+class AdversarialClipTrainer(ClipTrainer):
+    """A CLIP prompt trainer whose loss is computed on adversarial images."""
+
+    adversarial = True
+    # Template of the "constant" attack prompt (APT's "a photo of a {}").
+    CONSTANT_TEMPLATE = DEFAULT_TEMPLATE
+    # Named --prompt modes of evaluate.py handled by eval_prompt_model ("learned" is built in).
+    eval_prompt_modes: Tuple[str, ...] = ()
+
+    @staticmethod
+    def add_adversarial_config(cfg: Any) -> None:
+        """Keys of the adversarial trainers beyond the shared ``ADV`` node (call from ``add_config``)."""
+        if "PROMPT_ALPHA" not in cfg.ADV.TRAIN:
+            # "perturbed" prompt ascent: per attack step, every context coordinate moves by
+            # PROMPT_ALPHA x the RMS of the context vectors (>= 0; 0 = the "onfly" attack).
+            cfg.ADV.TRAIN.PROMPT_ALPHA = DEFAULT_PROMPT_ALPHA
+
+    def check_cfg(self, cfg: Any) -> None:
+        super().check_cfg(cfg)
+        self.budget = TrainBudget.from_cfg(cfg)
+        self.test_attack = test_spec(cfg)
+
+    def run_metadata(self) -> Dict[str, Any]:
+        b = TrainBudget.from_cfg(self.cfg)
+        return {**super().run_metadata(), "train_alpha": round(b.alpha, 4), "train_steps": b.steps,
+                "train_attack_prompt": b.prompt}
+
+    # ------------------------------------------------------------ training attack
+    def constant_text_features(self) -> Tensor:
+        """The template's ``[K, C, D]`` features (K identical copies), computed once."""
+        cached = getattr(self, "_constant_text_features", None)
+        if cached is None:
+            features = template_text_features(self.model.text_encoder, self.dm.dataset.classnames,
+                                              self.CONSTANT_TEMPLATE)
+            cached = features.expand(prompt_count(self.model), -1, -1).detach()
+            self._constant_text_features = cached
+        return cached
+
+    def adversarial_images(self, images: Tensor, labels: Tensor, text_features: Optional[Tensor]) -> Tensor:
+        """APT's PGD on ``images`` through the whole model; pixels in [0, 1] in and out.
+
+        ``onfly``: every step reuses ``text_features`` (the current prompts'),
+        detached, so the attack adds no text-encoder pass. ``constant``: the
+        template's features. ``perturbed``: see :meth:`_perturbed_attack`.
+        The model is in eval mode during the attack and restored after.
+        """
+        b = self.budget
+        if b.prompt == "perturbed":
+            return self._perturbed_attack(images, labels)
+        if b.prompt == "constant":
+            fixed = self.constant_text_features()
+        else:
+            if text_features is None:
+                raise ValueError('the "onfly" attack needs the current text features')
+            fixed = text_features.detach()
+        with attack_mode(self.model):
+            return pgd_linf(lambda x: self.model(x, text_features=fixed), images, labels,
+                            b.eps / 255, b.alpha / 255, b.steps)
+
+    def _perturbed_attack(self, images: Tensor, labels: Tensor) -> Tensor:
+        """PGD on the images while the prompts are pushed adversarially too, then restored.
+
+        At each step the same loss gives both gradients: the images take
+        APT's step; every prompt parameter ``p`` takes a sign-gradient ascent
+        step of ``PROMPT_ALPHA * RMS(p)`` (RMS at the start of the attack),
+        so the attack sees a prompt moved towards higher loss. Each step
+        encodes the perturbed prompts (``STEPS`` text passes). Not written
+        with :func:`pgd_linf` because the prompt step needs the gradient of
+        the same loss.
+        """
+        b = self.budget
+        eps, alpha = b.eps / 255, b.alpha / 255
+        images = images.detach()
+        if eps == 0:
+            return images.clone()
+        params = [p for p in self.model.prompt_learner.parameters() if p.requires_grad]
+        saved = [p.detach().clone() for p in params]
+        scales = [b.prompt_alpha * p.detach().float().pow(2).mean().sqrt() for p in params]
+        adv = (images + torch.empty_like(images).uniform_(-eps, eps)).clamp(0, 1)
+        try:
+            with attack_mode(self.model):
+                for p in params:
+                    p.requires_grad_(True)
+                for _ in range(b.steps):
+                    adv.requires_grad_(True)
+                    logits = self.model(adv, text_features=self.model.text_features())
+                    grads = torch.autograd.grad(ce_loss(logits, labels), [adv, *params])
+                    adv = adv.detach() + alpha * grads[0].sign()
+                    adv = torch.min(torch.max(adv, images - eps), images + eps).clamp(0, 1)
+                    with torch.no_grad():
+                        for p, g, s in zip(params, grads[1:], scales):
+                            p.add_(s.to(p.dtype) * g.sign())
+        finally:
+            with torch.no_grad():
+                for p, value in zip(params, saved):
+                    p.copy_(value)
+        return adv.detach()
+
+    # ------------------------------------------------------------ training step
+    def adversarial_loss(self, logits: Tensor, labels: Tensor, images: Tensor, adv_images: Tensor,
+                         text_features: Tensor) -> Tuple[Tensor, Dict[str, float]]:
+        """The loss on the adversarial ``logits`` (APT: cross-entropy) and extra scalars to log.
+
+        Subclasses add terms (AMPT: clean CE, TRADES KL, router balance);
+        ``text_features`` (with gradient) let them do so without another
+        text pass.
+        """
+        return F.cross_entropy(logits, labels), {}
+
+    def forward_backward(self, batch: Dict[str, Any]) -> Dict[str, float]:
+        images, labels = self.parse_batch_train(batch)[:2]
+        if self.budget.prompt == "perturbed":
+            adv = self.adversarial_images(images, labels, None)
+            text_features = self.model.text_features()
+        else:
+            text_features = self.model.text_features()  # the step's only text-encoder pass
+            adv = self.adversarial_images(images, labels, text_features)
+        logits = self.model(adv, text_features=text_features)
+        loss, extra = self.adversarial_loss(logits, labels, images, adv, text_features)
+        self.model_backward_and_update(loss)
+        summary = {"loss": loss.item(), "adv_acc": 100.0 * (logits.argmax(1) == labels).float().mean().item(),
+                   **extra}
+        if (self.batch_idx + 1) == self.num_batches:
+            self.update_lr()
+        return summary
+
+    # ------------------------------------------------------------ evaluation
+    def eval_prompt_model(self, prompt: str) -> Optional[nn.Module]:
+        """Hook of ``evaluate.py --prompt``: the module for a named mode, or None (not handled here).
+
+        Subclasses list their modes in ``eval_prompt_modes`` and build them
+        here (AMPT: "uniform"); "learned" and templates are built by
+        :func:`ampt.evaluation.prompt_model`.
+        """
+        return None
+
+    def final_evaluation(self) -> None:
+        """Clean accuracy (the engine's test), then robust accuracy under ``ADV.TEST``; both recorded."""
+        split = "val" if self.cfg.TEST.SPLIT == "val" and self.val_loader is not None else "test"
+        clean = self.test(split)
+        n_clean = self.evaluator.total
+        self.record_result(split, "clean", 0, 0, n_clean, clean, label="clean accuracy")
+        logger.info("clean accuracy: %.2f%% (%d images)", clean, n_clean)
+        spec = self.test_attack
+        if spec is None:
+            return
+        loader = self.val_loader if split == "val" else self.test_loader
+        self.set_model_mode("eval")
+        with torch.no_grad():
+            model = prompt_model(self, LEARNED)
+        seed = self.cfg.SEED if self.cfg.SEED >= 0 else 0
+        outcome = accuracy_under_attack(model, loader, spec, self.num_classes, self.device, seed=seed,
+                                        desc=f"test ({split}): {spec.label}")
+        logger.info("%s: %.2f%% (%d images, %.1f s)", spec.label, outcome.accuracy, outcome.n_samples, outcome.seconds)
+        self.write_scalar(f"{split}/robust_accuracy", outcome.accuracy, self.epoch)
+        extra = {"label": spec.label, "attack_prompt": LEARNED, "seconds": round(outcome.seconds, 2), "seed": seed}
+        if spec.alpha is not None:
+            extra["alpha"] = round(spec.alpha, 4)
+        self.record_result(split, spec.name, spec.eps, spec.steps, outcome.n_samples, outcome.accuracy, **extra)

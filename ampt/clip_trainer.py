@@ -1,0 +1,167 @@
+"""``ClipTrainer``: the ``TrainerX`` base of every CLIP trainer (ZeroshotCLIP, CoOp, APT, AMPT).
+
+What it adds to Dassl's ``TrainerX``:
+
+- config checks: no pixel normalization in the data pipeline (the model
+  normalizes; attacks work on [0, 1] pixels), and ``INPUT.SIZE`` equal to the
+  backbone's input resolution;
+- :meth:`load_clip_model`: CLIP from ``MODEL.BACKBONE.{NAME, ROBUST_WEIGHTS,
+  DOWNLOAD_ROOT}`` with the trainer's precision (``TRAINER.<node>.PREC``);
+- :meth:`setup_model`: freeze everything but an allow-list of parameter
+  names, log what trains, refuse anything else that requires grad, move to
+  the device;
+- precision: ``fp16`` weights, or ``amp`` autocast with a gradient scaler,
+  used by ``model_inference`` and ``model_backward_and_update``.
+
+A subclass implements ``add_config``, ``build_model``
+and ``forward_backward``, running its forward passes under ``self.autocast()``.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any, ContextManager, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from .api import TrainerX
+from .engine.checkpoint import load_checkpoint
+from .models.clip_loader import apply_precision, load_clip, resolve_precision
+
+logger = logging.getLogger(__name__)
+
+PIXEL_CHANGING_TRANSFORMS = ("normalize", "instance_norm")
+
+
+def check_clip_transforms(cfg: Any) -> None:
+    """Refuse transforms that move pixels out of [0, 1]: CLIP trainers normalize inside the model."""
+    bad = [t for t in cfg.INPUT.TRANSFORMS if t in PIXEL_CHANGING_TRANSFORMS]
+    if bad:
+        kept = [t for t in cfg.INPUT.TRANSFORMS if t not in PIXEL_CHANGING_TRANSFORMS]
+        raise ValueError(
+            f"INPUT.TRANSFORMS lists {bad}: remove it (e.g. INPUT.TRANSFORMS {kept}). CLIP trainers "
+            "normalize with CLIP's mean/std inside the model, and attacks assume pixels in [0, 1] "
+            "(eps in 1/255 units). CoOp/APT configs list \"normalize\"; this toolkit's must not."
+        )
+
+
+def check_input_size(cfg: Any, resolution: int) -> None:
+    """``INPUT.SIZE`` must be the backbone's square input resolution."""
+    size = tuple(int(s) for s in cfg.INPUT.SIZE)
+    if size != (resolution, resolution):
+        raise ValueError(
+            f"INPUT.SIZE {size} does not match the input resolution of the backbone "
+            f"{cfg.MODEL.BACKBONE.NAME!r} ({resolution} x {resolution} px). "
+            f"Set INPUT.SIZE ({resolution}, {resolution})."
+        )
+
+
+def _matches(name: str, allowed: str) -> bool:
+    allowed = allowed.rstrip(".")
+    return name == allowed or name.startswith(allowed + ".")
+
+
+class ClipTrainer(TrainerX):
+    """Base trainer for CLIP models; see the module docstring."""
+
+    cfg_node: str = ""  # the trainer's node under TRAINER, read for PREC; "" = the class name upper-cased
+
+    # ------------------------------------------------------------ config
+    def check_cfg(self, cfg: Any) -> None:
+        super().check_cfg(cfg)
+        check_clip_transforms(cfg)
+
+    def trainer_cfg(self) -> Optional[Any]:
+        """``cfg.TRAINER.<cfg_node>`` (e.g. ``TRAINER.COOP``), or None when the config has no such node."""
+        return self.cfg.TRAINER.get(self.cfg_node or type(self).__name__.upper())
+
+    @property
+    def classnames(self) -> List[str]:
+        return list(self.dm.dataset.classnames)
+
+    # ------------------------------------------------------------ model
+    def load_clip_model(self) -> nn.Module:
+        """CLIP on the CPU, at the trainer's precision, after checking ``INPUT.SIZE``."""
+        backbone = self.cfg.MODEL.BACKBONE
+        logger.info("Loading CLIP (backbone: %s)", backbone.NAME)
+        clip_model = load_clip(backbone.NAME, backbone.ROBUST_WEIGHTS, backbone.DOWNLOAD_ROOT, device="cpu")
+        check_input_size(self.cfg, clip_model.visual.input_resolution)
+        node = self.trainer_cfg()
+        requested = node.PREC if node is not None and "PREC" in node else "fp32"
+        self.precision = resolve_precision(requested, self.device)
+        logger.info("Precision: %s", self.precision)
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "amp" else None
+        return apply_precision(clip_model, self.precision)
+
+    def setup_model(self, model: nn.Module, trainable: Sequence[str]) -> nn.Module:
+        """Freeze all of ``model`` but ``trainable`` (parameter names or module prefixes).
+
+        Logs the trainable names and counts, raises if an allow-list entry
+        matches nothing, and moves the model to the device.
+        """
+        self._trainable = tuple(trainable)
+        for name, param in model.named_parameters():
+            param.requires_grad_(any(_matches(name, allowed) for allowed in self._trainable))
+        names = self.check_trainable(model)
+        shapes = {n: list(p.shape) for n, p in model.named_parameters() if n in names}
+        count = sum(p.numel() for n, p in model.named_parameters() if n in names)
+        logger.info("Trainable parameters (%d tensors, %d values): %s", len(names), count,
+                    ", ".join(f"{n} {shapes[n]}" for n in names) or "none")
+        return model.to(self.device)
+
+    def check_trainable(self, model: Optional[nn.Module] = None) -> List[str]:
+        """Names of the parameters that require grad; raises unless they are exactly the allow-list's."""
+        model = self.model if model is None else model
+        allowed = getattr(self, "_trainable", ())
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        extra = [n for n in names if not any(_matches(n, a) for a in allowed)]
+        if extra:
+            raise RuntimeError(
+                f"Parameters outside the allow-list {list(allowed)} require grad: {extra}. "
+                "Only the prompts (and a trainer's own modules) may train; CLIP stays frozen."
+            )
+        unmatched = [a for a in allowed if not any(_matches(n, a) for n, _ in model.named_parameters())]
+        if unmatched:
+            raise RuntimeError(f"Allow-list entries {unmatched} name no parameter of {type(model).__name__}")
+        return names
+
+    def load_init_weights(self, module: nn.Module, path: str) -> None:
+        """``MODEL.INIT_WEIGHTS``: strict load of a checkpoint (or bare state dict) into ``module``."""
+        checkpoint = load_checkpoint(path)
+        state_dict = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else checkpoint
+        module.load_state_dict(state_dict)
+        logger.info("Initial weights of %s loaded from %s", type(module).__name__, path)
+
+    # ------------------------------------------------------------ precision-aware hooks
+    def autocast(self) -> ContextManager:
+        """Autocast under ``amp``; a no-op otherwise."""
+        if getattr(self, "precision", "fp32") == "amp":
+            return torch.autocast(device_type=self.device.type)
+        return contextlib.nullcontext()
+
+    def model_inference(self, input: torch.Tensor) -> torch.Tensor:
+        with self.autocast():
+            return self.model(input).float()
+
+    def model_backward_and_update(self, loss: torch.Tensor, names: Union[None, str, Sequence[str]] = None) -> None:
+        """Zero grad, backward, step; through the gradient scaler under ``amp``."""
+        if getattr(self, "scaler", None) is None:
+            super().model_backward_and_update(loss, names)
+            return
+        self.model_zero_grad(names)
+        self.detect_anomaly(loss)
+        self.scaler.scale(loss).backward()
+        for name in self.get_model_names(names):
+            if self._optims[name] is not None:
+                self.scaler.step(self._optims[name])
+        self.scaler.update()
+
+    def parse_batch_train(self, batch: Dict[str, Any]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(images in [0, 1], labels)`` on the device (CoOp's signature)."""
+        return batch["img"].to(self.device), batch["label"].to(self.device)
+
+    def before_train(self) -> None:
+        if hasattr(self, "_trainable"):
+            self.check_trainable()
+        super().before_train()

@@ -1,0 +1,146 @@
+"""The embedded demo: tiny robust CLIP on Digits, each method run by ``train.py``.
+
+``python -m ampt.demo --root data --output-dir output/demo`` writes the
+Digits dataset (once), pretrains the tiny CLIP (cached), runs every method
+through the real ``train.py`` command line (the same path a user's GPU run
+takes), and reads each run's ``results.json`` into a table of clean and PGD
+accuracies (mean ± std over seeds), printed and written to
+``<output-dir>/results.md`` and ``results.json``. A run whose
+``results.json`` says it finished is not run again (``--force`` re-runs).
+"""
+from __future__ import annotations
+
+import logging
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+from tabulate import tabulate
+
+from ..results import RunResults
+from ..utils.io import read_json, write_json
+from .digits_data import prepare_digits
+from .pretrain import pretrain_tiny_clip, sidecar_path
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DATASET_CONFIG = "configs/datasets/digits.yaml"
+DATASET_NAME = "Digits"
+DEFAULT_METHODS = ("ZeroshotCLIP", "CoOp")
+# Extra train.py arguments per method (CoOp's zsclip.sh evaluates zero-shot CLIP with --eval-only).
+METHOD_ARGS: Dict[str, Tuple[str, ...]] = {"ZeroshotCLIP": ("--eval-only",)}
+PathLike = Union[str, Path]
+
+
+def method_config(method: str) -> Path:
+    return REPO_ROOT / "configs" / "trainers" / method / "digits.yaml"
+
+
+def train_command(method: str, root: Path, run_dir: Path, seed: int, backbone: Path,
+                  shots: int, force: bool = False, opts: Sequence[str] = ()) -> List[str]:
+    """The ``train.py`` command line of one demo run (CoOp's script arguments)."""
+    cmd = [
+        sys.executable, str(REPO_ROOT / "train.py"),
+        "--root", str(root), "--seed", str(seed), "--trainer", method,
+        "--dataset-config-file", str(REPO_ROOT / DATASET_CONFIG),
+        "--config-file", str(method_config(method)),
+        "--output-dir", str(run_dir), *METHOD_ARGS.get(method, ()),
+    ]
+    if force and "--eval-only" not in METHOD_ARGS.get(method, ()):
+        cmd.append("--force")
+    return cmd + ["MODEL.BACKBONE.NAME", str(backbone), "DATASET.NUM_SHOTS", str(shots), *opts]
+
+
+def _accuracy(run_dir: Path, attack: str) -> Optional[Dict[str, Any]]:
+    """The test-split record of ``attack`` (the one with the most steps if several)."""
+    records = [r for r in RunResults(run_dir).records
+               if r.get("split") == "test" and r.get("attack") == attack]
+    return max(records, key=lambda r: (r.get("steps", 0), r.get("n_samples", 0)), default=None)
+
+
+def _mean_std(values: Sequence[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def summarize(out_dir: Path, methods: Sequence[str], seeds: Sequence[int]) -> List[Dict[str, Any]]:
+    """One row per method from its runs' ``results.json`` files."""
+    rows = []
+    for method in methods:
+        clean, robust, attack_desc = [], [], ""
+        for seed in seeds:
+            run_dir = out_dir / method / f"seed{seed}"
+            record = _accuracy(run_dir, "clean")
+            if record is not None:
+                clean.append(float(record["accuracy"]))
+            record = _accuracy(run_dir, "pgd")
+            if record is not None:
+                robust.append(float(record["accuracy"]))
+                attack_desc = f"PGD-{record['steps']} eps {record['eps']:g}/255"
+        rows.append({"method": method, "seeds": list(seeds), "clean": clean, "pgd": robust,
+                     "pgd_attack": attack_desc, "clean_mean_std": _mean_std(clean),
+                     "pgd_mean_std": _mean_std(robust)})
+    return rows
+
+
+def format_table(rows: Sequence[Mapping[str, Any]], fmt: str = "github") -> str:
+    attack = next((r["pgd_attack"] for r in rows if r["pgd_attack"]), "PGD")
+    n_seeds = max((len(r["clean"]) for r in rows), default=0)
+    suffix = f" (mean ± std, {n_seeds} seeds)" if n_seeds > 1 else ""
+    headers = ["Method", f"Clean acc %{suffix}", f"{attack} acc %"]
+    return tabulate([[r["method"], r["clean_mean_std"], r["pgd_mean_std"]] for r in rows],
+                    headers=headers, tablefmt=fmt)
+
+
+def run_method(method: str, root: Path, out_dir: Path, seed: int, backbone: Path, shots: int,
+               force: bool = False, opts: Sequence[str] = ()) -> float:
+    """Run one method and seed unless its run finished; returns the seconds spent (0 if skipped)."""
+    run_dir = out_dir / method / f"seed{seed}"
+    if RunResults(run_dir).finished and not force:
+        logger.info("%s seed %d: finished run in %s, skipped", method, seed, run_dir)
+        return 0.0
+    if not method_config(method).is_file():
+        raise FileNotFoundError(f"No demo config for {method}: {method_config(method)}")
+    cmd = train_command(method, root, run_dir, seed, backbone, shots, force, opts)
+    logger.info("Running %s", " ".join(cmd))
+    start = time.perf_counter()
+    subprocess.run(cmd, cwd=REPO_ROOT, check=True)
+    return time.perf_counter() - start
+
+
+def run_demo(root: PathLike, out_dir: PathLike, seeds: Sequence[int] = (1,),
+             methods: Sequence[str] = DEFAULT_METHODS, shots: int = 4, adversarial: bool = True,
+             force: bool = False, opts: Sequence[str] = (),
+             pretrain_overrides: Optional[Mapping[str, Any]] = None) -> List[Dict[str, Any]]:
+    """Prepare data, pretrain (cached), run ``methods`` x ``seeds``, write and return the table rows.
+
+    ``opts`` are ``KEY VALUE`` overrides appended to every ``train.py`` call;
+    ``pretrain_overrides`` are :class:`~ampt.demo.pretrain.PretrainSettings` fields.
+    """
+    root, out_dir = Path(root).expanduser().resolve(), Path(out_dir).expanduser().resolve()
+    start = time.perf_counter()
+    prepare_digits(root)
+    name = "tiny_clip_digits_tecoa.pt" if adversarial else "tiny_clip_digits.pt"
+    backbone = pretrain_tiny_clip(root, out_dir / "backbone" / name, adversarial=adversarial,
+                                  **dict(pretrain_overrides or {}))
+    seconds = {"pretrain": float(read_json(sidecar_path(backbone))["seconds"])}
+    for method in methods:
+        for seed in seeds:
+            seconds[f"{method}/seed{seed}"] = round(
+                run_method(method, root, out_dir, seed, backbone, shots, force, opts), 1)
+    rows = summarize(out_dir, methods, seeds)
+    table = format_table(rows)
+    header = (f"Digits, {shots}-shot, tiny {'robust (TeCoA-style) ' if adversarial else ''}CLIP "
+              "backbone, accuracy on the test split")
+    (out_dir / "results.md").write_text(f"{header}\n\n{table}\n", encoding="utf-8")
+    write_json({"dataset": DATASET_NAME, "shots": shots, "seeds": list(seeds), "backbone": str(backbone),
+                "adversarial_pretraining": adversarial, "rows": rows, "seconds": seconds,
+                "total_seconds": round(time.perf_counter() - start, 1)}, out_dir / "results.json")
+    return rows

@@ -1,0 +1,215 @@
+"""Checkpoints: Dassl's layout, plain state dicts, loaded with ``weights_only=True``.
+
+Layout: ``<dir>/<model name>/model.pth.tar-<epoch>`` plus a text file
+``checkpoint`` naming the latest epoch file, and ``model-best.pth.tar``
+(``TEST.FINAL_MODEL best_val``). A checkpoint is
+``{"state_dict", "epoch", "optimizer", "scheduler", "val_result"}`` where
+``epoch`` counts finished epochs. Unlike Dassl, saving the best model does not
+repoint ``checkpoint`` (resume always continues from the latest epoch), and
+files are written to a temporary name first, then renamed.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import shutil
+import tempfile
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import torch
+import torch.nn as nn
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, Path]
+LATEST_FILE = "checkpoint"
+BEST_FILE = "model-best.pth.tar"
+
+
+class UnsafeCheckpointError(pickle.UnpicklingError):
+    """A checkpoint holding Python objects that would run code when loaded."""
+
+
+def epoch_file(epoch: int) -> str:
+    return f"model.pth.tar-{epoch}"
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(
+    state: Dict[str, Any],
+    save_dir: PathLike,
+    is_best: bool = False,
+    remove_module_from_keys: bool = True,
+    model_name: str = "",
+) -> Path:
+    """Save ``state`` to ``save_dir/model_name`` (default ``model.pth.tar-<epoch>``).
+
+    A default-named (per-epoch) save also updates the ``checkpoint`` file;
+    ``is_best`` copies the file to ``model-best.pth.tar``.
+    """
+    save_dir = Path(save_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    if remove_module_from_keys:
+        state = dict(state)
+        state["state_dict"] = OrderedDict(
+            (k[7:] if k.startswith("module.") else k, v) for k, v in state["state_dict"].items()
+        )
+    fpath = save_dir / (model_name or epoch_file(state["epoch"]))
+    _atomic_torch_save(state, fpath)
+    logger.info("Checkpoint saved to %s", fpath)
+    if not model_name:
+        (save_dir / LATEST_FILE).write_text(f"{fpath.name}\n", encoding="utf-8")
+    if is_best:
+        shutil.copy(fpath, save_dir / BEST_FILE)
+        logger.info("Best checkpoint saved to %s", save_dir / BEST_FILE)
+    return fpath
+
+
+def load_checkpoint(fpath: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``; code-running pickles are refused."""
+    if fpath is None:
+        raise ValueError("Checkpoint path is None")
+    fpath = Path(fpath)
+    if not fpath.is_file():
+        raise FileNotFoundError(f'No checkpoint file at "{fpath}"')
+    try:
+        return torch.load(fpath, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UnsafeCheckpointError(
+            f'Refusing to load "{fpath}": it holds Python objects beyond tensors and plain '
+            "containers, which could run code when unpickled. Checkpoints of this toolkit never do. "
+            "If you trust where the file comes from, load it yourself with torch.load(..., "
+            "weights_only=False) and re-save only its state dicts. Details: "
+            f"{str(err).splitlines()[0]}"
+        ) from None
+
+
+def latest_checkpoint(model_dir: PathLike) -> Optional[Path]:
+    """The file named by ``model_dir/checkpoint``, or None when there is none."""
+    pointer = Path(model_dir) / LATEST_FILE
+    if not pointer.is_file():
+        return None
+    name = pointer.read_text(encoding="utf-8").strip().splitlines()[0]
+    path = Path(model_dir) / name
+    return path if path.is_file() else None
+
+
+def resume_from_checkpoint(
+    fdir: PathLike,
+    model: nn.Module,
+    optimizer: Optional[torch.optim.Optimizer] = None,
+    scheduler: Optional[Any] = None,
+) -> int:
+    """Load the latest checkpoint of ``fdir`` into model/optimizer/scheduler; returns its epoch."""
+    fpath = latest_checkpoint(fdir)
+    if fpath is None:
+        raise FileNotFoundError(f"No '{LATEST_FILE}' file (or the file it names) in {fdir}")
+    logger.info('Loading checkpoint from "%s"', fpath)
+    checkpoint = load_checkpoint(fpath)
+    model.load_state_dict(checkpoint["state_dict"])
+    if optimizer is not None and checkpoint.get("optimizer") is not None:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    if scheduler is not None and checkpoint.get("scheduler") is not None:
+        scheduler.load_state_dict(checkpoint["scheduler"])
+    logger.info("Previous epoch: %d", checkpoint["epoch"])
+    return int(checkpoint["epoch"])
+
+
+def load_pretrained_weights(model: nn.Module, weight_path: PathLike) -> None:
+    """Load matching keys (same name and shape) from a checkpoint or a bare state dict."""
+    checkpoint = load_checkpoint(weight_path)
+    state_dict = checkpoint.get("state_dict", checkpoint)
+    own = model.state_dict()
+    matched = OrderedDict()
+    for k, v in state_dict.items():
+        k = k[7:] if k.startswith("module.") else k
+        if k in own and own[k].size() == v.size():
+            matched[k] = v
+    if not matched:
+        raise ValueError(f"No key of {weight_path} matches the model (name and shape); nothing loaded")
+    own.update(matched)
+    model.load_state_dict(own)
+    skipped = len(state_dict) - len(matched)
+    logger.info("Loaded %d tensors from %s (%d skipped: name or shape differ)", len(matched), weight_path, skipped)
+
+
+class CheckpointMixin:
+    """Trainer methods over ``_models/_optims/_scheds`` (Dassl's names), with safe loading."""
+
+    def save_model(
+        self, epoch: int, directory: str, is_best: bool = False,
+        val_result: Optional[float] = None, model_name: str = "",
+    ) -> None:
+        """Save every registered model as ``directory/<name>/model.pth.tar-<epoch + 1>``."""
+        for name in self.get_model_names():
+            optim, sched = self._optims[name], self._scheds[name]
+            state = {
+                "state_dict": self._models[name].state_dict(),
+                "epoch": epoch + 1,
+                "optimizer": optim.state_dict() if optim is not None else None,
+                "scheduler": sched.state_dict() if sched is not None else None,
+                "val_result": None if val_result is None else float(val_result),
+            }
+            save_checkpoint(state, Path(directory) / name, is_best=is_best, model_name=model_name)
+
+    def has_checkpoints(self, directory: str) -> bool:
+        """Whether every registered model has a latest checkpoint under ``directory``."""
+        names = self.get_model_names()
+        return bool(names) and all(latest_checkpoint(Path(directory) / n) is not None for n in names)
+
+    def resume_model_if_exist(self, directory: str) -> int:
+        """Load the latest checkpoints of ``directory``; returns the epoch to start from (0 if none)."""
+        if not self.has_checkpoints(directory):
+            logger.info("No checkpoint found in %s, train from scratch", directory)
+            return 0
+        start_epoch = 0
+        for name in self.get_model_names():
+            start_epoch = resume_from_checkpoint(
+                Path(directory) / name, self._models[name], self._optims[name], self._scheds[name]
+            )
+        return start_epoch
+
+    def _checkpoint_file(self, model_dir: Path, epoch: Optional[int]) -> Path:
+        if epoch is not None:
+            path = model_dir / epoch_file(epoch)
+        elif (model_dir / BEST_FILE).is_file():
+            path = model_dir / BEST_FILE
+        else:
+            path = latest_checkpoint(model_dir) or model_dir / BEST_FILE
+        if not path.is_file():
+            found = sorted(p.name for p in model_dir.glob("model*")) if model_dir.is_dir() else []
+            raise FileNotFoundError(f"No model at {path}; files there: {', '.join(found) or 'none'}")
+        return path
+
+    def load_model(self, directory: str, epoch: Optional[int] = None) -> None:
+        """Load weights of every registered model: epoch ``epoch``, else best, else latest."""
+        if not directory:
+            logger.info("load_model() skipped: no model directory given")
+            return
+        for name in self.get_model_names():
+            path = self._checkpoint_file(Path(directory) / name, epoch)
+            checkpoint = load_checkpoint(path)
+            val = checkpoint.get("val_result")
+            logger.info(
+                "Load %s to %s (epoch=%s%s)", path, name, checkpoint.get("epoch"),
+                "" if val is None else f", val_result={val:.1f}",
+            )
+            self.load_state_dict_into(name, checkpoint["state_dict"])
+
+    def load_state_dict_into(self, name: str, state_dict: Dict[str, torch.Tensor]) -> None:
+        """Hook: put a checkpoint's weights into model ``name`` (CLIP trainers drop frozen buffers)."""
+        self._models[name].load_state_dict(state_dict)

@@ -1,0 +1,79 @@
+"""The Dassl API names backed by an installed Dassl (``--engine dassl``).
+
+Registries, ``DataManager`` and ``build_trainer`` are Dassl's own, so the
+project's trainers and datasets register there. ``TrainerX`` is Dassl's
+class with :class:`~ampt.engine.trainer.RunMixin` in front: safe checkpoints,
+the resume policy, ``results.json`` and the progress bar. Trainers build their
+scheduler with :mod:`ampt.optim` (Dassl's own raises ``TypeError`` on
+PyTorch >= 2.7). ``Datum``/``DatasetBase`` are the project's (duck-compatible
+with Dassl's DataManager). Not tested in CI (Dassl is not on PyPI).
+"""
+from __future__ import annotations
+
+from types import ModuleType, SimpleNamespace
+from typing import Tuple
+
+from yacs.config import CfgNode as CN
+
+INSTALL_HINT = (
+    "--engine dassl needs Dassl.pytorch, which is not on PyPI. Install it with:\n"
+    "  git clone https://github.com/KaiyangZhou/Dassl.pytorch\n"
+    "  pip install -e Dassl.pytorch --no-deps\n"
+    "  pip install yacs gdown tabulate tensorboard wilds\n"
+    "(--no-deps skips its pinned linters; the last line is what it imports.) "
+    "Or use the built-in engine: --engine builtin (the default)."
+)
+
+
+def _import_dassl() -> Tuple[ModuleType, ModuleType, ModuleType]:
+    try:
+        import dassl.config as dassl_config
+        import dassl.data as dassl_data
+        import dassl.engine as dassl_engine
+    except ImportError as err:
+        raise ImportError(f"{INSTALL_HINT}\n(import failed: {err})") from None
+    return dassl_engine, dassl_data, dassl_config
+
+
+def _add_missing(target: CN, source: CN) -> None:
+    """Copy into ``target`` every key of ``source`` it lacks (Dassl's values win)."""
+    for key, value in source.items():
+        if key not in target:
+            target[key] = value.clone() if isinstance(value, CN) else value
+        elif isinstance(value, CN) and isinstance(target[key], CN):
+            _add_missing(target[key], value)
+
+
+def get_cfg_default() -> CN:
+    """Dassl's defaults plus the project's keys (ADV, ROBUST_WEIGHTS, DOWNLOAD_ROOT, SUBSAMPLE_CLASSES)."""
+    from ..config.defaults import get_cfg_default as ours
+
+    _, _, dassl_config = _import_dassl()
+    cfg = dassl_config.get_cfg_default()
+    _add_missing(cfg, ours())
+    return cfg
+
+
+def api() -> SimpleNamespace:
+    """The same names as :func:`ampt.engine.builtin_api.api`, resolved to Dassl."""
+    dassl_engine, dassl_data, _ = _import_dassl()
+    from ..data import DatasetBase, Datum
+    from .trainer import RunMixin
+
+    class SimpleTrainer(RunMixin, dassl_engine.SimpleTrainer):
+        engine_name = "dassl"
+
+    class TrainerX(RunMixin, dassl_engine.TrainerX):
+        engine_name = "dassl"
+
+    return SimpleNamespace(
+        TRAINER_REGISTRY=dassl_engine.TRAINER_REGISTRY,
+        DATASET_REGISTRY=dassl_data.DATASET_REGISTRY,
+        TrainerX=TrainerX,
+        SimpleTrainer=SimpleTrainer,
+        build_trainer=dassl_engine.build_trainer,
+        DataManager=dassl_data.DataManager,
+        DatasetBase=DatasetBase,
+        Datum=Datum,
+        get_cfg_default=get_cfg_default,
+    )

@@ -1,0 +1,134 @@
+"""Nearest vocabulary words of learned context vectors (CoOp's ``interpret_prompt``).
+
+``python -m ampt.interpret RUN_DIR [--topk 5] [--epoch N] [--backbone NAME_OR_PATH]``
+
+For each learned prompt of a run (CoOp, APT or AMPT: the ``prompt_learner``
+checkpoint's ``ctx``), prints, per context position, the ``topk`` vocabulary
+tokens whose embeddings are nearest in Euclidean distance, decoded with the
+``clip`` tokenizer. Learned vectors rarely sit on a word embedding: the
+distances say how far they are.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from yacs.config import CfgNode as CN
+
+from .engine.checkpoint import BEST_FILE, epoch_file, latest_checkpoint, load_checkpoint
+from .models.clip_loader import clip, load_clip
+
+logger = logging.getLogger(__name__)
+
+PROMPT_MODEL_NAME = "prompt_learner"
+CONFIG_FILE = "config.yaml"
+
+Neighbours = List[List[Tuple[str, float]]]  # per context position: (token, distance) pairs
+
+
+def nearest_tokens(ctx: torch.Tensor, token_embedding: torch.Tensor, topk: int = 5) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Indices and distances ``[..., L, topk]`` of the nearest rows of ``token_embedding [V, d]``."""
+    flat = ctx.reshape(-1, ctx.shape[-1]).float()
+    distances = torch.cdist(flat, token_embedding.float())
+    values, indices = distances.topk(topk, dim=-1, largest=False)
+    shape = tuple(ctx.shape[:-1]) + (topk,)
+    return indices.reshape(shape), values.reshape(shape)
+
+
+def decode_token(tokenizer: "clip.simple_tokenizer.SimpleTokenizer", index: int) -> str:
+    """One BPE token as text; a trailing space-less piece is shown as is (e.g. ``photo``, ``ing``)."""
+    return tokenizer.decode([int(index)]).strip()
+
+
+def interpret_ctx(ctx: torch.Tensor, token_embedding: torch.Tensor, topk: int = 5) -> List[Neighbours]:
+    """Per prompt, per context position, the ``topk`` nearest (token, distance) pairs.
+
+    ``ctx`` is ``[L, d]`` (one prompt), ``[K, L, d]`` (a bank of K prompts) or
+    ``[K, C, L, d]`` (class-specific prompts: each (k, c) is one prompt).
+    """
+    if ctx.dim() == 2:
+        ctx = ctx.unsqueeze(0)
+    ctx = ctx.reshape(-1, ctx.shape[-2], ctx.shape[-1])
+    indices, distances = nearest_tokens(ctx, token_embedding, topk)
+    tokenizer = clip.simple_tokenizer.SimpleTokenizer()
+    return [
+        [
+            [(decode_token(tokenizer, i), float(d)) for i, d in zip(idx_row.tolist(), dist_row.tolist())]
+            for idx_row, dist_row in zip(prompt_idx, prompt_dist)
+        ]
+        for prompt_idx, prompt_dist in zip(indices, distances)
+    ]
+
+
+def find_prompt_checkpoint(run_dir: Path, epoch: Optional[int] = None) -> Path:
+    """The prompt learner's checkpoint of a run: a given epoch, else the latest, else the best."""
+    model_dir = run_dir / PROMPT_MODEL_NAME
+    if epoch is not None:
+        path = model_dir / epoch_file(epoch)
+        if not path.is_file():
+            raise FileNotFoundError(f"No checkpoint {path}")
+        return path
+    path = latest_checkpoint(model_dir)
+    if path is None and (model_dir / BEST_FILE).is_file():
+        path = model_dir / BEST_FILE
+    if path is None:
+        raise FileNotFoundError(
+            f"No prompt-learner checkpoint in {model_dir} (expected the 'checkpoint' file or {BEST_FILE}); "
+            "is RUN_DIR the output folder of a CoOp/APT/AMPT training run?"
+        )
+    return path
+
+
+def run_backbone(run_dir: Path) -> CN:
+    """``MODEL.BACKBONE`` of the run's saved config."""
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"No {CONFIG_FILE} in {run_dir}; pass --backbone NAME_OR_PATH")
+    with open(path, "r", encoding="utf-8") as f:
+        cfg = CN.load_cfg(f)
+    return cfg.MODEL.BACKBONE
+
+
+def format_report(neighbours: Sequence[Neighbours]) -> str:
+    lines = []
+    for k, prompt in enumerate(neighbours):
+        words = " ".join(position[0][0] for position in prompt)
+        lines.append(f"prompt {k + 1}: {words}")
+        for j, position in enumerate(prompt):
+            pairs = ", ".join(f"{word} ({dist:.3f})" for word, dist in position)
+            lines.append(f"  ctx {j + 1}: {pairs}")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ampt.interpret", description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path, help="output folder of a training run")
+    parser.add_argument("--topk", type=int, default=5, help="nearest tokens per context vector (default 5)")
+    parser.add_argument("--epoch", type=int, default=None, help="checkpoint epoch (default: the latest)")
+    parser.add_argument("--backbone", default="", help="CLIP name or file (default: the run's config)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    if args.topk < 1:
+        parser.error("--topk must be >= 1")
+
+    path = find_prompt_checkpoint(args.run_dir, args.epoch)
+    state = load_checkpoint(path)["state_dict"]
+    if "ctx" not in state:
+        raise KeyError(f"{path} has no 'ctx' tensor (keys: {sorted(state)})")
+    if args.backbone:
+        clip_model = load_clip(args.backbone)
+    else:
+        backbone = run_backbone(args.run_dir)
+        clip_model = load_clip(backbone.NAME, download_root=backbone.DOWNLOAD_ROOT)
+    token_embedding = clip_model.token_embedding.weight.detach()
+    neighbours = interpret_ctx(state["ctx"].detach(), token_embedding, args.topk)
+    sys.stdout.write(f"{path}\n{format_report(neighbours)}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""Load a CLIP model from an OpenAI name or a checkpoint file, in fp32.
+
+The model is always the ``clip`` package's own ``CLIP`` class, built by
+``clip.model.build_model`` from a state dict (the architecture is inferred
+from the weights), so the same path serves OpenAI's downloads, converted or
+fine-tuned checkpoints and the project's tiny CLIP.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Dict, Mapping, Union
+
+import torch
+from torch import nn
+
+with warnings.catch_warnings():
+    # the clip package imports pkg_resources, which warns on import
+    warnings.simplefilter("ignore", UserWarning)
+    import clip
+    from clip.model import CLIP, build_model, convert_weights
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "fp16", "amp")
+ROBUST_KEY = "vision_encoder_state_dict"  # APT/TeCoA robust visual checkpoints
+_NESTING_KEYS = ("state_dict", "model", "model_state_dict")
+_JIT_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+Device = Union[str, torch.device]
+
+
+def load_clip(
+    name_or_path: str, robust_weights: str = "", download_root: str = "", device: Device = "cpu"
+) -> CLIP:
+    """A CLIP model in fp32 and eval mode on ``device``.
+
+    ``name_or_path``: an OpenAI model name (``clip.available_models()``,
+    downloaded by the ``clip`` package into ``download_root`` or
+    ``~/.cache/clip``), or a file: an OpenAI TorchScript archive or a state
+    dict (possibly nested under "state_dict"/"model", possibly with a
+    "module." prefix). ``robust_weights``: optional file of visual weights
+    loaded into ``model.visual`` with strict key matching.
+    """
+    path = _resolve_checkpoint(name_or_path, download_root)
+    state_dict = _read_clip_state_dict(path)
+    try:
+        model = build_model(state_dict)
+    except (KeyError, RuntimeError) as err:
+        raise RuntimeError(f'"{path}" does not hold the weights of a CLIP model: {err}') from err
+    # build_model loads into fp16 layers; reload so fp32 checkpoints keep full precision
+    model = model.float()
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()})
+    model.eval()
+    if robust_weights:
+        load_robust_visual_weights(model, robust_weights)
+    logger.info(
+        "Loaded CLIP from %s (input resolution %d px)%s",
+        path, model.visual.input_resolution,
+        f", visual weights from {robust_weights}" if robust_weights else "",
+    )
+    return model.to(device)
+
+
+def _resolve_checkpoint(name_or_path: str, download_root: str) -> str:
+    if name_or_path in clip.available_models():
+        root = download_root or os.path.expanduser("~/.cache/clip")
+        return clip.clip._download(clip.clip._MODELS[name_or_path], root)
+    if os.path.isfile(name_or_path):
+        return name_or_path
+    raise FileNotFoundError(
+        f'Unknown CLIP backbone "{name_or_path}": it is neither an OpenAI model name '
+        f'({", ".join(clip.available_models())}) nor an existing file. MODEL.BACKBONE.NAME '
+        "may also be a path to a checkpoint file (OpenAI JIT archive or state dict)."
+    )
+
+
+def is_torchscript_archive(path: Union[str, Path]) -> bool:
+    """True for a TorchScript zip (it holds compiled code), False for ``torch.save`` files."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(n.endswith("/constants.pkl") or "/code/" in n for n in archive.namelist())
+
+
+def _read_clip_state_dict(path: str) -> Dict[str, torch.Tensor]:
+    if is_torchscript_archive(path):
+        with warnings.catch_warnings():
+            # OpenAI's checkpoints are TorchScript archives: jit.load is the only reader
+            warnings.filterwarnings("ignore", message=".*torch.jit.load.*deprecated", category=FutureWarning)
+            state_dict = torch.jit.load(path, map_location="cpu").state_dict()
+    else:
+        state_dict = _torch_load_weights(path)
+    state_dict = _unwrap_state_dict(state_dict, path)
+    for key in _JIT_EXTRA_KEYS:
+        state_dict.pop(key, None)
+    return state_dict
+
+
+def _torch_load_weights(path: Union[str, Path]) -> object:
+    """``torch.load(weights_only=True)``: a file that needs to run code is refused."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise RuntimeError(
+            f'"{path}" is not a plain weights file: loading it would need to unpickle '
+            f"arbitrary Python objects, which is refused. Re-save it as a state dict of tensors. ({err})"
+        ) from err
+
+
+def _unwrap_state_dict(obj: object, path: Union[str, Path]) -> Dict[str, torch.Tensor]:
+    """Find the tensor dict under the usual nesting keys and drop a "module." prefix."""
+    while isinstance(obj, Mapping) and not _is_tensor_dict(obj):
+        inner = next((k for k in _NESTING_KEYS if k in obj), None)
+        if inner is None:
+            raise RuntimeError(
+                f'"{path}" holds no state dict: top-level keys {sorted(map(str, obj))[:10]}; '
+                f"expected tensors or one of {_NESTING_KEYS}"
+            )
+        obj = obj[inner]
+    if not isinstance(obj, Mapping):
+        raise RuntimeError(f'"{path}" holds a {type(obj).__name__}, not a state dict')
+    return strip_prefix(dict(obj), "module.")
+
+
+def _is_tensor_dict(obj: Mapping) -> bool:
+    return len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def strip_prefix(state_dict: Dict[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
+    """Remove ``prefix`` from the keys when every key carries it."""
+    if state_dict and all(k.startswith(prefix) for k in state_dict):
+        return {k[len(prefix):]: v for k, v in state_dict.items()}
+    return state_dict
+
+
+def load_robust_visual_weights(model: CLIP, path: Union[str, Path]) -> None:
+    """Load robust visual weights into ``model.visual`` (strict).
+
+    Accepts APT/TeCoA files (``{"vision_encoder_state_dict": ...}``) and
+    plain visual state dicts, with or without a "visual." or "module." prefix.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'Robust visual weights file "{path}" (MODEL.BACKBONE.ROBUST_WEIGHTS) not found')
+    obj = _torch_load_weights(path)
+    if isinstance(obj, Mapping) and ROBUST_KEY in obj:
+        obj = obj[ROBUST_KEY]
+    state_dict = _unwrap_state_dict(obj, path)
+    state_dict = strip_prefix(state_dict, "visual.")
+    expected = model.visual.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    mismatched = sorted(
+        k for k in set(expected) & set(state_dict) if expected[k].shape != state_dict[k].shape
+    )
+    if missing or unexpected or mismatched:
+        raise RuntimeError(
+            f'Robust visual weights "{path}" do not match the backbone\'s image encoder: '
+            f"missing keys {_short(missing)}, unexpected keys {_short(unexpected)}, "
+            f"shape mismatches {_short(mismatched)}"
+        )
+    dtype = next(model.visual.parameters()).dtype
+    model.visual.load_state_dict({k: v.to(dtype) for k, v in state_dict.items()}, strict=True)
+
+
+def _short(keys: list, limit: int = 8) -> str:
+    if not keys:
+        return "[]"
+    more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return "[" + ", ".join(keys[:limit]) + "]" + more
+
+
+def resolve_precision(prec: str, device: Device) -> str:
+    """``fp32``, ``fp16`` or ``amp``; fp16 and amp fall back to fp32 on CPU with a warning."""
+    if prec not in PRECISIONS:
+        raise ValueError(f'Unknown precision "{prec}". Valid: {", ".join(PRECISIONS)}')
+    if prec != "fp32" and torch.device(device).type == "cpu":
+        warnings.warn(f'Precision "{prec}" is not supported on CPU; using fp32', stacklevel=2)
+        return "fp32"
+    return prec
+
+
+def apply_precision(model: nn.Module, prec: str) -> nn.Module:
+    """Convert a CLIP model's weights for ``prec`` (fp16: the ``clip`` package's ``convert_weights``)."""
+    if prec == "fp16":
+        convert_weights(model)
+    else:
+        model.float()
+    return model

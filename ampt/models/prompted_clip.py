@@ -1,0 +1,141 @@
+"""CLIP with learned or hand-written prompts, as one ``nn.Module`` that maps pixels to logits.
+
+``forward(x)`` takes pixels in [0, 1] (CLIP's normalization is inside) and
+always returns logits, which is what attacks need. Text features that do not
+depend on the image can be computed once and passed in
+(``forward(x, text_features=...)``, or :class:`FixedTextFeatures`), so an
+attack does not re-run the text encoder at every step.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from .normalizer import ImageNormalizer
+from .prompt_learner import PromptLearner
+from .text_encoder import TextEncoder
+
+
+def l2_normalize(x: torch.Tensor) -> torch.Tensor:
+    """``x / |x|`` along the last axis (CLIP's own formula, no epsilon)."""
+    return x / x.norm(dim=-1, keepdim=True)
+
+
+class PromptedCLIP(nn.Module):
+    """CLIP's image encoder, text encoder and logit scale around a :class:`PromptLearner`.
+
+    ``dtype``: what inputs of the encoders are cast to; None = the weights'
+    dtype (fp16 after ``convert_weights``). Features are returned in fp32.
+    Subclasses change how image and text features meet by overriding
+    :meth:`combine` (AMPT's router does).
+    """
+
+    def __init__(
+        self,
+        clip_model: nn.Module,
+        prompt_learner: Optional[PromptLearner],
+        dtype: Optional[torch.dtype] = None,
+    ) -> None:
+        super().__init__()
+        self.image_encoder = clip_model.visual
+        self.normalizer = ImageNormalizer()
+        self.text_encoder = TextEncoder(clip_model)
+        self.prompt_learner = prompt_learner
+        self.logit_scale = clip_model.logit_scale
+        self._dtype = dtype
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._dtype or self.image_encoder.conv1.weight.dtype
+
+    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+        """L2-normalized image features ``[B, D]`` of pixels ``x`` in [0, 1]."""
+        features = self.image_encoder(self.normalizer(x).type(self.dtype))
+        return l2_normalize(features.float())
+
+    def text_features(self) -> torch.Tensor:
+        """L2-normalized ``[K, C, D]`` features of all K x C prompts, from one batched text pass."""
+        if self.prompt_learner is None:
+            raise RuntimeError(f"{type(self).__name__} has no prompt learner")
+        embeddings, token_ids = self.prompt_learner()
+        features = self.text_encoder(embeddings, token_ids).float()
+        k, c = self.prompt_learner.n_prompts, self.prompt_learner.n_cls
+        return l2_normalize(features).view(k, c, -1)
+
+    def combine(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, C]``: CLIP's scaled cosine with the single prompt's features ``[1, C, D]``."""
+        if text_features.dim() != 3 or text_features.shape[0] != 1:
+            raise ValueError(
+                f"{type(self).__name__}.combine expects text features [1, C, D] (one prompt), "
+                f"got {list(text_features.shape)}; a model for K > 1 prompts must override combine"
+            )
+        text = text_features[0].to(image_features.dtype)
+        return self.logit_scale.exp() * image_features @ text.t()
+
+    def forward(self, x: torch.Tensor, text_features: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Logits ``[B, C]``; ``text_features`` (from :meth:`text_features`) skips the text pass."""
+        image_features = self.encode_image(x)
+        if text_features is None:
+            text_features = self.text_features()
+        return self.combine(image_features, text_features)
+
+
+class FixedTextFeatures(nn.Module):
+    """``forward(x) = model(x, text_features=text_features)``: a model for attacks.
+
+    The text features are held as a detached, non-persistent buffer; the
+    wrapped model's train/eval mode follows this module's.
+    """
+
+    def __init__(self, model: PromptedCLIP, text_features: torch.Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("text_features", text_features.detach(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x, text_features=self.text_features)
+
+
+@torch.no_grad()
+def template_text_features(
+    text_encoder: TextEncoder, classnames: Sequence[str], templates: Union[str, Sequence[str]]
+) -> torch.Tensor:
+    """Normalized ``[1, C, D]`` features of hand-written prompts ``template.format(class)``.
+
+    Several templates are ensembled as in CLIP: the mean of the normalized
+    per-template features, normalized again. Underscores in class names read
+    as spaces (CoOp).
+    """
+    templates = [templates] if isinstance(templates, str) else list(templates)
+    if not templates:
+        raise ValueError("At least one template is needed")
+    names = [name.replace("_", " ") for name in classnames]
+    texts = [template.format(name) for template in templates for name in names]
+    features = l2_normalize(text_encoder.encode_texts(texts).float())
+    features = features.view(len(templates), len(names), -1).mean(dim=0)
+    return l2_normalize(features).unsqueeze(0)
+
+
+class FixedPromptCLIP(PromptedCLIP):
+    """Zero-shot CLIP as a :class:`PromptedCLIP`: hand-written prompts, features computed once.
+
+    The ``[1, C, D]`` text features are a non-persistent buffer (they move
+    with ``.to(device)``); attacks and ``forward`` reuse them.
+    """
+
+    def __init__(
+        self,
+        clip_model: nn.Module,
+        classnames: Sequence[str],
+        templates: Union[str, Sequence[str]] = "a photo of a {}.",
+        dtype: Optional[torch.dtype] = None,
+    ) -> None:
+        super().__init__(clip_model, prompt_learner=None, dtype=dtype)
+        self.templates = [templates] if isinstance(templates, str) else list(templates)
+        features = template_text_features(self.text_encoder, classnames, self.templates)
+        self.register_buffer("fixed_text_features", features, persistent=False)
+
+    def text_features(self) -> torch.Tensor:
+        return self.fixed_text_features

@@ -1,0 +1,108 @@
+#!/usr/bin/env python
+"""Evaluate a trained run, clean and under attack, and append the records to its results.json.
+
+Examples::
+
+    python evaluate.py output/apt/eurosat/.../seed1 --attack clean pgd cw tpgd aa --eps 4
+    python evaluate.py RUN_DIR --attack pgd --steps 100 --n-samples 5000 --dataset ImageNetR
+    python evaluate.py RUN_DIR --attack clean pgd --prompt "a photo of a {}."
+
+eps and alpha are in 1/255 units (4 means 4/255). The eps defaults to the
+run's training eps (adversarial trainers); other runs need --eps. A record
+already in results.json (same dataset, split, attack, eps, steps, n_samples,
+prompt) is skipped unless --force. An interrupted evaluation resumes at its
+first unfinished batch.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from ampt.attacks import DEFAULT_STEPS, check_eps
+from ampt.evaluation import CLEAN, LEARNED, AttackSpec, EvalPlan, evaluate_trainer, load_run, results_table
+from ampt.results import RunResults
+from ampt.utils import setup_logger
+
+logger = logging.getLogger("ampt.evaluate")
+
+LOG_FILE = "evaluate_log.txt"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", type=Path, help="a run folder written by train.py (config.yaml, checkpoints)")
+    p.add_argument("--attack", nargs="+", default=[CLEAN, "pgd"],
+                   help="clean and/or attack names: pgd cw tpgd aa (default: clean pgd)")
+    p.add_argument("--eps", type=float, default=None, help="L-inf budget in 1/255 units (default: the run's training eps)")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"iterations of pgd/cw/tpgd (default {DEFAULT_STEPS})")
+    p.add_argument("--alpha", type=float, default=None, help="step size in 1/255 units (default eps/4)")
+    p.add_argument("--dataset", default=None, help="evaluate on another registered dataset (cross-dataset)")
+    p.add_argument("--n-samples", type=int, default=None, help="a fixed, seeded subset of the test set of this size")
+    p.add_argument("--batch-size", type=int, default=None, help="test batch size (default: the run's DATALOADER.TEST.BATCH_SIZE)")
+    p.add_argument("--prompt", default=LEARNED,
+                   help='"learned" (the run\'s prompts; default), a template such as "a photo of a {}." '
+                        "(zero-shot on the same backbone), or a mode the trainer adds")
+    p.add_argument("--seed", type=int, default=0, help="seed of the subset and of the attacks' random starts")
+    p.add_argument("--load-epoch", type=int, default=None, help="checkpoint epoch (default: the model the run deployed)")
+    p.add_argument("--root", default="", help="dataset root (default: the run's DATASET.ROOT)")
+    p.add_argument("--force", action="store_true", help="recompute records that results.json already holds")
+    return p
+
+
+def _specs(args: argparse.Namespace, train_eps: Optional[float]) -> List[AttackSpec]:
+    attacks = list(dict.fromkeys(args.attack))
+    needs_eps = any(a != CLEAN for a in attacks)
+    eps = args.eps if args.eps is not None else train_eps
+    if needs_eps and eps is None:
+        raise ValueError("This run was not trained adversarially: give the attack budget with --eps (1/255 units)")
+    if args.steps < 0:
+        raise ValueError(f"--steps must be >= 0 (got {args.steps})")
+    return [AttackSpec(a, eps=eps or 0.0, steps=args.steps, alpha=args.alpha) for a in attacks]
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.eps is not None:
+        check_eps(args.eps, "--eps")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0 (got {args.seed})")
+    run_dir = args.run_dir
+    setup_logger(run_dir / LOG_FILE)
+    results = RunResults(run_dir)
+    if results.path.exists() and not results.finished:
+        logger.warning("%s does not say the run finished: evaluating its latest checkpoint", results.path)
+    run = load_run(run_dir, dataset=args.dataset, root=args.root, batch_size=args.batch_size,
+                   load_epoch=args.load_epoch, seed=args.seed)
+    cfg = run.trainer.cfg
+    specs = _specs(args, float(cfg.ADV.TRAIN.EPS) if run.adversarial else None)
+    plan = EvalPlan(specs=specs, prompt=args.prompt, n_samples=args.n_samples, seed=args.seed,
+                    batch_size=args.batch_size, force=args.force)
+    extra = {"checkpoint_epoch": run.epoch}
+    if cfg.DATASET.NAME != run.train_dataset:
+        extra["train_dataset"] = run.train_dataset
+    rows = evaluate_trainer(run.trainer, plan, results, extra=extra)
+    print(results_table(rows))
+    return 0
+
+
+def cli() -> int:
+    """``main`` with a one-line message (no traceback) for errors the user can fix."""
+    try:
+        return main()
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyError as err:
+        message = str(err.args[0]) if err.args else ""
+        if not message.startswith("Unknown "):
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

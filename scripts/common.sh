@@ -1,0 +1,120 @@
+# Shared helpers for scripts/<method>/*.sh. Source it, don't run it:
+#   source "$(dirname "$0")/../common.sh"
+#
+# Environment read by every script:
+#   DATA      dataset root (required)
+#   PYTHON    interpreter (default: python)
+#   SEEDS     seeds to loop over (default: "1 2 3")
+#   FORCE=1   re-run finished runs / recompute existing records (passes --force)
+#   OUTPUT    root of the run folders (default: output, relative to the current folder)
+
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PYTHON="${PYTHON:-python}"
+SEEDS="${SEEDS:-1 2 3}"
+OUTPUT="${OUTPUT:-output}"
+FORCE="${FORCE:-0}"
+
+die() {
+    echo "error: $*" >&2
+    exit 2
+}
+
+# The dataset root from $DATA; an unset or missing root is an error.
+require_data() {
+    if [ -z "${DATA:-}" ]; then
+        die "set DATA to the dataset root, e.g. DATA=/path/to/datasets bash $0 ..."
+    fi
+    if [ ! -d "${DATA}" ]; then
+        die "DATA=${DATA} is not a folder"
+    fi
+}
+
+# Path of configs/datasets/<NAME>.yaml; a missing file lists the valid names.
+dataset_config() {
+    local file="${REPO_ROOT}/configs/datasets/$1.yaml"
+    if [ ! -f "${file}" ]; then
+        die "no dataset config ${file}; valid: $(cd "${REPO_ROOT}/configs/datasets" && ls ./*.yaml 2>/dev/null | sed 's|^\./||; s|\.yaml$||' | tr '\n' ' ')"
+    fi
+    echo "${file}"
+}
+
+# Path of configs/trainers/<TRAINER>/<CFG>.yaml; a missing file lists the valid names.
+trainer_config() {
+    local file="${REPO_ROOT}/configs/trainers/$1/$2.yaml"
+    if [ ! -f "${file}" ]; then
+        die "no trainer config ${file}; valid: $(cd "${REPO_ROOT}/configs/trainers/$1" 2>/dev/null && ls ./*.yaml 2>/dev/null | sed 's|^\./||; s|\.yaml$||' | tr '\n' ' ')"
+    fi
+    echo "${file}"
+}
+
+# Exit status 0 when DIR/results.json says the run finished (run.finished true).
+run_finished() {
+    local results="$1/results.json"
+    [ -f "${results}" ] || return 1
+    "${PYTHON}" -c 'import json, sys; sys.exit(0 if json.load(open(sys.argv[1])).get("run", {}).get("finished") is True else 1)' "${results}"
+}
+
+# "--force" when FORCE=1, nothing otherwise.
+force_flag() {
+    if [ "${FORCE}" = "1" ]; then
+        echo "--force"
+    fi
+}
+
+# CoOp's epochs by shots: 1 shot 50, 2-4 shots 100, 8+ shots (or all data) 200; ImageNet 50.
+epochs_for() {
+    local dataset="$1" shots="$2"
+    case "$(echo "${dataset}" | tr '[:upper:]' '[:lower:]')" in
+        imagenet) echo 50; return ;;
+    esac
+    if [ "${shots}" -eq 1 ]; then
+        echo 50
+    elif [ "${shots}" -ge 2 ] && [ "${shots}" -le 4 ]; then
+        echo 100
+    else
+        echo 200
+    fi
+}
+
+# APT's training step size: 2/3 of eps, two decimals (4 -> 2.67, 1 -> 0.67).
+default_alpha() {
+    "${PYTHON}" -c 'import sys; print(f"{float(sys.argv[1]) * 2 / 3:.2f}")' "$1"
+}
+
+# Refuse an eps written as a fraction (0.0157): every eps here is in 1/255 units.
+check_eps() {
+    "${PYTHON}" -c 'import sys; e = float(sys.argv[1]); sys.exit(0 if e == 0 or e >= 1 else 1)' "$1" \
+        || die "eps $1 looks like a fraction; eps is in 1/255 units (write 4 for 4/255)"
+}
+
+# Train into DIR unless its results.json says it finished (FORCE=1 re-runs).
+# Usage: train_run DIR train.py-arguments...
+train_run() {
+    local dir="$1"
+    shift
+    if [ "${FORCE}" != "1" ] && run_finished "${dir}"; then
+        echo "Finished run at ${dir} (skipped; FORCE=1 re-runs it)"
+        return 0
+    fi
+    "${PYTHON}" "${REPO_ROOT}/train.py" --output-dir "${dir}" $(force_flag) "$@"
+}
+
+# Run evaluate.py on DIR with the settings from the environment:
+# ATTACKS ["clean pgd"], TEST_EPS, TEST_STEPS, EVAL_DATASET, N_SAMPLES, BATCH_SIZE, PROMPT.
+evaluate_run() {
+    local dir="$1"
+    if ! run_finished "${dir}"; then
+        echo "No finished run at ${dir} (skipped; train it first)" >&2
+        return 0
+    fi
+    local args=(--attack ${ATTACKS:-clean pgd} --root "${DATA}")
+    [ -n "${TEST_EPS:-}" ] && check_eps "${TEST_EPS}" && args+=(--eps "${TEST_EPS}")
+    [ -n "${TEST_STEPS:-}" ] && args+=(--steps "${TEST_STEPS}")
+    [ -n "${EVAL_DATASET:-}" ] && args+=(--dataset "${EVAL_DATASET}")
+    [ -n "${N_SAMPLES:-}" ] && args+=(--n-samples "${N_SAMPLES}")
+    [ -n "${BATCH_SIZE:-}" ] && args+=(--batch-size "${BATCH_SIZE}")
+    [ -n "${PROMPT:-}" ] && args+=(--prompt "${PROMPT}")
+    "${PYTHON}" "${REPO_ROOT}/evaluate.py" "${dir}" "${args[@]}" $(force_flag)
+}

@@ -1,0 +1,279 @@
+"""Attack invariants on a tiny CLIP classifier trained for a second on synthetic data.
+
+The classifier normalizes [0, 1] pixels with CLIP's mean/std inside its
+forward, encodes them with a tiny ``clip`` ViT, and scores them against fixed
+text features of four class prompts (logit scale 100), as the project's
+wrappers do. Its image encoder is trained briefly so that clean accuracy is
+high and the attacks have something to break.
+"""
+from __future__ import annotations
+
+import logging
+
+import clip
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ampt.attacks import (ATTACK_REGISTRY, CW, PGD, TPGD, AutoAttack, build_attack, ce_loss,
+                          margin_loss, pgd_linf)
+from ampt.models.tiny import build_tiny_clip
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+CLASSNAMES = ["cat", "dog", "car", "ship"]
+ALL_ATTACKS = ["pgd", "cw", "tpgd", "aa"]
+# Cheap settings per attack for the invariant tests (AutoAttack is parameter-free;
+# at eps 8 APGD-CE breaks this model quickly, so Square has almost nothing left to do).
+SETTINGS = {"pgd": dict(eps=4, steps=10), "cw": dict(eps=4, steps=10),
+            "tpgd": dict(eps=4, steps=10), "aa": dict(eps=8, num_classes=4)}
+N_AA = 16  # AutoAttack runs on the first images only
+
+
+class TinyClipClassifier(nn.Module):
+    """Pixels in [0, 1] -> logits against fixed, normalized class text features."""
+
+    def __init__(self, clip_model: nn.Module, classnames: list) -> None:
+        super().__init__()
+        self.clip = clip_model
+        self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1))
+        with torch.no_grad():
+            text = clip_model.encode_text(clip.tokenize([f"a photo of a {c}." for c in classnames]))
+        self.register_buffer("text_features", F.normalize(text, dim=-1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        features = F.normalize(self.clip.encode_image((x - self.mean) / self.std), dim=-1)
+        return 100.0 * features @ self.text_features.t()
+
+
+def synthetic(n: int, seed: int, num_classes: int = 4) -> tuple:
+    """Smooth per-class colour patterns (fixed) plus per-image noise (seeded)."""
+    patterns = torch.rand(num_classes, 3, 4, 4, generator=torch.Generator().manual_seed(123))
+    patterns = F.interpolate(patterns, size=32, mode="bilinear", align_corners=False)
+    labels = torch.arange(n) % num_classes
+    noise = torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+    return (0.5 + 0.3 * (patterns[labels] - 0.5) + 0.1 * noise).clamp(0, 1), labels
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = TinyClipClassifier(build_tiny_clip(seed=0), CLASSNAMES)
+    x_train, y_train = synthetic(64, seed=0)
+    optimizer = torch.optim.Adam(model.clip.visual.parameters(), lr=1e-3)
+    model.train()
+    for _ in range(40):
+        loss = F.cross_entropy(model(x_train), y_train)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    model.eval()
+    images, labels = synthetic(128, seed=1)
+    clean = accuracy(model, images, labels)
+    assert clean >= 90, f"the tiny classifier did not train (clean accuracy {clean:.1f})"
+    return model, images, labels, clean
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, images: Tensor, labels: Tensor) -> float:
+    return (model(images).argmax(dim=1) == labels).float().mean().item() * 100
+
+
+def make(name: str, model: nn.Module, seed: int = 0, **overrides) -> object:
+    kwargs = {**SETTINGS[name], **overrides}
+    return build_attack(name, model, kwargs.pop("eps"), seed=seed, **kwargs)
+
+
+def batch(name: str, images: Tensor, labels: Tensor) -> tuple:
+    return (images[:N_AA], labels[:N_AA]) if name == "aa" else (images, labels)
+
+
+@pytest.mark.parametrize("name", ALL_ATTACKS)
+def test_invariants(setup, name, caplog):
+    model, images, labels = setup[0], *batch(name, *setup[1:3])
+    clean = accuracy(model, images, labels)
+    attack = make(name, model)
+    eps = attack.eps / 255
+
+    model.train()
+    model.clip.transformer.eval()  # a submodule deliberately kept in another mode
+    seen = []
+    hook = model.register_forward_pre_hook(
+        lambda m, _: seen.append((m.training, torch.is_grad_enabled(),
+                                  any(p.requires_grad for p in m.parameters()))))
+    rng_before = torch.get_rng_state()
+    try:
+        with torch.no_grad(), caplog.at_level(logging.WARNING):
+            adv = attack(images, labels)
+            again = make(name, model)(images, labels)
+    finally:
+        hook.remove()
+
+    assert adv.shape == images.shape and not adv.requires_grad
+    assert (adv - images).abs().max().item() <= eps + 1e-6
+    assert adv.min().item() >= 0 and adv.max().item() <= 1
+    assert torch.equal(adv, again), "the same seed must give the same images"
+    assert torch.equal(torch.get_rng_state(), rng_before), "the global RNG was touched"
+    # Eval mode, frozen parameters and enable_grad while attacking; all restored after.
+    assert seen and all(not training and not grad_params for training, _, grad_params in seen)
+    assert any(grad_enabled for _, grad_enabled, _ in seen)
+    assert model.training and model.clip.visual.training and not model.clip.transformer.training
+    assert all(p.requires_grad for p in model.parameters())
+    assert all(p.grad is None for p in model.parameters()), "an attack left parameter gradients"
+    model.eval()
+
+    robust = accuracy(model, adv, labels)
+    assert robust <= clean
+    if name in ("pgd", "cw", "aa"):
+        assert robust < clean, f"{name} at eps {attack.eps:g} changed nothing"
+    assert "target classes" not in caplog.text  # AutoAttack's warning when C - 1 < 9 targets
+
+
+@pytest.mark.parametrize("name", ALL_ATTACKS)
+def test_eps_zero_is_clean(setup, name):
+    model, images, labels = setup[0], *batch(name, *setup[1:3])
+    adv = make(name, model, eps=0)(images, labels)
+    assert torch.equal(adv, images)
+    assert accuracy(model, adv, labels) == accuracy(model, images, labels)
+
+
+@pytest.mark.parametrize("name", ALL_ATTACKS)
+def test_fractional_eps_refused(setup, name):
+    with pytest.raises(ValueError, match="fraction"):
+        make(name, setup[0], eps=4 / 255)
+
+
+def test_normalized_pixels_refused(setup):
+    model, images, labels, _ = setup
+    normalized = (images - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / 0.27
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        PGD(model, eps=4, steps=1)(normalized, labels)
+
+
+def test_registry_and_defaults(setup):
+    model = setup[0]
+    assert ATTACK_REGISTRY.registered_names() == ["aa", "cw", "pgd", "tpgd"]
+    with pytest.raises(KeyError, match='Did you mean "pgd"'):
+        build_attack("pdg", model, 4)
+    pgd = build_attack("pgd", model, 4)
+    assert (type(pgd), pgd.eps, pgd.alpha, pgd.steps, pgd.seed) == (PGD, 4.0, 1.0, 100, 0)
+    assert repr(pgd) == "PGD(eps=4/255, alpha=1/255, steps=100, seed=0, random_start=True)"
+    assert isinstance(build_attack("cw", model, 1, alpha=0.25, steps=3), CW)
+    assert "TPGD(eps=4/255" in repr(build_attack("tpgd", model, 4))
+    aa = build_attack("aa", model, 4, steps=100, num_classes=4)  # steps do not apply to AA
+    assert isinstance(aa, AutoAttack) and aa.library.startswith("pyautoattack ")
+    assert "n_target_classes=3" in repr(aa)
+    with pytest.raises(ValueError, match="num_classes"):
+        build_attack("aa", model, 4)
+
+
+def test_pgd_breaks_undefended_model(setup):
+    model, images, labels, clean = setup
+    robust = accuracy(model, PGD(model, eps=8, steps=10)(images, labels), labels)
+    assert robust <= clean - 30, f"PGD eps 8: clean {clean:.1f} -> {robust:.1f}"
+
+
+def test_more_pgd_steps_never_weaker(setup):
+    model, images, labels, _ = setup
+    acc = {1: [], 10: []}
+    loss = {1: [], 10: []}
+    for steps in (1, 10):
+        for seed in (0, 1):
+            adv = PGD(model, eps=2, alpha=0.5, steps=steps, seed=seed)(images, labels)
+            acc[steps].append(accuracy(model, adv, labels))
+            with torch.no_grad():
+                loss[steps].append(F.cross_entropy(model(adv), labels).item())
+    assert sum(acc[10]) <= sum(acc[1]) and sum(loss[10]) > sum(loss[1])
+    assert sum(acc[10]) < sum(acc[1]), f"10 steps not stronger than 1: {acc}"
+
+
+def test_pgd_matches_torchattacks(setup):
+    torchattacks = pytest.importorskip("torchattacks")
+    model, images, ours, theirs = setup[0], setup[1], [], []
+    labels = setup[2]
+    for seed in (0, 1):
+        ours.append(accuracy(model, PGD(model, eps=4, alpha=1, steps=10, seed=seed)(images, labels), labels))
+        torch.manual_seed(seed)
+        reference = torchattacks.PGD(model, eps=4 / 255, alpha=1 / 255, steps=10, random_start=True)
+        theirs.append(accuracy(model, reference(images, labels), labels))
+    assert abs(sum(ours) / 2 - sum(theirs) / 2) <= 1.0, f"ours {ours}, torchattacks {theirs}"
+
+
+def test_pgd_linf_reusable_by_trainers(setup):
+    model, images, labels, _ = setup
+    calls = []
+
+    def forward(x: Tensor) -> Tensor:  # what a trainer passes: a closure over cached features
+        calls.append(x.shape[0])
+        return model(x)
+
+    generator = torch.Generator().manual_seed(3)
+    adv = pgd_linf(forward, images, labels, eps=4 / 255, alpha=1 / 255, steps=5, generator=generator)
+    assert len(calls) == 5
+    assert torch.equal(adv, PGD(model, eps=4, alpha=1, steps=5, seed=3)(images, labels))
+    custom = pgd_linf(forward, images, labels, 4 / 255, 1 / 255, 5,
+                      generator=torch.Generator().manual_seed(3), loss=ce_loss)
+    assert torch.equal(custom, adv)
+    assert torch.equal(pgd_linf(forward, images, labels, 0.0, 1 / 255, 5), images)
+    with pytest.raises(ValueError, match="loss"):
+        pgd_linf(forward, images, labels, 4 / 255, 1 / 255, 1, loss="dlr")
+
+
+def test_margin_loss_and_tpgd_ignores_labels(setup):
+    logits = torch.tensor([[3.0, 1.0, 2.0], [0.0, 5.0, -1.0]])
+    assert margin_loss(logits, torch.tensor([0, 2])).item() == pytest.approx((2 - 3) + (5 + 1))
+    model, images, labels, _ = setup
+    tpgd = TPGD(model, eps=4, steps=3)
+    assert torch.equal(tpgd(images, labels), tpgd(images, labels.roll(1)))
+
+
+def test_mode_restored_on_exception(setup):
+    model = setup[0]
+
+    class Exploding(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+
+        def forward(self, x: Tensor) -> Tensor:
+            raise RuntimeError("boom")
+
+    wrapper = Exploding().train()
+    with pytest.raises(RuntimeError, match="boom"):
+        PGD(wrapper, eps=4, steps=2)(setup[1][:4], setup[2][:4])
+    assert wrapper.training and model.clip.visual.training
+    assert all(p.requires_grad for p in model.parameters())
+    model.eval()
+
+
+def test_autoattack_targets_fewer_than_ten_classes(setup):
+    model, images, labels, _ = setup
+    attack = AutoAttack(model, eps=4, num_classes=4)
+    adversary = attack._adversary(images.device)
+    assert adversary.apgd_targeted.n_target_classes == 3 and adversary.fab.n_target_classes == 3
+    # APGD-T with the library's 9 targets would index past the 4 logits; with 3 it runs.
+    adversary.apgd_targeted.n_iter = 5
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        adv = adversary.apgd_targeted.perturb(images[:4], labels[:4])
+    assert (adv - images[:4]).abs().max().item() <= 4 / 255 + 1e-6
+    with pytest.raises(ValueError, match="at least 4 classes"):
+        AutoAttack(model, eps=4, num_classes=3)
+    with pytest.raises(ValueError, match="num_classes=10"):
+        AutoAttack(model, eps=8, num_classes=10)(images[:4], labels[:4])
+
+
+def test_autoattack_resumes_from_state(setup, tmp_path, monkeypatch):
+    model, images, labels = setup[0], setup[1][:N_AA], setup[2][:N_AA]
+    first = AutoAttack(model, eps=8, num_classes=4, batch_size=8, state_path=tmp_path)(images, labels)
+    assert len(list(tmp_path.glob("aa-*.pt"))) == 2  # one file per finished chunk
+
+    def interrupted(*args, **kwargs):
+        raise AssertionError("a finished chunk was attacked again")
+
+    monkeypatch.setattr("pyautoattack.AutoAttack.run_standard_evaluation", interrupted)
+    resumed = AutoAttack(model, eps=8, num_classes=4, batch_size=8, state_path=tmp_path)(images, labels)
+    assert torch.equal(resumed, first)
+    with pytest.raises(AssertionError, match="attacked again"):  # another seed is another state
+        AutoAttack(model, eps=8, num_classes=4, seed=1, batch_size=8, state_path=tmp_path)(images, labels)

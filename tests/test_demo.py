@@ -1,0 +1,156 @@
+"""The embedded Digits default: data writer, tiny CLIP pretraining, dataset plug-in, demo table."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ampt.demo import digits_data, pretrain
+from ampt.demo.digits_data import CLASSNAMES, prepare_digits
+from ampt.demo.pretrain import pretrain_tiny_clip, sidecar_path
+from ampt.demo.run import format_table, summarize, train_command
+from ampt.results import RunResults
+
+N_DIGITS = 1797  # images in scikit-learn's digits
+TINY = dict(steps=3, clean_steps=1, batch_size=16, warmup_steps=1)
+
+
+@pytest.fixture(scope="module")
+def digits_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    prepare_digits(root)
+    return root
+
+
+def _parts(dataset_dir: Path) -> dict:
+    parts = json.loads((dataset_dir / "split_zhou_Digits.json").read_text())
+    parts["pretrain"] = json.loads((dataset_dir / "pretrain.json").read_text())["pretrain"]
+    return parts
+
+
+def test_prepare_digits_writes_coop_layout(digits_root):
+    dataset_dir = digits_root / "digits"
+    parts = _parts(dataset_dir)
+    assert {k: len(v) for k, v in parts.items()} == {"train": 217, "val": 80, "test": 600, "pretrain": 900}
+    pngs = sorted((dataset_dir / "images").glob("*/*.png"))
+    assert len(pngs) == N_DIGITS
+    for relpath, label, classname in (e for part in parts.values() for e in part):
+        assert classname == CLASSNAMES[label] and relpath.startswith(classname + "/")
+        assert (dataset_dir / "images" / relpath).is_file()
+    for part in ("test", "pretrain"):
+        counts = np.bincount([e[1] for e in parts[part]], minlength=10)
+        assert counts.tolist() == [60 if part == "test" else 90] * 10
+    image = Image.open(pngs[0])
+    assert image.size == (32, 32) and image.mode == "RGB"
+
+
+def test_pretraining_part_is_disjoint_from_the_split(digits_root):
+    parts = _parts(digits_root / "digits")
+    paths = {name: {e[0] for e in entries} for name, entries in parts.items()}
+    for name in ("train", "val", "test"):
+        assert not paths["pretrain"] & paths[name], name
+    assert not paths["train"] & paths["test"] and not paths["val"] & paths["test"]
+    assert sum(len(p) for p in paths.values()) == N_DIGITS
+
+
+def test_prepare_digits_is_idempotent_and_repairs(digits_root, monkeypatch):
+    dataset_dir = digits_root / "digits"
+    split = dataset_dir / "split_zhou_Digits.json"
+    before = split.stat().st_mtime_ns
+    assert prepare_digits(digits_root) == dataset_dir
+    assert split.stat().st_mtime_ns == before  # complete: nothing rewritten
+
+    victim = dataset_dir / "images" / _parts(dataset_dir)["test"][0][0]
+    original = victim.read_bytes()
+    victim.unlink()
+    prepare_digits(digits_root)  # incomplete: written again, identically (deterministic)
+    assert victim.read_bytes() == original
+
+
+def test_short_pretraining_saves_loadable_weights_and_caches(digits_root, tmp_path, monkeypatch):
+    from clip.model import build_model
+
+    from ampt.models import load_clip
+    from ampt.models.clip_loader import clip
+
+    out = tmp_path / "tiny.pt"
+    assert pretrain_tiny_clip(digits_root, out, seed=0, adversarial=True, **TINY) == out
+    meta = json.loads(sidecar_path(out).read_text())
+    assert meta["settings"]["steps"] == 3 and meta["settings"]["adversarial"] is True
+    assert meta["num_pretrain_images"] == 900
+
+    model = build_model(torch.load(out, weights_only=True)).float().eval()
+    width = meta["settings"]["arch"]["embed_dim"]
+    with torch.no_grad():
+        image_features = model.encode_image(torch.rand(2, 3, 32, 32))
+        text_features = model.encode_text(clip.tokenize(["a photo of a three.", "zero"]))
+    assert image_features.shape == (2, width) and text_features.shape == (2, width)
+    assert torch.isfinite(image_features).all() and torch.isfinite(text_features).all()
+    assert load_clip(str(out)).visual.input_resolution == 32  # the toolkit's loading path
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cached backbone was trained again")
+
+    monkeypatch.setattr(pretrain, "_train", no_training)
+    mtime = out.stat().st_mtime_ns
+    pretrain_tiny_clip(digits_root, out, seed=0, adversarial=True, **TINY)
+    assert out.stat().st_mtime_ns == mtime
+    with pytest.raises(AssertionError, match="trained again"):  # other settings: not the cached file
+        pretrain_tiny_clip(digits_root, out, seed=1, adversarial=True, **TINY)
+
+
+def test_pretraining_is_deterministic(digits_root, tmp_path):
+    first = pretrain_tiny_clip(digits_root, tmp_path / "a.pt", adversarial=False, **TINY)
+    second = pretrain_tiny_clip(digits_root, tmp_path / "b.pt", adversarial=False, **TINY)
+    a, b = torch.load(first, weights_only=True), torch.load(second, weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    initial = pretrain.build_tiny_clip(**dict(pretrain.PretrainSettings().arch)).state_dict()
+    assert not torch.equal(a["visual.conv1.weight"], initial["visual.conv1.weight"])  # it trained
+
+
+def test_digits_dataset_builds_through_the_registry(tmp_path):
+    from ampt.config import get_cfg_default
+    from ampt.data import build_dataset
+    from ampt.plugins import load_plugins
+
+    load_plugins()
+    cfg = get_cfg_default()
+    cfg.DATASET.NAME, cfg.DATASET.ROOT = "Digits", str(tmp_path / "fresh")  # a fresh root populates itself
+    cfg.DATASET.NUM_SHOTS, cfg.SEED = 4, 1
+    dataset = build_dataset(cfg)
+    assert dataset.classnames == list(CLASSNAMES) and dataset.num_classes == 10
+    assert np.bincount([d.label for d in dataset.train_x]).tolist() == [4] * 10
+    assert len(dataset.val) == 40 and len(dataset.test) == 600
+    again = build_dataset(cfg)
+    assert [d.impath for d in again.train_x] == [d.impath for d in dataset.train_x]
+
+
+def _write_run(run_dir: Path, clean: float, robust: float) -> None:
+    results = RunResults(run_dir)
+    results.set_run(trainer="CoOp", dataset="Digits", finished=True)
+    base = {"dataset": "Digits", "split": "test", "n_samples": 600}
+    results.add({**base, "attack": "clean", "eps": 0, "steps": 0, "accuracy": clean})
+    results.add({**base, "attack": "pgd", "eps": 4, "steps": 10, "accuracy": robust})
+
+
+def test_summary_table_reads_results_files(tmp_path):
+    _write_run(tmp_path / "CoOp" / "seed1", 90.0, 80.0)
+    _write_run(tmp_path / "CoOp" / "seed2", 92.0, 70.0)
+    rows = summarize(tmp_path, ["CoOp", "ZeroshotCLIP"], [1, 2])
+    assert rows[0]["clean"] == [90.0, 92.0] and rows[0]["pgd_mean_std"] == "75.0 ± 7.1"
+    assert rows[1]["clean"] == [] and rows[1]["clean_mean_std"] == "-"  # no run: shown, not invented
+    table = format_table(rows)
+    assert "PGD-10 eps 4/255" in table and "91.0 ± 1.4" in table
+
+
+def test_train_command_uses_coops_cli(tmp_path):
+    cmd = train_command("CoOp", tmp_path, tmp_path / "out", 3, tmp_path / "b.pt", 4)
+    assert cmd[cmd.index("--trainer") + 1] == "CoOp" and cmd[cmd.index("--seed") + 1] == "3"
+    assert cmd[-4:] == ["MODEL.BACKBONE.NAME", str(tmp_path / "b.pt"), "DATASET.NUM_SHOTS", "4"]
+    assert cmd[cmd.index("--config-file") + 1].endswith(os.path.join("CoOp", "digits.yaml"))
+    assert "--eval-only" in train_command("ZeroshotCLIP", tmp_path, tmp_path, 1, tmp_path, 4)

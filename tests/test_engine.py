@@ -1,0 +1,317 @@
+"""The built-in engine on a linear model and a tiny generated image dataset.
+
+Covers: checkpoint round trip and the refusal of code-running pickles;
+interrupt + resume reproducing an uninterrupted run exactly; a finished run
+not overwritten unless forced; results.json and the evaluator block; unknown
+trainer/dataset names; train.py end to end (seed 0, config.yaml, log.txt,
+eval-only); its one-line error for a mistyped trainer.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+
+from ampt.api import DATASET_REGISTRY, TRAINER_REGISTRY, DatasetBase, Datum, TrainerX, build_trainer
+from ampt.config import get_cfg_default
+from ampt.engine.checkpoint import UnsafeCheckpointError, load_checkpoint, save_checkpoint
+from ampt.engine.evaluator import Classification
+from ampt.optim import build_lr_scheduler, build_optimizer
+from ampt.results import FinishedRunError, RunResults
+from ampt.utils.logger import reset_logger
+
+REPO = Path(__file__).resolve().parent.parent
+SPLITS = {"train": 8, "val": 2, "test": 4}  # images per class
+
+
+@DATASET_REGISTRY.register()
+class EngineToyData(DatasetBase):
+    """Two classes of 8x8 images: dark (0) and bright (1), under ROOT/engine_toy/<split>/<label>/."""
+
+    def __init__(self, cfg) -> None:
+        root = Path(cfg.DATASET.ROOT) / "engine_toy"
+        lists = {}
+        for split in SPLITS:
+            lists[split] = [
+                Datum(str(p), int(p.parent.name), classname=["dark", "bright"][int(p.parent.name)])
+                for p in sorted((root / split).glob("*/*.png"))
+            ]
+        super().__init__(train_x=lists["train"], val=lists["val"], test=lists["test"])
+
+
+@TRAINER_REGISTRY.register()
+class EngineToyTrainer(TrainerX):
+    """A linear classifier; CoOp's pattern of stepping the LR at the last batch."""
+
+    nan_at_epoch = -1
+    stop_at_epoch = -1
+
+    def build_model(self) -> None:
+        torch.manual_seed(0)
+        self.model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, self.num_classes)).to(self.device)
+        self.optim = build_optimizer(self.model, self.cfg.OPTIM)
+        self.sched = build_lr_scheduler(self.optim, self.cfg.OPTIM)
+        self.register_model("linear", self.model, self.optim, self.sched)
+        self.epoch_lrs = {}
+
+    def before_epoch(self) -> None:
+        if self.epoch == self.stop_at_epoch:
+            raise KeyboardInterrupt
+        self.epoch_lrs[self.epoch] = self.get_current_lr()
+
+    def forward_backward(self, batch):
+        image, label, _ = self.parse_batch_train(batch)
+        loss = F.cross_entropy(self.model(image), label)
+        if self.epoch == self.nan_at_epoch:
+            loss = loss * float("nan")
+        self.model_backward_and_update(loss)
+        if (self.batch_idx + 1) == self.num_batches:
+            self.update_lr()
+        return {"loss": loss.item()}
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    for split, n in SPLITS.items():
+        for label in (0, 1):
+            folder = root / "engine_toy" / split / str(label)
+            folder.mkdir(parents=True)
+            for i in range(n):
+                mean = 60 if label == 0 else 190
+                pixels = np.clip(rng.normal(mean, 30, (8, 8, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
+def make_cfg(data_root: Path, out: Path, **over):
+    cfg = get_cfg_default()
+    cfg.DATASET.NAME = "EngineToyData"
+    cfg.DATASET.ROOT = str(data_root)
+    cfg.OUTPUT_DIR = str(out)
+    cfg.TRAINER.NAME = "EngineToyTrainer"
+    cfg.SEED = 0
+    cfg.USE_CUDA = False
+    cfg.VERBOSE = False
+    cfg.INPUT.SIZE = (8, 8)
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.DATALOADER.TRAIN_X.SAMPLER = "SequentialSampler"  # deterministic: resume must match exactly
+    cfg.DATALOADER.TRAIN_X.BATCH_SIZE = 4
+    cfg.DATALOADER.TEST.BATCH_SIZE = 8
+    cfg.OPTIM.NAME, cfg.OPTIM.LR, cfg.OPTIM.MAX_EPOCH = "sgd", 0.05, 3
+    cfg.OPTIM.LR_SCHEDULER, cfg.OPTIM.WARMUP_EPOCH, cfg.OPTIM.WARMUP_TYPE = "cosine", 1, "constant"
+    cfg.TRAIN.CHECKPOINT_FREQ = 1
+    for key, value in over.items():
+        node = cfg
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    cfg.freeze()
+    return cfg
+
+
+def weights(trainer):
+    return {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+
+# ----------------------------------------------------------------- checkpoints
+def test_checkpoint_round_trip(tmp_path):
+    model = nn.Linear(4, 2)
+    cfg = get_cfg_default().OPTIM
+    cfg.NAME, cfg.WARMUP_EPOCH, cfg.LR_SCHEDULER, cfg.MAX_EPOCH = "sgd", 1, "cosine", 5
+    opt = build_optimizer(model, cfg)
+    sched = build_lr_scheduler(opt, cfg)
+    model(torch.randn(3, 4)).sum().backward()
+    opt.step()
+    sched.step()
+    state = {"state_dict": model.state_dict(), "epoch": 2, "optimizer": opt.state_dict(),
+             "scheduler": sched.state_dict(), "val_result": None}
+    path = save_checkpoint(state, tmp_path / "model")
+    assert path.name == "model.pth.tar-2"
+    assert (tmp_path / "model" / "checkpoint").read_text().strip() == "model.pth.tar-2"
+    loaded = load_checkpoint(path)
+    assert loaded["epoch"] == 2 and loaded["scheduler"] == sched.state_dict()
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded["state_dict"][k], v)
+    momentum = opt.state_dict()["state"][0]["momentum_buffer"]
+    assert torch.equal(loaded["optimizer"]["state"][0]["momentum_buffer"], momentum)
+
+
+class _Exploit:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_checkpoint_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth.tar"
+    torch.save({"state_dict": {}, "payload": _Exploit(marker)}, path)
+    with pytest.raises(UnsafeCheckpointError, match="could run code"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+# ----------------------------------------------------------------- training, resume, finished runs
+def test_interrupted_run_resumes_at_the_right_epoch_and_matches(tmp_path, data_root):
+    full = build_trainer(make_cfg(data_root, tmp_path / "full"))
+    full.train()
+
+    cut = build_trainer(make_cfg(data_root, tmp_path / "cut"))
+    cut.stop_at_epoch = 2
+    with pytest.raises(KeyboardInterrupt):
+        cut.train()
+    assert not RunResults(tmp_path / "cut").finished
+    assert (tmp_path / "cut" / "linear" / "checkpoint").read_text().strip() == "model.pth.tar-2"
+
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logging.getLogger("ampt.engine.trainer").addHandler(handler)
+    try:
+        resumed = build_trainer(make_cfg(data_root, tmp_path / "cut"))
+        resumed.train()
+    finally:
+        logging.getLogger("ampt.engine.trainer").removeHandler(handler)
+    assert any("RESUMING" in m for m in messages)  # never silent
+    assert resumed.start_epoch == 2 and list(resumed.epoch_lrs) == [2]
+    assert resumed.epoch_lrs[2] == pytest.approx(full.epoch_lrs[2])
+    assert resumed.sched.state_dict() == full.sched.state_dict()
+    for k, v in weights(full).items():  # optimizer momentum + schedule restored: identical result
+        assert torch.allclose(weights(resumed)[k], v, atol=1e-6)
+    assert RunResults(tmp_path / "cut").finished
+
+
+def test_finished_run_is_not_overwritten_unless_forced(tmp_path, data_root):
+    cfg = make_cfg(data_root, tmp_path, **{"OPTIM.MAX_EPOCH": 1})
+    build_trainer(cfg).train()
+    results = RunResults(tmp_path)
+    assert results.finished
+    assert results.run["seed"] == 0 and results.run["engine"] == "builtin" and results.run["train_eps"] == 0
+    [record] = results.records
+    assert record["attack"] == "clean" and record["n_samples"] == 2 * SPLITS["test"]
+    assert record["eps"] == 0 and record["split"] == "test" and 0 <= record["accuracy"] <= 100
+
+    with pytest.raises(FinishedRunError):
+        build_trainer(cfg).train()
+    forced = build_trainer(cfg)
+    forced.fresh_start = True
+    forced.train()
+    assert forced.start_epoch == 0 and RunResults(tmp_path).finished
+    assert list(tmp_path.glob("results.json.bak-*"))
+
+
+def test_resume_into_a_run_with_other_settings_is_refused(tmp_path, data_root):
+    cut = build_trainer(make_cfg(data_root, tmp_path))
+    cut.stop_at_epoch = 1
+    with pytest.raises(KeyboardInterrupt):
+        cut.train()
+    with pytest.raises(RuntimeError, match="seed: 0 -> 1"):
+        build_trainer(make_cfg(data_root, tmp_path, SEED=1)).train()
+
+
+def test_best_val_saves_best_model_and_deploys_it(tmp_path, data_root):
+    cfg = make_cfg(data_root, tmp_path, **{"TEST.FINAL_MODEL": "best_val", "OPTIM.MAX_EPOCH": 2})
+    trainer = build_trainer(cfg)
+    trainer.train()
+    best = load_checkpoint(tmp_path / "linear" / "model-best.pth.tar")
+    assert best["val_result"] == pytest.approx(trainer.best_result)
+    assert (tmp_path / "linear" / "checkpoint").read_text().strip() == "model.pth.tar-2"
+    assert [r["split"] for r in RunResults(tmp_path).records] == ["test"]  # val checks are not records
+
+
+def test_nan_loss_raises(tmp_path, data_root):
+    trainer = build_trainer(make_cfg(data_root, tmp_path))
+    trainer.nan_at_epoch = 0
+    with pytest.raises(FloatingPointError, match="NaN"):
+        trainer.train()
+
+
+def test_unknown_trainer_and_dataset_name_the_closest(tmp_path, data_root):
+    with pytest.raises(KeyError, match='Did you mean "EngineToyTrainer"'):
+        build_trainer(make_cfg(data_root, tmp_path, **{"TRAINER.NAME": "EngineToyTrainr"}))
+    with pytest.raises(KeyError, match='Did you mean "EngineToyData"'):
+        build_trainer(make_cfg(data_root, tmp_path, **{"DATASET.NAME": "EngineToyDat"}))
+
+
+# ----------------------------------------------------------------- evaluator
+def test_evaluator_block_reads_as_dassl(caplog):
+    cfg = get_cfg_default()
+    evaluator = Classification(cfg, lab2cname={0: "a", 1: "b"})
+    evaluator.process(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 0.0]]), torch.tensor([0, 1, 1, 0]))
+    log = logging.getLogger("ampt.engine.evaluator")
+    log.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="ampt.engine.evaluator"):
+            results = evaluator.evaluate()
+    finally:
+        log.removeHandler(caplog.handler)
+    assert results["accuracy"] == 75.0 and evaluator.total == 4
+    block = "=> result\n* total: 4\n* correct: 3\n* accuracy: 75.0%\n* error: 25.0%\n* macro_f1: 73.3%"
+    assert block in caplog.text
+
+
+# ----------------------------------------------------------------- train.py
+def _train_argv(data_root: Path, out: Path, *extra: str):
+    return ["--root", str(data_root), "--trainer", "EngineToyTrainer", "--output-dir", str(out),
+            "--seed", "0", *extra, "DATASET.NAME", "EngineToyData", "INPUT.SIZE", "(8, 8)",
+            "DATALOADER.NUM_WORKERS", "0", "OPTIM.NAME", "sgd", "OPTIM.MAX_EPOCH", "2", "USE_CUDA", "False"]
+
+
+def test_train_py_end_to_end(tmp_path, data_root, monkeypatch):
+    import train
+    from ampt.engine.select import use_engine
+
+    monkeypatch.setattr(train, "load_plugins", lambda engine: use_engine(engine))
+    out = tmp_path / "run"
+    try:
+        assert train.main(_train_argv(data_root, out)) == 0
+        assert torch.initial_seed() == 0  # --seed 0 is a seed
+        saved = (out / "config.yaml").read_text()
+        assert "SEED: 0" in saved and "MAX_EPOCH: 2" in saved
+        log = (out / "log.txt").read_text()
+        assert "=> result\n* total: 8\n" in log and "* macro_f1:" in log and "Finish training" in log
+        assert RunResults(out).finished
+
+        with pytest.raises(FinishedRunError):
+            train.main(_train_argv(data_root, out))
+
+        ev = tmp_path / "eval"
+        argv = _train_argv(data_root, ev, "--eval-only", "--model-dir", str(out), "--load-epoch", "2")
+        assert train.main(argv) == 0
+        data = json.loads((ev / "results.json").read_text())
+        assert data["run"]["eval_only"] and data["run"]["finished"]
+        assert data["records"][0]["accuracy"] == RunResults(out).records[0]["accuracy"]
+    finally:
+        reset_logger()
+
+
+def test_train_py_mistyped_trainer_is_one_line(tmp_path):
+    plugins = tmp_path / "plugins"
+    for folder in ("trainers", "datasets"):
+        (plugins / folder).mkdir(parents=True)
+        (plugins / folder / "__init__.py").write_text("")
+    (plugins / "trainers" / "toy.py").write_text(
+        "from ampt.api import TRAINER_REGISTRY, TrainerX\n\n"
+        "@TRAINER_REGISTRY.register()\nclass PluginToy(TrainerX):\n    pass\n"
+    )
+    env = {**os.environ, "AMPT_PLUGIN_ROOT": str(plugins), "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, str(REPO / "train.py"), "--trainer", "PluginToi"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert 'Unknown trainer "PluginToi". Did you mean "PluginToy"?' in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,147 @@
+#!/usr/bin/env python
+"""Train or evaluate a trainer with CoOp's ``train.py`` command line.
+
+Added to CoOp's flags: ``--engine {builtin,dassl}``, ``--force`` (train a
+finished run again, from scratch) and APT's ``--eps --alpha --steps
+--adv-prompt`` (aliases of ``ADV.TRAIN.*``; eps and alpha in 1/255 units).
+Trailing ``KEY VALUE`` pairs override the config last.
+
+Example (CoOp's script arguments work unchanged)::
+
+    python train.py --root DATA --seed 1 --trainer CoOp \\
+        --dataset-config-file configs/datasets/eurosat.yaml \\
+        --config-file configs/trainers/CoOp/vit_b32.yaml \\
+        --output-dir output/eurosat/CoOp/seed1 DATASET.NUM_SHOTS 4
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+
+from ampt.config import ConfigKeyError, peek_trainer_name, setup_cfg
+from ampt.engine.checkpoint import UnsafeCheckpointError
+from ampt.engine.dassl_api import INSTALL_HINT
+from ampt.engine.select import ENGINES, active_api
+from ampt.plugins import load_plugins
+from ampt.results import FinishedRunError, RunResults, check_not_finished
+from ampt.utils import collect_env_info, set_random_seed, setup_logger
+
+logger = logging.getLogger("ampt.train")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--root", type=str, default="", help="path to dataset")
+    p.add_argument("--output-dir", type=str, default="", help="output directory")
+    p.add_argument("--resume", type=str, default="", help="checkpoint directory (from which the training resumes)")
+    p.add_argument("--seed", type=int, default=None, help="random seed; any value >= 0 (0 included) fixes it")
+    p.add_argument("--source-domains", type=str, nargs="+", help="source domains for DA/DG")
+    p.add_argument("--target-domains", type=str, nargs="+", help="target domains for DA/DG")
+    p.add_argument("--transforms", type=str, nargs="+", help="data augmentation methods")
+    p.add_argument("--config-file", type=str, default="", help="path to config file")
+    p.add_argument("--dataset-config-file", type=str, default="", help="path to config file for dataset setup")
+    p.add_argument("--trainer", type=str, default="", help="name of trainer")
+    p.add_argument("--backbone", type=str, default="", help="CLIP model name or checkpoint path")
+    p.add_argument("--head", type=str, default="", help="name of head")
+    p.add_argument("--eval-only", action="store_true", help="evaluation only")
+    p.add_argument("--model-dir", type=str, default="", help="load model from this directory for eval-only mode")
+    p.add_argument("--load-epoch", type=int, help="load model weights at this epoch for evaluation")
+    p.add_argument("--no-train", action="store_true", help="do not call trainer.train()")
+    p.add_argument("--engine", choices=ENGINES, default="builtin", help="built-in engine or an installed Dassl")
+    p.add_argument("--force", action="store_true", help="re-train a finished run from scratch")
+    p.add_argument("--eps", type=float, default=None, help="training attack eps in 1/255 units (ADV.TRAIN.EPS)")
+    p.add_argument("--alpha", type=float, default=None, help="training attack step in 1/255 units (ADV.TRAIN.ALPHA)")
+    p.add_argument("--steps", type=int, default=None, help="training attack steps (ADV.TRAIN.STEPS)")
+    p.add_argument("--adv-prompt", type=str, default=None, help="prompt of the training attack (ADV.TRAIN.PROMPT)")
+    p.add_argument("opts", default=None, nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    return p
+
+
+def resolve_trainer_class(args: argparse.Namespace) -> Optional[type]:
+    """The registered class of the requested trainer (its config node is added before the yamls)."""
+    name = peek_trainer_name(args)
+    return active_api().TRAINER_REGISTRY.get(name) if name else None
+
+
+def _log_run_header(args: argparse.Namespace, cfg) -> None:
+    logger.info("** Arguments **")
+    for key in sorted(vars(args)):
+        logger.info("%s: %s", key, getattr(args, key))
+    logger.info("** Config **\n%s", cfg)
+    logger.info("** System info **\n%s\n", collect_env_info())
+
+
+def _write_config(cfg, eval_only: bool) -> None:
+    path = Path(cfg.OUTPUT_DIR) / "config.yaml"
+    if eval_only and path.exists():
+        return  # an evaluation into a training folder keeps the training config
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(cfg.dump(), encoding="utf-8")
+
+
+def evaluate_only(trainer, args: argparse.Namespace) -> float:
+    """Load the registered models' weights from ``--model-dir`` and test; records go to results.json."""
+    trainer.load_model(args.model_dir, epoch=args.load_epoch)
+    accuracy = trainer.test()
+    results = RunResults(trainer.output_dir)
+    if not results.run:
+        extra = {"eval_only": True, "model_dir": args.model_dir, "load_epoch": args.load_epoch, "finished": True}
+        results.set_run(**{**trainer.run_metadata(), **extra})
+    return accuracy
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    load_plugins(args.engine)
+    trainer_cls = resolve_trainer_class(args)
+    base_cfg = active_api().get_cfg_default() if args.engine == "dassl" else None
+    cfg = setup_cfg(args, trainer_cls, base_cfg=base_cfg)
+    training = not args.eval_only and not args.no_train
+    if training:
+        check_not_finished(cfg.OUTPUT_DIR, force=args.force)
+
+    setup_logger(cfg.OUTPUT_DIR)
+    if cfg.SEED >= 0:
+        logger.info("Setting fixed seed: %d", cfg.SEED)
+        set_random_seed(cfg.SEED)
+    if torch.cuda.is_available() and cfg.USE_CUDA:
+        torch.backends.cudnn.benchmark = True
+    _log_run_header(args, cfg)
+    _write_config(cfg, eval_only=not training)
+
+    trainer = active_api().build_trainer(cfg)
+    trainer.fresh_start = bool(args.force)
+    if args.eval_only:
+        evaluate_only(trainer, args)
+    elif training:
+        trainer.train()
+    return 0
+
+
+def cli() -> int:
+    """``main`` with a one-line message (no traceback) for errors the user can fix."""
+    try:
+        return main()
+    except (ConfigKeyError, FinishedRunError, UnsafeCheckpointError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except ImportError as err:
+        if INSTALL_HINT not in str(err):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyError as err:
+        message = str(err.args[0]) if err.args else ""
+        if not message.startswith("Unknown "):
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
