@@ -196,14 +196,15 @@ class AdversarialClipTrainer(ClipTrainer):
 
     def forward_backward(self, batch: Dict[str, Any]) -> Dict[str, float]:
         images, labels = self.parse_batch_train(batch)[:2]
-        if self.budget.prompt == "perturbed":
-            adv = self.adversarial_images(images, labels, None)
-            text_features = self.model.text_features()
-        else:
-            text_features = self.model.text_features()  # the step's only text-encoder pass
-            adv = self.adversarial_images(images, labels, text_features)
-        logits = self.model(adv, text_features=text_features)
-        loss, extra = self.adversarial_loss(logits, labels, images, adv, text_features)
+        with self.autocast():
+            if self.budget.prompt == "perturbed":
+                adv = self.adversarial_images(images, labels, None)
+                text_features = self.model.text_features()
+            else:
+                text_features = self.model.text_features()  # the step's only text-encoder pass
+                adv = self.adversarial_images(images, labels, text_features)
+            logits = self.model(adv, text_features=text_features)
+            loss, extra = self.adversarial_loss(logits, labels, images, adv, text_features)
         self.model_backward_and_update(loss)
         summary = {"loss": loss.item(), "adv_acc": 100.0 * (logits.argmax(1) == labels).float().mean().item(),
                    **extra}

@@ -29,7 +29,9 @@ class FGVCAircraft(CoOpDataset):
         with open(variants_file, "r", encoding="utf-8") as f:
             classnames = [line.strip() for line in f if line.strip()]
         cname2lab = {c: i for i, c in enumerate(classnames)}
-        train, val, test = (self.read_list(cname2lab, f"images_variant_{s}.txt") for s in ("train", "val", "test"))
+        train, val, test = (
+            self.read_list(cname2lab, f"images_variant_{split}.txt") for split in ("train", "val", "test")
+        )
         return train, val, test
 
     def read_list(self, cname2lab: Dict[str, int], name: str) -> List[Datum]:

@@ -29,7 +29,7 @@ class OxfordFlowers(CoOpDataset):
     docs_section = "oxfordflowers"
 
     def build_split(self) -> Tuple[List[Datum], List[Datum], List[Datum]]:
-        needed = f"(needed to build the missing {self.split_file})"
+        needed = f"(needed because the split file {self.split_path} is missing)"
         label_file = self.require(os.path.join(self.dataset_root, "imagelabels.mat"),
                                   f"label file imagelabels.mat {needed}")
         names_file = self.require(os.path.join(self.dataset_root, "cat_to_name.json"),
@@ -50,7 +50,9 @@ class OxfordFlowers(CoOpDataset):
             random.shuffle(impaths)
             n_train, n_val = round(len(impaths) * 0.5), round(len(impaths) * 0.2)
             if n_train <= 0 or n_val <= 0 or len(impaths) - n_train - n_val <= 0:
-                raise ValueError(f"{label_file}: label {label} has {len(impaths)} image(s), too few for 50/20/30")
+                raise ValueError(
+                    f"{label_file}: label {label} has {len(impaths)} image(s), too few for a 50/20/30 split"
+                )
             cname = lab2cname[str(label)]
             train.extend(Datum(p, label - 1, 0, cname) for p in impaths[:n_train])
             val.extend(Datum(p, label - 1, 0, cname) for p in impaths[n_train:n_train + n_val])

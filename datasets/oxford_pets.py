@@ -35,7 +35,8 @@ class OxfordPets(CoOpDataset):
         """Datums of ``annotations/<name>``; a malformed line is an error naming file and line."""
         path = self.require(
             os.path.join(self.dataset_root, "annotations", name),
-            f"annotation file annotations/{name} (needed to build the missing {self.split_file})",
+            f"annotation file annotations/{name} "
+            f"(needed because the split file {self.split_path} is missing)",
         )
         items = []
         with open(path, "r", encoding="utf-8") as f:

@@ -30,7 +30,8 @@ def load_mat_field(path: str, key: str) -> Any:
     """``loadmat(path)[key][0]``; a file without ``key`` is an error naming both."""
     data = loadmat(path)
     if key not in data:
-        raise ValueError(f"{path} has no '{key}' variable (found {sorted(k for k in data if not k.startswith('__'))})")
+        found = sorted(k for k in data if not k.startswith("__"))
+        raise ValueError(f"{path} has no '{key}' variable (found {found})")
     return data[key][0]
 
 
@@ -44,7 +45,7 @@ class StanfordCars(CoOpDataset):
     docs_section = "stanfordcars"
 
     def build_split(self) -> Tuple[List[Datum], List[Datum], List[Datum]]:
-        needed = f"(needed to build the missing {self.split_file})"
+        needed = f"(needed because the split file {self.split_path} is missing)"
         meta = self.require(os.path.join(self.dataset_root, "devkit", "cars_meta.mat"),
                             f"devkit class list devkit/cars_meta.mat {needed}")
         train_annos = self.require(os.path.join(self.dataset_root, "devkit", "cars_train_annos.mat"),
@@ -58,8 +59,8 @@ class StanfordCars(CoOpDataset):
         return train, val, test
 
     def read_annotations(self, folder: str, anno_file: str, classnames: List[str]) -> List[Datum]:
-        image_dir = self.require(os.path.join(self.dataset_root, folder),
-                                 f"image folder {folder} (needed to build the missing {self.split_file})")
+        needed = f"(needed because the split file {self.split_path} is missing)"
+        image_dir = self.require(os.path.join(self.dataset_root, folder), f"image folder {folder} {needed}")
         items = []
         for i, record in enumerate(load_mat_field(anno_file, "annotations")):
             fname, class_id = str(record["fname"][0]), int(record["class"][0, 0])

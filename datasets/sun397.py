@@ -32,7 +32,7 @@ class SUN397(CoOpDataset):
     docs_section = "sun397"
 
     def build_split(self) -> Tuple[List[Datum], List[Datum], List[Datum]]:
-        needed = f"(needed to build the missing {self.split_file})"
+        needed = f"(needed because the split file {self.split_path} is missing)"
         class_file = self.require(os.path.join(self.dataset_root, "ClassName.txt"),
                                   f"class list ClassName.txt {needed}")
         with open(class_file, "r", encoding="utf-8") as f:

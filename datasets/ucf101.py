@@ -35,7 +35,7 @@ class UCF101(CoOpDataset):
     docs_section = "ucf101"
 
     def build_split(self) -> Tuple[List[Datum], List[Datum], List[Datum]]:
-        needed = f"(needed to build the missing {self.split_file})"
+        needed = f"(needed because the split file {self.split_path} is missing)"
         class_file = self.anno_file("classInd.txt", needed)
         cname2lab: Dict[str, int] = {}
         with open(class_file, "r", encoding="utf-8") as f:
@@ -44,7 +44,9 @@ class UCF101(CoOpDataset):
                 if not fields:
                     continue
                 if len(fields) != 2 or not fields[0].isdigit():
-                    raise ValueError(f"{class_file}:{lineno}: expected '<class id> <Action>', got {line.strip()!r}")
+                    raise ValueError(
+                        f"{class_file}:{lineno}: expected '<class id> <Action>', got {line.strip()!r}"
+                    )
                 cname2lab[fields[1]] = int(fields[0]) - 1
         trainval = self.read_list(cname2lab, self.anno_file("trainlist01.txt", needed))
         test = self.read_list(cname2lab, self.anno_file("testlist01.txt", needed))

@@ -7,16 +7,35 @@ per-sample mixtures of the normalized text features.
 """
 from __future__ import annotations
 
+import argparse
+import json
+from pathlib import Path
+from typing import List
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from yacs.config import CfgNode as CN
 
-from ampt.models import PromptLearner, PromptedCLIP, build_tiny_clip
+from ampt.api import DATASET_REGISTRY, TRAINER_REGISTRY, DatasetBase, Datum, build_trainer
+from ampt.config import setup_cfg
+from ampt.models import PromptLearner, PromptedCLIP, build_tiny_clip, save_clip_state_dict
 from ampt.models.clip_loader import clip
 from ampt.models.mixture import MixturePromptedCLIP, mix_similarities
 from ampt.models.router import Router, weight_entropy
+from ampt.plugins import load_plugins
+from ampt.results import RunResults
+from ampt.utils.logger import reset_logger
 
+REPO = Path(__file__).resolve().parent.parent
+AMPT_DIGITS = REPO / "configs" / "trainers" / "AMPT" / "digits.yaml"
 CLASSNAMES = ["zero", "one", "two", "golden retriever", "sea or lake", "st. bernard"]
+TOY_CLASSES = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "white": (230, 230, 230)}
+TOY_SPLITS = {"train": 4, "val": 1, "test": 3}  # images per class
+
+load_plugins("builtin")
 
 
 @pytest.fixture(scope="module")
@@ -193,3 +212,169 @@ def test_every_prompt_and_the_router_get_gradient(tiny):
     for name, p in model.router.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
     assert all(p.grad is None for p in tiny.parameters())
+
+
+# ---------------------------------------------------------------- trainer
+
+def _toy_split(root: Path, split: str) -> List[Datum]:
+    names = list(TOY_CLASSES)
+    return [Datum(str(p), int(p.parent.name), classname=names[int(p.parent.name)])
+            for p in sorted((root / "ampt_toy" / split).glob("*/*.png"))]
+
+
+@DATASET_REGISTRY.register()
+class AmptToy(DatasetBase):
+    """4 colour classes of 32x32 noisy images under ROOT/ampt_toy/<split>/<label>/."""
+
+    def __init__(self, cfg) -> None:
+        root = Path(cfg.DATASET.ROOT)
+        super().__init__(train_x=_toy_split(root, "train"), val=_toy_split(root, "val"), test=_toy_split(root, "test"))
+
+
+@pytest.fixture(scope="module")
+def toy_env(tmp_path_factory):
+    base = tmp_path_factory.mktemp("ampt_env")
+    rng = np.random.RandomState(0)
+    for split, count in TOY_SPLITS.items():
+        for label, colour in enumerate(TOY_CLASSES.values()):
+            out = base / "data" / "ampt_toy" / split / str(label)
+            out.mkdir(parents=True)
+            for i in range(count):
+                pixels = np.clip(np.array(colour) + rng.randint(-40, 40, (32, 32, 3)), 0, 255)
+                Image.fromarray(pixels.astype(np.uint8)).save(out / f"{i}.png")
+    backbone = save_clip_state_dict(build_tiny_clip(seed=0), base / "tiny_clip.pt")
+    return base / "data", backbone
+
+
+@pytest.fixture(autouse=True)
+def _quiet(monkeypatch):
+    monkeypatch.setenv("AMPT_NO_PROGRESS", "1")
+    yield
+    reset_logger()
+
+
+def _toy_opts(toy_env) -> List[str]:
+    root, backbone = toy_env
+    return ["DATASET.NAME", "AmptToy", "DATASET.ROOT", str(root), "MODEL.BACKBONE.NAME", str(backbone),
+            "DATALOADER.TRAIN_X.BATCH_SIZE", "8", "OPTIM.MAX_EPOCH", "1", "ADV.TEST.STEPS", "2"]
+
+
+def make_trainer(toy_env, out: Path, *opts: str):
+    args = argparse.Namespace(output_dir=str(out), trainer="AMPT", config_file=str(AMPT_DIGITS),
+                              dataset_config_file="", seed=1, opts=_toy_opts(toy_env) + list(opts))
+    torch.manual_seed(0)
+    trainer = build_trainer(setup_cfg(args, TRAINER_REGISTRY.get("AMPT")))
+    trainer.batch_idx, trainer.num_batches = 0, 2  # a step that is not the epoch's last: no LR step
+    return trainer
+
+
+def test_training_step_one_text_pass_gradients_and_allow_list(toy_env, tmp_path):
+    trainer = make_trainer(toy_env, tmp_path / "run", "TRAINER.AMPT.CLEAN_CE_WEIGHT", "0.5",
+                           "TRAINER.AMPT.TRADES_KL_WEIGHT", "1.0", "TRAINER.AMPT.BALANCE_WEIGHT", "0.1")
+    model = trainer.model
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable == ["prompt_learner.ctx", "router.net.weight", "router.net.bias"]
+    assert trainer.get_model_names() == ["prompt_learner", "router"]
+    calls = []
+    model.text_encoder.register_forward_hook(lambda *_: calls.append(1))
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    summary = trainer.forward_backward(next(iter(trainer.train_loader_x)))
+    assert len(calls) == 1  # K x C prompts, one batched pass, reused by the 3 attack steps and the loss
+    assert {"loss", "adv_acc", "clean_ce", "trades_kl", "imbalance", "router_entropy"} <= set(summary)
+    assert all(np.isfinite(v) for v in summary.values())
+    ctx_grad = model.prompt_learner.ctx.grad
+    assert (ctx_grad.flatten(1).abs().sum(dim=1) > 0).all()  # every prompt
+    for name, p in model.router.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert all(p.grad is None for n, p in model.named_parameters() if n not in before)
+    assert all(not torch.equal(before[n], p) for n, p in model.named_parameters() if n in before)
+
+
+def test_training_attack_router_modes_stay_in_ball(toy_env, tmp_path):
+    trainer = make_trainer(toy_env, tmp_path / "run")
+    images, labels = trainer.parse_batch_train(next(iter(trainer.train_loader_x)))
+    routes = []
+    original = trainer.model.mixture_weights
+    trainer.model.mixture_weights = lambda f: routes.append(trainer.model.route) or original(f)
+    with torch.no_grad():
+        features = trainer.model.text_features()
+    for attack_router, expected in (("full", "learned"), ("uniform", "uniform"), ("detached", "detached")):
+        trainer.cfg.defrost()
+        trainer.cfg.TRAINER.AMPT.ATTACK_ROUTER = attack_router
+        trainer.cfg.freeze()
+        routes.clear()
+        adv = trainer.adversarial_images(images, labels, features)
+        assert routes == [expected] * 3 and trainer.model.route == "learned"
+        assert (adv - images).abs().max() <= 4 / 255 + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+
+
+@pytest.mark.parametrize("opts, message", [
+    (["TRAINER.AMPT.N_PROMPTS", "1"], "ROUTER uniform"),
+    (["TRAINER.AMPT.ROUTER", "uniform", "TRAINER.AMPT.TOP_K", "2"], "does not use"),
+    (["TRAINER.AMPT.CTX_INIT", "a photo of a"], "INIT first or all"),
+    (["TRAINER.AMPT.INIT", "all"], "needs CTX_INIT"),
+    (["TRAINER.AMPT.MIX", "prompts"], "features, logits"),
+    (["TRAINER.AMPT.ROUTER_HIDDEN", "8"], "only by the mlp router"),
+    (["TRAINER.AMPT.BALANCE_WEIGHT", "-1.0"], ">= 0"),
+])
+def test_invalid_or_unused_settings_are_refused(toy_env, tmp_path, opts, message):
+    with pytest.raises(ValueError, match=message):
+        make_trainer(toy_env, tmp_path / "run", *opts)
+
+
+def test_word_init_first_prompt_and_uniform_router_without_router_params(toy_env, tmp_path):
+    trainer = make_trainer(toy_env, tmp_path / "run", "TRAINER.AMPT.CTX_INIT", "a photo of a",
+                           "TRAINER.AMPT.INIT", "first", "TRAINER.AMPT.ROUTER", "uniform")
+    ctx = trainer.model.prompt_learner.ctx.detach()
+    words = trainer.model.text_encoder.token_embedding(clip.tokenize("a photo of a"))[0, 1:5]
+    assert torch.allclose(ctx[0], words) and not torch.allclose(ctx[1], words)
+    assert trainer.get_model_names() == ["prompt_learner"]
+    assert [n for n, p in trainer.model.named_parameters() if p.requires_grad] == ["prompt_learner.ctx"]
+
+
+def test_end_to_end_train_save_reload_evaluate_interpret(toy_env, tmp_path, monkeypatch, capsys):
+    import evaluate
+    import train
+    from ampt import interpret
+
+    monkeypatch.setattr(train, "load_plugins", lambda engine: None)  # already loaded, with AmptToy
+    out = tmp_path / "run"
+    argv = ["--output-dir", str(out), "--trainer", "AMPT", "--config-file", str(AMPT_DIGITS), "--seed", "1",
+            *_toy_opts(toy_env), "OPTIM.MAX_EPOCH", "2"]
+    assert train.main(argv) == 0
+    results = RunResults(out)
+    assert results.finished and results.run["trainer"] == "AMPT" and results.run["n_prompts"] == 4
+    by_attack = {r["attack"]: r["accuracy"] for r in results.records}
+    assert set(by_attack) == {"clean", "pgd"} and by_attack["pgd"] <= by_attack["clean"]
+    for name in ("prompt_learner", "router"):
+        assert (out / name / "model.pth.tar-2").is_file()
+    stats = json.loads((out / "router_stats.json").read_text())["epochs"]
+    assert [s["epoch"] for s in stats] == [1, 2] and stats[-1]["n_images"] == 16
+    assert abs(sum(stats[-1]["mean_weights"]) - 1) < 1e-4 and 0 < stats[-1]["entropy"] <= np.log(4) + 1e-6
+    assert "router (epoch 2, 16 adversarial images): mean weights" in (out / "log.txt").read_text()
+    assert list((out / "tensorboard").iterdir())
+
+    # save and reload: a fresh trainer loading the checkpoints gives identical logits
+    reset_logger()
+    trained = make_trainer(toy_env, tmp_path / "unused")
+    trained.load_model(str(out), epoch=2)
+    fresh = make_trainer(toy_env, tmp_path / "unused2")
+    x = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert not torch.equal(trained.model(x), fresh.model(x))
+        fresh.load_model(str(out), epoch=2)
+        assert torch.equal(trained.model(x), fresh.model(x))
+
+    reset_logger()
+    for prompt in ("learned", "uniform"):
+        assert evaluate.main([str(out), "--attack", "clean", "pgd", "--steps", "2", "--prompt", prompt]) == 0
+    records = {(r["attack"], r["prompt"]): r for r in RunResults(out).records if r["steps"] in (0, 2)}
+    assert {("clean", "uniform"), ("pgd", "uniform"), ("pgd", "learned")} <= set(records)
+    assert records[("pgd", "uniform")]["accuracy"] <= records[("clean", "uniform")]["accuracy"]
+
+    capsys.readouterr()
+    assert interpret.main([str(out), "--topk", "2"]) == 0
+    report = capsys.readouterr().out
+    assert [line.split(":")[0] for line in report.splitlines() if line.startswith("prompt")] == \
+        [f"prompt {k}" for k in range(1, 5)]
+    assert report.count("  ctx ") == 16

@@ -57,8 +57,17 @@ def synthetic(n: int, seed: int, num_classes: int = 4) -> tuple:
     return (0.5 + 0.3 * (patterns[labels] - 0.5) + 0.1 * noise).clamp(0, 1), labels
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """On a shared 2-core machine, intra-op threads spin and cost several times the CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
-def setup():
+def setup(one_thread):
     model = TinyClipClassifier(build_tiny_clip(seed=0), CLASSNAMES)
     x_train, y_train = synthetic(64, seed=0)
     optimizer = torch.optim.Adam(model.clip.visual.parameters(), lr=1e-3)

@@ -14,7 +14,7 @@ import shutil
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 import pytest
@@ -177,7 +177,8 @@ def test_base_new_subsampling(tmp_path: Path, name: str) -> None:
 def test_renaming_rules(tmp_path: Path) -> None:
     for name in ("Caltech101", "EuroSAT", "SUN397", "UCF101", "StanfordCars"):
         make_tree(name, tmp_path)
-    assert build(tmp_path, "Caltech101").classnames == ["face", "leopard", "motorbike", "accordion", "airplane"]
+    caltech = ["face", "leopard", "motorbike", "accordion", "airplane"]
+    assert build(tmp_path, "Caltech101").classnames == caltech
     assert build(tmp_path, "EuroSAT").classnames == [EUROSAT[f] for f in sorted(EUROSAT)]
     assert "outdoor apartment_building" in build(tmp_path, "SUN397").classnames
     assert build(tmp_path, "UCF101").classnames == ["Apply_Eye_Makeup", "Apply_Lipstick", "Yo_Yo"]
@@ -231,7 +232,7 @@ def test_missing_file_names_path_and_section(tmp_path: Path, name: str, delete: 
     message = str(err.value)
     assert str(tree.dataset_dir / named) in message and anchor(name) in message
     if tree.split_file and delete != tree.image_root.name:  # annotations are only needed without the split
-        assert tree.split_file in message
+        assert str(tree.dataset_dir / tree.split_file) in message
 
 
 def move_val_flat(tree: FakeTree) -> Path:
@@ -361,3 +362,42 @@ def test_docs_sections_and_configs_exist() -> None:
         assert DATASET_REGISTRY.get(name).docs_section in headings, name
         assert name in configs, name
     assert "portable-few-shot-cache" in headings
+
+
+def test_bench_script_runs_on_a_small_index(tmp_path: Path, monkeypatch, capsys) -> None:
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import bench_dataset_index as bench
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    argv = ["--root", str(tmp_path), "--classes", "5", "--train", "103", "--val", "10", "--shots", "4",
+            "--scan-classes", "2", "--scan-files", "3"]
+    monkeypatch.setattr(sys, "argv", ["bench_dataset_index.py"] + argv)
+    bench.main()
+    out = capsys.readouterr().out
+    assert "103 train + 10 val entries, 5 classes" in out and "4-shot (cached)" in out
+    assert "cold scan of 12 real files" in out
+
+
+@pytest.mark.parametrize("name", ["OxfordPets", "StanfordCars", "UCF101"])
+def test_train_py_runs_coop_one_epoch_on_a_generated_tree(tmp_path: Path, name: str) -> None:
+    import train
+    from ampt.models.tiny import build_tiny_clip, save_clip_state_dict
+    from ampt.utils.logger import reset_logger
+
+    tree = make_tree(name, tmp_path / "data")
+    backbone = save_clip_state_dict(build_tiny_clip(), tmp_path / "tiny.pt")
+    config_id = {"OxfordPets": "oxford_pets", "StanfordCars": "stanford_cars", "UCF101": "ucf101"}[name]
+    out = tmp_path / "run"
+    argv = ["--root", str(tmp_path / "data"), "--trainer", "CoOp", "--seed", "1", "--output-dir", str(out),
+            "--dataset-config-file", str(REPO / "configs" / "datasets" / f"{config_id}.yaml"),
+            "--config-file", str(REPO / "configs" / "trainers" / "CoOp" / "digits.yaml"),
+            "MODEL.BACKBONE.NAME", str(backbone), "DATASET.NUM_SHOTS", "2", "OPTIM.MAX_EPOCH", "1",
+            "INPUT.TRANSFORMS", "['random_resized_crop', 'random_flip']", "USE_CUDA", "False"]
+    try:
+        assert train.main(argv) == 0
+    finally:
+        reset_logger()
+    log = (out / "log.txt").read_text()
+    assert f"* total: {sum(tree.expected_counts()['test'].values())}\n" in log and "Finish training" in log
+    assert (tree.dataset_dir / "split_fewshot" / "shot_2-seed_1.json").is_file()

@@ -13,7 +13,7 @@ from PIL import Image
 from ampt.demo import digits_data, pretrain
 from ampt.demo.digits_data import CLASSNAMES, prepare_digits
 from ampt.demo.pretrain import pretrain_tiny_clip, sidecar_path
-from ampt.demo.run import format_table, summarize, train_command
+from ampt.demo.run import evaluate_command, format_table, summarize, train_command
 from ampt.results import RunResults
 
 N_DIGITS = 1797  # images in scikit-learn's digits
@@ -153,4 +153,28 @@ def test_train_command_uses_coops_cli(tmp_path):
     assert cmd[cmd.index("--trainer") + 1] == "CoOp" and cmd[cmd.index("--seed") + 1] == "3"
     assert cmd[-4:] == ["MODEL.BACKBONE.NAME", str(tmp_path / "b.pt"), "DATASET.NUM_SHOTS", "4"]
     assert cmd[cmd.index("--config-file") + 1].endswith(os.path.join("CoOp", "digits.yaml"))
-    assert "--eval-only" in train_command("ZeroshotCLIP", tmp_path, tmp_path, 1, tmp_path, 4)
+    assert "--force" in train_command("CoOp", tmp_path, tmp_path, 1, tmp_path, 4, force=True)
+    evaluate = evaluate_command(tmp_path / "out", eps=4, steps=10)
+    assert evaluate[1].endswith("evaluate.py") and evaluate[2] == str(tmp_path / "out")
+    assert evaluate[evaluate.index("--eps") + 1] == "4" and evaluate[evaluate.index("--steps") + 1] == "10"
+
+
+@pytest.mark.skipif(not os.environ.get("AMPT_DEMO_E2E"),
+                    reason="end to end through train.py/evaluate.py (about a minute); run with AMPT_DEMO_E2E=1")
+def test_run_demo_end_to_end(digits_root, tmp_path, monkeypatch):
+    from ampt.demo import run
+
+    out = tmp_path / "demo"
+    opts = ["OPTIM.MAX_EPOCH", "1"]
+    rows = run.run_demo(digits_root, out, seeds=(1,), opts=opts, eval_steps=1, pretrain_overrides=TINY)
+    assert [r["method"] for r in rows] == ["ZeroshotCLIP", "CoOp"]
+    for row in rows:
+        assert len(row["clean"]) == 1 and len(row["pgd"]) == 1
+        assert 0 <= row["pgd"][0] <= 100 and 0 <= row["clean"][0] <= 100
+    assert "PGD-1 eps 4/255" in (out / "results.md").read_text()
+    assert json.loads((out / "results.json").read_text())["rows"] == rows
+
+    calls = []
+    monkeypatch.setattr(run, "_run", lambda cmd: calls.append(cmd))
+    run.run_demo(digits_root, out, seeds=(1,), opts=opts, eval_steps=1, pretrain_overrides=TINY)
+    assert not any("train.py" in c[1] for c in calls)  # finished runs are not trained again

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -30,7 +28,6 @@ from ampt.optim import build_lr_scheduler, build_optimizer
 from ampt.results import FinishedRunError, RunResults
 from ampt.utils.logger import reset_logger
 
-REPO = Path(__file__).resolve().parent.parent
 SPLITS = {"train": 8, "val": 2, "test": 4}  # images per class
 
 
@@ -196,6 +193,19 @@ def test_interrupted_run_resumes_at_the_right_epoch_and_matches(tmp_path, data_r
     assert RunResults(tmp_path / "cut").finished
 
 
+def test_resume_flag_continues_from_another_folder(tmp_path, data_root):
+    cut = build_trainer(make_cfg(data_root, tmp_path / "a", **{"OPTIM.MAX_EPOCH": 2}))
+    cut.stop_at_epoch = 1
+    with pytest.raises(KeyboardInterrupt):
+        cut.train()
+    resumed = build_trainer(make_cfg(data_root, tmp_path / "b", RESUME=str(tmp_path / "a"), **{"OPTIM.MAX_EPOCH": 2}))
+    resumed.train()
+    assert resumed.start_epoch == 1 and list(resumed.epoch_lrs) == [1]
+    assert (tmp_path / "b" / "linear" / "model.pth.tar-2").is_file()
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        build_trainer(make_cfg(data_root, tmp_path / "c", RESUME=str(tmp_path / "empty"))).train()
+
+
 def test_finished_run_is_not_overwritten_unless_forced(tmp_path, data_root):
     cfg = make_cfg(data_root, tmp_path, **{"OPTIM.MAX_EPOCH": 1})
     build_trainer(cfg).train()
@@ -300,18 +310,13 @@ def test_train_py_end_to_end(tmp_path, data_root, monkeypatch):
         reset_logger()
 
 
-def test_train_py_mistyped_trainer_is_one_line(tmp_path):
-    plugins = tmp_path / "plugins"
-    for folder in ("trainers", "datasets"):
-        (plugins / folder).mkdir(parents=True)
-        (plugins / folder / "__init__.py").write_text("")
-    (plugins / "trainers" / "toy.py").write_text(
-        "from ampt.api import TRAINER_REGISTRY, TrainerX\n\n"
-        "@TRAINER_REGISTRY.register()\nclass PluginToy(TrainerX):\n    pass\n"
-    )
-    env = {**os.environ, "AMPT_PLUGIN_ROOT": str(plugins), "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, str(REPO / "train.py"), "--trainer", "PluginToi"],
-                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
-    assert proc.returncode == 2
-    assert 'Unknown trainer "PluginToi". Did you mean "PluginToy"?' in proc.stderr
-    assert "Traceback" not in proc.stderr
+def test_train_py_mistyped_trainer_is_one_line(monkeypatch, capsys):
+    import train
+    from ampt.engine.select import use_engine
+
+    monkeypatch.setattr(train, "load_plugins", lambda engine: use_engine(engine))
+    monkeypatch.setattr(sys, "argv", ["train.py", "--trainer", "EngineToyTrainr"])
+    assert train.cli() == 2
+    err = capsys.readouterr().err
+    assert 'Unknown trainer "EngineToyTrainr". Did you mean "EngineToyTrainer"?' in err
+    assert "Traceback" not in err

@@ -81,11 +81,11 @@ def prepare_digits(root: Union[str, Path]) -> Path:
     Returns the dataset folder. The JSON files are written last, so an
     interrupted run is detected and redone on the next call.
     """
-    from sklearn.datasets import load_digits
-
     dataset_dir = Path(root).expanduser() / DATASET_DIR
     if _is_complete(dataset_dir):
         return dataset_dir
+    from sklearn.datasets import load_digits  # imported here: it takes seconds
+
     digits = load_digits()
     parts = _assign(digits.target)
     image_dir = dataset_dir / IMAGE_DIR

@@ -21,6 +21,7 @@ settings reuses the file.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -59,7 +60,7 @@ class PretrainSettings:
     steps: int = 500  # optimizer steps in all
     clean_steps: int = 100  # adversarial=True: clean steps before the PGD ones
     batch_size: int = 128
-    lr: float = 2e-3  # AdamW peak learning rate, after a linear warm-up
+    lr: float = 1e-3  # AdamW peak learning rate, after a linear warm-up
     warmup_steps: int = 30
     weight_decay: float = 0.05
     eps: float = 4.0  # training PGD budget, in 1/255 units
@@ -71,6 +72,12 @@ class PretrainSettings:
         ("image_resolution", 32), ("vision_width", 96), ("vision_layers", 3),
         ("vision_patch_size", 8), ("text_width", 64), ("text_layers", 2), ("embed_dim", 64),
     )
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.clean_steps < 0 or self.attack_steps < 0:
+            raise ValueError(f"need steps >= 1, batch_size >= 1, clean_steps >= 0, attack_steps >= 0 ({self})")
+        if self.eps < 0 or self.alpha < 0:
+            raise ValueError(f"eps and alpha are in 1/255 units and >= 0 (got {self.eps}, {self.alpha})")
 
     def to_json(self) -> Dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -99,12 +106,14 @@ def load_images(dataset_dir: Path, entries: list) -> Tuple[torch.Tensor, torch.T
     return images, torch.tensor([int(e[1]) for e in entries])
 
 
-_NORMALIZE = ImageNormalizer()
+@functools.lru_cache(maxsize=None)
+def _normalizer(device: torch.device) -> ImageNormalizer:
+    return ImageNormalizer().to(device)
 
 
 def class_logits(model: torch.nn.Module, images: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
     """Scaled cosine logits of pixels ``images`` against normalized ``text_features [C, D]``."""
-    image_features = F.normalize(model.encode_image(_NORMALIZE(images)), dim=-1)
+    image_features = F.normalize(model.encode_image(_normalizer(images.device)(images)), dim=-1)
     return model.logit_scale.exp().clamp(max=100.0) * image_features @ text_features.t()
 
 
@@ -131,8 +140,9 @@ def _lr_at(step: int, s: PretrainSettings) -> float:
 
 
 def _train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
-           s: PretrainSettings) -> Dict[str, float]:
-    generator = torch.Generator().manual_seed(s.seed)
+           s: PretrainSettings, device: torch.device) -> Dict[str, float]:
+    generator = torch.Generator().manual_seed(s.seed)  # batches, shifts, captions (CPU)
+    attack_generator = torch.Generator(device=device).manual_seed(s.seed + 1)  # PGD random starts
     tokens = caption_tokens(s.captions)
     text_encoder = TextEncoder(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
@@ -143,14 +153,15 @@ def _train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, s)
         index = torch.randint(0, len(images), (s.batch_size,), generator=generator)
-        x, y = _shift(images[index], s.max_shift, generator), labels[index]
+        x = _shift(images[index], s.max_shift, generator).to(device)
+        y = labels[index].to(device)
         phrasing = torch.randint(0, len(s.captions), (len(CLASSNAMES),), generator=generator)
-        ids = tokens[phrasing, classes]
+        ids = tokens[phrasing, classes].to(device)
         text_features = F.normalize(text_encoder(model.token_embedding(ids), ids), dim=-1)
         if s.adversarial and step >= s.clean_steps:
             fixed = text_features.detach()
             x = pgd_linf(lambda v: class_logits(model, v, fixed), x, y, s.eps / 255,
-                         s.alpha / 255, s.attack_steps, generator=generator)
+                         s.alpha / 255, s.attack_steps, generator=attack_generator)
         logits = class_logits(model, x, text_features)
         loss = F.cross_entropy(logits, y)
         optimizer.zero_grad(set_to_none=True)
@@ -168,13 +179,15 @@ def _train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
 
 def pretrain_tiny_clip(root: Union[str, Path], out_path: Union[str, Path], seed: int = 0,
                        adversarial: bool = True, num_threads: Optional[int] = None,
-                       force: bool = False, **overrides: Any) -> Path:
+                       device: Optional[str] = None, force: bool = False, **overrides: Any) -> Path:
     """Pretrain (or reuse) the tiny Digits CLIP and return the state-dict path.
 
     ``overrides`` are :class:`PretrainSettings` fields (``steps``, ``lr``, ...).
     ``num_threads`` sets torch's intra-op threads during training (default:
-    all CPUs) and is restored afterwards. The pretraining images are the
-    ``pretrain.json`` part of Digits, disjoint from train/val/test.
+    all CPUs) and is restored afterwards. ``device`` defaults to CUDA when
+    available (the weights then differ slightly from CPU-trained ones). The
+    pretraining images are the ``pretrain.json`` part of Digits, disjoint
+    from train/val/test.
     """
     out_path = Path(out_path)
     settings = PretrainSettings(seed=seed, adversarial=adversarial, **overrides)
@@ -183,18 +196,19 @@ def pretrain_tiny_clip(root: Union[str, Path], out_path: Union[str, Path], seed:
         return out_path
     dataset_dir = prepare_digits(root)
     images, labels = load_images(dataset_dir, read_pretrain_entries(dataset_dir))
+    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(num_threads or os.cpu_count() or 1)
     try:
         torch.manual_seed(seed)
-        model = build_tiny_clip(seed=seed, **dict(settings.arch))
+        model = build_tiny_clip(seed=seed, **dict(settings.arch)).to(target)
         start = time.perf_counter()
-        stats = _train(model, images, labels, settings)
+        stats = _train(model, images, labels, settings, target)
         seconds = time.perf_counter() - start
     finally:
         torch.set_num_threads(previous_threads)
     save_clip_state_dict(model, out_path)
-    write_json({"settings": settings.to_json(), "seconds": round(seconds, 1),
+    write_json({"settings": settings.to_json(), "seconds": round(seconds, 1), "device": str(target),
                 "num_pretrain_images": len(labels), **stats}, sidecar_path(out_path))
     logger.info("Pretrained the tiny CLIP in %.1f s -> %s", seconds, out_path)
     return out_path

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from tabulate import tabulate
 
@@ -31,8 +31,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DATASET_CONFIG = "configs/datasets/digits.yaml"
 DATASET_NAME = "Digits"
 DEFAULT_METHODS = ("ZeroshotCLIP", "CoOp")
-# Extra train.py arguments per method (CoOp's zsclip.sh evaluates zero-shot CLIP with --eval-only).
-METHOD_ARGS: Dict[str, Tuple[str, ...]] = {"ZeroshotCLIP": ("--eval-only",)}
+EVAL_EPS = 4.0  # robust test budget, in 1/255 units
+EVAL_STEPS = 10  # PGD steps of the demo's robust test (step eps / 4)
 PathLike = Union[str, Path]
 
 
@@ -48,18 +48,27 @@ def train_command(method: str, root: Path, run_dir: Path, seed: int, backbone: P
         "--root", str(root), "--seed", str(seed), "--trainer", method,
         "--dataset-config-file", str(REPO_ROOT / DATASET_CONFIG),
         "--config-file", str(method_config(method)),
-        "--output-dir", str(run_dir), *METHOD_ARGS.get(method, ()),
+        "--output-dir", str(run_dir), *(["--force"] if force else []),
     ]
-    if force and "--eval-only" not in METHOD_ARGS.get(method, ()):
-        cmd.append("--force")
     return cmd + ["MODEL.BACKBONE.NAME", str(backbone), "DATASET.NUM_SHOTS", str(shots), *opts]
 
 
-def _accuracy(run_dir: Path, attack: str) -> Optional[Dict[str, Any]]:
-    """The test-split record of ``attack`` (the one with the most steps if several)."""
-    records = [r for r in RunResults(run_dir).records
-               if r.get("split") == "test" and r.get("attack") == attack]
-    return max(records, key=lambda r: (r.get("steps", 0), r.get("n_samples", 0)), default=None)
+def evaluate_command(run_dir: Path, eps: float = EVAL_EPS, steps: int = EVAL_STEPS) -> List[str]:
+    """``evaluate.py`` adding the PGD record (skipped when results.json holds it)."""
+    return [sys.executable, str(REPO_ROOT / "evaluate.py"), str(run_dir), "--attack", "pgd",
+            "--eps", f"{eps:g}", "--steps", str(steps)]
+
+
+def _accuracy(run_dir: Path, attack: str, eps: float = 0.0, steps: int = 0) -> Optional[float]:
+    """Accuracy of the latest test-split record of ``attack`` at ``eps``/``steps`` (clean: any)."""
+    found = None
+    for record in RunResults(run_dir).records:
+        if record.get("split") != "test" or record.get("attack") != attack:
+            continue
+        if attack != "clean" and (float(record["eps"]) != eps or int(record["steps"]) != steps):
+            continue
+        found = float(record["accuracy"])
+    return found
 
 
 def _mean_std(values: Sequence[float]) -> str:
@@ -70,28 +79,22 @@ def _mean_std(values: Sequence[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
-def summarize(out_dir: Path, methods: Sequence[str], seeds: Sequence[int]) -> List[Dict[str, Any]]:
-    """One row per method from its runs' ``results.json`` files."""
+def summarize(out_dir: Path, methods: Sequence[str], seeds: Sequence[int], eps: float = EVAL_EPS,
+              steps: int = EVAL_STEPS) -> List[Dict[str, Any]]:
+    """One row per method from its runs' ``results.json`` files (missing runs are left out)."""
     rows = []
     for method in methods:
-        clean, robust, attack_desc = [], [], ""
-        for seed in seeds:
-            run_dir = out_dir / method / f"seed{seed}"
-            record = _accuracy(run_dir, "clean")
-            if record is not None:
-                clean.append(float(record["accuracy"]))
-            record = _accuracy(run_dir, "pgd")
-            if record is not None:
-                robust.append(float(record["accuracy"]))
-                attack_desc = f"PGD-{record['steps']} eps {record['eps']:g}/255"
+        runs = [out_dir / method / f"seed{seed}" for seed in seeds]
+        clean = [a for a in (_accuracy(r, "clean") for r in runs) if a is not None]
+        robust = [a for a in (_accuracy(r, "pgd", eps, steps) for r in runs) if a is not None]
         rows.append({"method": method, "seeds": list(seeds), "clean": clean, "pgd": robust,
-                     "pgd_attack": attack_desc, "clean_mean_std": _mean_std(clean),
+                     "pgd_attack": f"PGD-{steps} eps {eps:g}/255", "clean_mean_std": _mean_std(clean),
                      "pgd_mean_std": _mean_std(robust)})
     return rows
 
 
 def format_table(rows: Sequence[Mapping[str, Any]], fmt: str = "github") -> str:
-    attack = next((r["pgd_attack"] for r in rows if r["pgd_attack"]), "PGD")
+    attack = rows[0]["pgd_attack"] if rows else "PGD"
     n_seeds = max((len(r["clean"]) for r in rows), default=0)
     suffix = f" (mean ± std, {n_seeds} seeds)" if n_seeds > 1 else ""
     headers = ["Method", f"Clean acc %{suffix}", f"{attack} acc %"]
@@ -99,25 +102,34 @@ def format_table(rows: Sequence[Mapping[str, Any]], fmt: str = "github") -> str:
                     headers=headers, tablefmt=fmt)
 
 
+def _run(cmd: List[str]) -> None:
+    logger.info("Running %s", " ".join(cmd))
+    subprocess.run(cmd, cwd=REPO_ROOT, check=True)
+
+
 def run_method(method: str, root: Path, out_dir: Path, seed: int, backbone: Path, shots: int,
-               force: bool = False, opts: Sequence[str] = ()) -> float:
-    """Run one method and seed unless its run finished; returns the seconds spent (0 if skipped)."""
+               force: bool = False, opts: Sequence[str] = (), eval_steps: int = EVAL_STEPS) -> float:
+    """Train (unless the run finished) and evaluate one method and seed; returns the seconds spent.
+
+    The run's own test gives the clean record; ``evaluate.py`` adds PGD
+    (adversarial trainers record it during training already, and a record
+    that results.json holds is not computed again).
+    """
     run_dir = out_dir / method / f"seed{seed}"
-    if RunResults(run_dir).finished and not force:
-        logger.info("%s seed %d: finished run in %s, skipped", method, seed, run_dir)
-        return 0.0
     if not method_config(method).is_file():
         raise FileNotFoundError(f"No demo config for {method}: {method_config(method)}")
-    cmd = train_command(method, root, run_dir, seed, backbone, shots, force, opts)
-    logger.info("Running %s", " ".join(cmd))
     start = time.perf_counter()
-    subprocess.run(cmd, cwd=REPO_ROOT, check=True)
+    if RunResults(run_dir).finished and not force:
+        logger.info("%s seed %d: finished run in %s, not trained again", method, seed, run_dir)
+    else:
+        _run(train_command(method, root, run_dir, seed, backbone, shots, force, opts))
+    _run(evaluate_command(run_dir, steps=eval_steps) + (["--force"] if force else []))
     return time.perf_counter() - start
 
 
 def run_demo(root: PathLike, out_dir: PathLike, seeds: Sequence[int] = (1,),
              methods: Sequence[str] = DEFAULT_METHODS, shots: int = 4, adversarial: bool = True,
-             force: bool = False, opts: Sequence[str] = (),
+             force: bool = False, opts: Sequence[str] = (), eval_steps: int = EVAL_STEPS,
              pretrain_overrides: Optional[Mapping[str, Any]] = None) -> List[Dict[str, Any]]:
     """Prepare data, pretrain (cached), run ``methods`` x ``seeds``, write and return the table rows.
 
@@ -134,8 +146,8 @@ def run_demo(root: PathLike, out_dir: PathLike, seeds: Sequence[int] = (1,),
     for method in methods:
         for seed in seeds:
             seconds[f"{method}/seed{seed}"] = round(
-                run_method(method, root, out_dir, seed, backbone, shots, force, opts), 1)
-    rows = summarize(out_dir, methods, seeds)
+                run_method(method, root, out_dir, seed, backbone, shots, force, opts, eval_steps), 1)
+    rows = summarize(out_dir, methods, seeds, steps=eval_steps)
     table = format_table(rows)
     header = (f"Digits, {shots}-shot, tiny {'robust (TeCoA-style) ' if adversarial else ''}CLIP "
               "backbone, accuracy on the test split")

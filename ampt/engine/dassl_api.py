@@ -10,6 +10,7 @@ with Dassl's DataManager). Not tested in CI (Dassl is not on PyPI).
 """
 from __future__ import annotations
 
+import logging
 from types import ModuleType, SimpleNamespace
 from typing import Tuple
 
@@ -25,14 +26,24 @@ INSTALL_HINT = (
 )
 
 
-def _import_dassl() -> Tuple[ModuleType, ModuleType, ModuleType]:
+def _import_dassl() -> Tuple[ModuleType, ModuleType, ModuleType, ModuleType]:
+    """dassl.engine, dassl.data, dassl.data.datasets, dassl.config.
+
+    Dassl's ``wilds_base`` module calls ``logging.disable(logging.WARNING)`` at
+    import, which would silence every INFO log of the run (the evaluator block
+    included); the previous setting is restored.
+    """
+    previous = logging.root.manager.disable
     try:
         import dassl.config as dassl_config
         import dassl.data as dassl_data
+        import dassl.data.datasets as dassl_datasets
         import dassl.engine as dassl_engine
     except ImportError as err:
         raise ImportError(f"{INSTALL_HINT}\n(import failed: {err})") from None
-    return dassl_engine, dassl_data, dassl_config
+    finally:
+        logging.disable(previous)
+    return dassl_engine, dassl_data, dassl_datasets, dassl_config
 
 
 def _add_missing(target: CN, source: CN) -> None:
@@ -48,7 +59,7 @@ def get_cfg_default() -> CN:
     """Dassl's defaults plus the project's keys (ADV, ROBUST_WEIGHTS, DOWNLOAD_ROOT, SUBSAMPLE_CLASSES)."""
     from ..config.defaults import get_cfg_default as ours
 
-    _, _, dassl_config = _import_dassl()
+    *_, dassl_config = _import_dassl()
     cfg = dassl_config.get_cfg_default()
     _add_missing(cfg, ours())
     return cfg
@@ -56,19 +67,27 @@ def get_cfg_default() -> CN:
 
 def api() -> SimpleNamespace:
     """The same names as :func:`ampt.engine.builtin_api.api`, resolved to Dassl."""
-    dassl_engine, dassl_data, _ = _import_dassl()
+    dassl_engine, dassl_data, dassl_datasets, _ = _import_dassl()
     from ..data import DatasetBase, Datum
+    from .evaluator import build_evaluator
     from .trainer import RunMixin
 
     class SimpleTrainer(RunMixin, dassl_engine.SimpleTrainer):
+        """Dassl's SimpleTrainer behind RunMixin; the evaluator logs (Dassl's prints)."""
+
         engine_name = "dassl"
 
-    class TrainerX(RunMixin, dassl_engine.TrainerX):
-        engine_name = "dassl"
+        def __init__(self, cfg):
+            super().__init__(cfg)
+            # Dassl's evaluator prints its block to stdout only; ours logs it to log.txt too.
+            self.evaluator = build_evaluator(cfg, lab2cname=self.lab2cname)
+
+    class TrainerX(SimpleTrainer, dassl_engine.TrainerX):
+        """Dassl's TrainerX behind RunMixin."""
 
     return SimpleNamespace(
         TRAINER_REGISTRY=dassl_engine.TRAINER_REGISTRY,
-        DATASET_REGISTRY=dassl_data.DATASET_REGISTRY,
+        DATASET_REGISTRY=dassl_datasets.DATASET_REGISTRY,
         TrainerX=TrainerX,
         SimpleTrainer=SimpleTrainer,
         build_trainer=dassl_engine.build_trainer,

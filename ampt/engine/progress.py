@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import datetime
 import os
+import logging
 import sys
+import warnings
 from collections import defaultdict
 from typing import Any, Dict, Iterable, Mapping, Optional
 
 import torch
 from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
 
 
 class AverageMeter:
@@ -56,13 +60,16 @@ def format_eta(seconds: float) -> str:
     return str(datetime.timedelta(seconds=int(max(seconds, 0))))
 
 
-def progress_enabled() -> bool:
-    """Bars are drawn unless ``AMPT_NO_PROGRESS=1`` (logs still get the periodic lines)."""
-    return os.environ.get("AMPT_NO_PROGRESS", "") not in ("1", "true", "yes")
+def progress_disabled() -> Optional[bool]:
+    """True with ``AMPT_NO_PROGRESS=1``; else None: tqdm draws bars only on a terminal.
+
+    Runs redirected to a file keep their ETA in the periodic log lines instead.
+    """
+    return True if os.environ.get("AMPT_NO_PROGRESS", "") in ("1", "true", "yes") else None
 
 
 def progress_bar(iterable: Iterable[Any], total: Optional[int] = None, desc: str = "", leave: bool = False) -> tqdm:
-    """A tqdm bar on stderr with rate and ETA; disabled by ``AMPT_NO_PROGRESS``."""
+    """A tqdm bar on stderr with rate and ETA (terminal only; ``AMPT_NO_PROGRESS=1`` turns it off)."""
     return tqdm(
         iterable,
         total=total,
@@ -71,7 +78,7 @@ def progress_bar(iterable: Iterable[Any], total: Optional[int] = None, desc: str
         dynamic_ncols=True,
         mininterval=1.0,
         file=sys.stderr,
-        disable=not progress_enabled(),
+        disable=progress_disabled(),
     )
 
 
@@ -102,3 +109,28 @@ def train_log_line(
             f"eta {format_eta(batch_time.avg * remaining)}",
         ]
     )
+
+
+class ScalarWriterMixin:
+    """Dassl's tensorboard hooks; without tensorboard they warn once and write nothing."""
+
+    def init_writer(self, log_dir: str) -> None:
+        if getattr(self, "_writer", None) is not None:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            warnings.warn("tensorboard is not installed: scalars are not written (pip install tensorboard)")
+            self._writer = None
+            return
+        logger.info("Initialize tensorboard (log_dir=%s)", log_dir)
+        self._writer = SummaryWriter(log_dir=log_dir)
+
+    def close_writer(self) -> None:
+        if getattr(self, "_writer", None) is not None:
+            self._writer.close()
+            self._writer = None
+
+    def write_scalar(self, tag: str, scalar_value: float, global_step: Optional[int] = None) -> None:
+        if getattr(self, "_writer", None) is not None:
+            self._writer.add_scalar(tag, scalar_value, global_step)

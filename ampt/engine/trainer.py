@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime
 import logging
 import time
-import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -22,16 +21,16 @@ import torch
 import torch.nn as nn
 
 from ..results import RunResults, check_not_finished
-from .checkpoint import BEST_FILE, CheckpointMixin
+from .checkpoint import BEST_FILE, CheckpointMixin, load_checkpoint
 from .evaluator import build_evaluator
-from .progress import AverageMeter, MetricMeter, format_eta, progress_bar, train_log_line
+from .progress import AverageMeter, MetricMeter, ScalarWriterMixin, format_eta, progress_bar, train_log_line
 
 logger = logging.getLogger(__name__)
 
 _SETTING_FIELDS = ("trainer", "dataset", "shots", "seed", "backbone", "train_eps")
 
 
-class RunMixin(CheckpointMixin):
+class RunMixin(CheckpointMixin, ScalarWriterMixin):
     """Checkpoints, resume policy, results.json, progress: shared by both engines."""
 
     engine_name = "builtin"
@@ -81,6 +80,15 @@ class RunMixin(CheckpointMixin):
                 "Use another --output-dir, or --force to train from scratch there."
             )
 
+    def _restore_best_result(self, directory: str) -> None:
+        """After a resume, best_val selection continues from the saved best, not from scratch."""
+        names = self.get_model_names()
+        best = Path(directory) / names[0] / BEST_FILE if names else None
+        if best is not None and best.is_file():
+            val = load_checkpoint(best).get("val_result")
+            if val is not None:
+                self.best_result = float(val)
+
     # ------------------------------------------------------------ life cycle
     def before_train(self) -> None:
         check_not_finished(self.output_dir, force=self.fresh_start)
@@ -100,8 +108,11 @@ class RunMixin(CheckpointMixin):
                 "Use another --output-dir or --force to start over.\n%s", "!" * 72, self.output_dir, "!" * 72,
             )
             self.start_epoch = self.resume_model_if_exist(self.output_dir)
+        if self.start_epoch > 0:
+            self._restore_best_result(self.cfg.RESUME or self.output_dir)
         self.results.set_run(**{**self.run_metadata(), "finished": False})
-        logger.info("Training epochs %d..%d of %d", self.start_epoch + 1, self.max_epoch, self.max_epoch)
+        if self.start_epoch < self.max_epoch:
+            logger.info("Training epochs %d..%d of %d", self.start_epoch + 1, self.max_epoch, self.max_epoch)
         writer_dir = Path(self.output_dir) / "tensorboard"
         writer_dir.mkdir(parents=True, exist_ok=True)
         self.init_writer(str(writer_dir))
@@ -135,7 +146,11 @@ class RunMixin(CheckpointMixin):
         self.close_writer()
 
     def run_epoch(self) -> None:
-        """One pass over ``train_loader_x``: progress bar, and Dassl's line every PRINT_FREQ batches."""
+        """One pass over ``train_loader_x``: progress bar, and Dassl's line every PRINT_FREQ batches.
+
+        The logged ``lr`` is the one the batch trained with (Dassl logs it after
+        ``forward_backward``, so the last batch of an epoch shows the next epoch's).
+        """
         self.set_model_mode("train")
         losses, batch_time, data_time = MetricMeter(), AverageMeter(), AverageMeter()
         self.num_batches = len(self.train_loader_x)
@@ -145,17 +160,18 @@ class RunMixin(CheckpointMixin):
         end = time.time()
         for self.batch_idx, batch in enumerate(bar):
             data_time.update(time.time() - end)
+            lr = self.get_current_lr()  # before forward_backward, which may step the schedule
             losses.update(self.forward_backward(batch))
             batch_time.update(time.time() - end)
             remaining = (self.max_epoch - self.epoch) * self.num_batches - self.batch_idx - 1
             bar.set_postfix_str(f"{losses} eta {format_eta(batch_time.avg * remaining)}", refresh=False)
             if (self.batch_idx + 1) % print_freq == 0 or self.num_batches < print_freq:
                 logger.info(train_log_line(self.epoch, self.max_epoch, self.batch_idx, self.num_batches,
-                                           batch_time, data_time, losses, self.get_current_lr()))
+                                           batch_time, data_time, losses, lr))
             n_iter = self.epoch * self.num_batches + self.batch_idx
             for name, meter in losses.meters.items():
                 self.write_scalar("train/" + name, meter.avg, n_iter)
-            self.write_scalar("train/lr", self.get_current_lr(), n_iter)
+            self.write_scalar("train/lr", lr, n_iter)
             end = time.time()
         bar.close()
 
@@ -168,6 +184,8 @@ class RunMixin(CheckpointMixin):
         if split == "val" and self.val_loader is not None:
             loader = self.val_loader
         else:
+            if split == "val":
+                logger.warning("No validation set: evaluating on the test set instead (as Dassl does)")
             split, loader = "test", self.test_loader
         logger.info("Evaluate on the *%s* set", split)
         for batch in progress_bar(loader, total=len(loader), desc=f"test ({split})"):
@@ -181,28 +199,7 @@ class RunMixin(CheckpointMixin):
             self.record_result(split, "clean", 0, 0, self.evaluator._total, accuracy)
         return accuracy
 
-    # ------------------------------------------------------------ tensorboard, anomaly
-    def init_writer(self, log_dir: str) -> None:
-        if getattr(self, "_writer", None) is not None:
-            return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            warnings.warn("tensorboard is not installed: scalars are not written (pip install tensorboard)")
-            self._writer = None
-            return
-        logger.info("Initialize tensorboard (log_dir=%s)", log_dir)
-        self._writer = SummaryWriter(log_dir=log_dir)
-
-    def close_writer(self) -> None:
-        if getattr(self, "_writer", None) is not None:
-            self._writer.close()
-            self._writer = None
-
-    def write_scalar(self, tag: str, scalar_value: float, global_step: Optional[int] = None) -> None:
-        if getattr(self, "_writer", None) is not None:
-            self._writer.add_scalar(tag, scalar_value, global_step)
-
+    # ------------------------------------------------------------ anomaly
     def detect_anomaly(self, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss).all():
             raise FloatingPointError(

@@ -1,0 +1,44 @@
+#!/bin/bash
+# Evaluate the AMPT runs of scripts/ampt/main.sh (same arguments and environment)
+# with evaluate.py, over the same seeds. Records go to each run's results.json;
+# records already there are skipped (FORCE=1 recomputes them). White-box: the
+# attacks differentiate through the router.
+#
+#   DATA=/path/to/datasets bash scripts/ampt/eval.sh DATASET CFG SHOTS EPS
+#   e.g. ATTACKS="clean pgd aa" N_SAMPLES=5000 bash scripts/ampt/eval.sh ImageNet vit_b32_eps4 16 4
+#        PROMPT=uniform bash scripts/ampt/eval.sh EuroSAT vit_b32_eps4 16 4   # the prompts, weights 1/K
+#
+# Optional environment, besides main.sh's (which locate the run folder):
+#   ATTACKS ["clean pgd"]  TEST_EPS [the run's eps]  TEST_STEPS [100]
+#   EVAL_DATASET [the run's dataset; another registered name for cross-dataset]
+#   N_SAMPLES [all; a fixed seeded subset size]  BATCH_SIZE [the config's test batch]
+#   PROMPT [learned; uniform (the learned prompts mixed with weights 1/K); or a template
+#           such as "a photo of a {}."]
+source "$(dirname "$0")/../common.sh"
+source "$(dirname "$0")/settings.sh"
+
+if [ $# -ne 4 ]; then
+    die "usage: bash $0 DATASET CFG SHOTS EPS"
+fi
+DATASET=$1
+CFG=$2
+SHOTS=$3
+EPS=$4
+
+require_data
+check_eps "${EPS}"
+ALPHA="${ALPHA:-$(default_alpha "${EPS}")}"
+STEPS="${STEPS:-3}"
+ADV_PROMPT="${ADV_PROMPT:-onfly}"
+EPOCHS="${EPOCHS:-$(epochs_for "${DATASET}" "${SHOTS}")}"
+ampt_settings "$(trainer_config AMPT "${CFG}")"
+CFG_TAG="${CFG}_ep${EPOCHS}"
+if [ -n "${ROBUST_WEIGHTS:-}" ]; then
+    CFG_TAG="${CFG_TAG}_robust-$(basename "${ROBUST_WEIGHTS}" | sed 's/\.pth\.tar$//; s/\.[^.]*$//')"
+fi
+ATK_TAG="eps_${EPS}_alpha${ALPHA}_steps${STEPS}_${ADV_PROMPT}"
+
+for SEED in ${SEEDS}; do
+    DIR="${OUTPUT}/ampt/${DATASET}/shots_${SHOTS}/${CFG_TAG}/${AMPT_TAG}/${ATK_TAG}/seed${SEED}"
+    evaluate_run "${DIR}"
+done

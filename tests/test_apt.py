@@ -1,0 +1,248 @@
+"""APT and the adversarial trainer base on a tiny CLIP and a tiny generated dataset.
+
+Covers: one text-encoder pass per training step (onfly, constant) and
+STEPS + 1 (perturbed), counted with a forward hook on the TextEncoder; the
+training images stay in the eps ball and in [0, 1]; the perturbed mode
+restores the prompt; the loss is finite and decreases; only the context
+trains; the final evaluation writes a clean and a PGD record with their own
+labels; APT's keys from YAML, overrides and train.py's aliases; the guards
+(normalize in the data pipeline, eps as a fraction, unknown prompt mode).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Dict, List
+
+import clip
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ampt.api import DATASET_REGISTRY, TRAINER_REGISTRY, DatasetBase, Datum, build_trainer
+from ampt.config import setup_cfg
+from ampt.models import ImageNormalizer, save_clip_state_dict
+from ampt.models.tiny import build_tiny_clip
+from ampt.plugins import load_plugins
+from ampt.results import RunResults
+from ampt.utils.logger import reset_logger
+
+REPO = Path(__file__).resolve().parent.parent
+APT_DIGITS = REPO / "configs" / "trainers" / "APT" / "digits.yaml"
+COOP_DIGITS = REPO / "configs" / "trainers" / "CoOp" / "digits.yaml"
+TOY_SETS = {  # dataset name -> (folder, class names); colours make the classes separable
+    "AptToy": ("apt_toy", ["red", "green", "blue", "white"]),
+    "AptToyShapes": ("apt_toy_shapes", ["dark", "light", "yellow"]),
+}
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "white": (230, 230, 230),
+           "dark": (20, 20, 20), "light": (160, 160, 160), "yellow": (220, 220, 30)}
+SPLITS = {"train": 4, "val": 1, "test": 3}  # images per class
+
+load_plugins("builtin")
+
+
+def _toy_lists(root: Path, folder: str, classnames: List[str]) -> Dict[str, List[Datum]]:
+    base = root / folder
+    return {split: [Datum(str(p), int(p.parent.name), classname=classnames[int(p.parent.name)])
+                    for p in sorted((base / split).glob("*/*.png"))] for split in SPLITS}
+
+
+@DATASET_REGISTRY.register()
+class AptToy(DatasetBase):
+    """4 colour classes of 32x32 noisy images under ROOT/apt_toy/<split>/<label>/."""
+
+    def __init__(self, cfg) -> None:
+        lists = _toy_lists(Path(cfg.DATASET.ROOT), *TOY_SETS["AptToy"])
+        super().__init__(train_x=lists["train"], val=lists["val"], test=lists["test"])
+
+
+@DATASET_REGISTRY.register()
+class AptToyShapes(DatasetBase):
+    """3 other classes, the target of the cross-dataset tests."""
+
+    def __init__(self, cfg) -> None:
+        lists = _toy_lists(Path(cfg.DATASET.ROOT), *TOY_SETS["AptToyShapes"])
+        super().__init__(train_x=lists["train"], val=lists["val"], test=lists["test"])
+
+
+def write_toy_data(root: Path) -> Path:
+    rng = np.random.RandomState(0)
+    for folder, classnames in TOY_SETS.values():
+        for split, count in SPLITS.items():
+            for label, name in enumerate(classnames):
+                out = root / folder / split / str(label)
+                out.mkdir(parents=True, exist_ok=True)
+                for i in range(count):
+                    pixels = np.clip(np.array(COLOURS[name]) + rng.randint(-40, 40, (32, 32, 3)), 0, 255)
+                    Image.fromarray(pixels.astype(np.uint8)).save(out / f"{i}.png")
+    return root
+
+
+def pretrain_toy_clip(root: Path, steps: int = 15) -> torch.nn.Module:
+    """The tiny CLIP, fitted for a few steps to caption the toy train images (so accuracies are not 0)."""
+    torch.manual_seed(0)
+    model = build_tiny_clip(seed=0).train()
+    model.token_embedding.requires_grad_(False)
+    names, images, labels = [], [], []
+    for folder, classnames in TOY_SETS.values():
+        for p in sorted((root / folder / "train").glob("*/*.png")):
+            images.append(torch.from_numpy(np.array(Image.open(p))).permute(2, 0, 1).float() / 255)
+            labels.append(len(names) + int(p.parent.name))
+        names += classnames
+    x, y = ImageNormalizer()(torch.stack(images)), torch.tensor(labels)
+    tokens = clip.tokenize([f"a photo of a {name}." for name in names])
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=5e-3)
+    for _ in range(steps):
+        image = F.normalize(model.encode_image(x), dim=-1)
+        text = F.normalize(model.encode_text(tokens), dim=-1)
+        loss = F.cross_entropy(20 * image @ text.t(), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def toy_env(tmp_path_factory):
+    """(data root, tiny CLIP checkpoint) shared by the APT and evaluate tests."""
+    base = tmp_path_factory.mktemp("apt_env")
+    root = write_toy_data(base / "data")
+    backbone = save_clip_state_dict(pretrain_toy_clip(root), base / "tiny_clip.pt")
+    return root, backbone
+
+
+@pytest.fixture(autouse=True)
+def _quiet(monkeypatch):
+    monkeypatch.setenv("AMPT_NO_PROGRESS", "1")
+    yield
+    reset_logger()
+
+
+def make_cfg(toy_env, out: Path, trainer: str = "APT", config: Path = APT_DIGITS, dataset: str = "AptToy",
+             **flags) -> object:
+    """The frozen config train.py would build (same merge order and guards)."""
+    root, backbone = toy_env
+    args = argparse.Namespace(root=str(root), output_dir=str(out), trainer=trainer, config_file=str(config),
+                              dataset_config_file="", seed=flags.pop("seed", 1), opts=list(flags.pop("opts", [])))
+    for key in ("eps", "alpha", "steps", "adv_prompt"):
+        setattr(args, key, flags.pop(key, None))
+    assert not flags, flags
+    args.opts += ["DATASET.NAME", dataset, "MODEL.BACKBONE.NAME", str(backbone), "DATALOADER.TRAIN_X.BATCH_SIZE", "8"]
+    return setup_cfg(args, TRAINER_REGISTRY.get(trainer))
+
+
+def make_trainer(toy_env, tmp_path, **flags):
+    torch.manual_seed(0)
+    return build_trainer(make_cfg(toy_env, tmp_path / "run", **flags))
+
+
+def one_batch(trainer):
+    trainer.batch_idx, trainer.num_batches = 0, 2  # not the last batch: no LR step
+    return next(iter(trainer.train_loader_x))
+
+
+def count_text_passes(trainer) -> List[int]:
+    calls: List[int] = []
+    trainer.model.text_encoder.register_forward_hook(lambda *_: calls.append(1))
+    return calls
+
+
+# ---------------------------------------------------------------- training step
+
+@pytest.mark.parametrize("mode, expected", [("onfly", 1), ("constant", 1), ("perturbed", 4)])
+def test_text_encoder_passes_per_step(toy_env, tmp_path, mode, expected):
+    trainer = make_trainer(toy_env, tmp_path, adv_prompt=mode, steps=3)
+    batch = one_batch(trainer)
+    trainer.set_model_mode("train")
+    if mode == "constant":
+        trainer.constant_text_features()  # computed once, at the first step
+    calls = count_text_passes(trainer)
+    out = trainer.forward_backward(batch)
+    assert len(calls) == expected
+    assert set(out) == {"loss", "adv_acc"} and np.isfinite(out["loss"])
+    calls.clear()
+    trainer.forward_backward(batch)
+    assert len(calls) == expected  # the same at every step (constant features are cached)
+
+
+@pytest.mark.parametrize("mode", ["onfly", "constant", "perturbed"])
+def test_training_images_in_eps_ball_and_prompt_restored(toy_env, tmp_path, mode):
+    trainer = make_trainer(toy_env, tmp_path, adv_prompt=mode, eps=4, alpha=2, steps=3)
+    batch = one_batch(trainer)
+    images, labels = trainer.parse_batch_train(batch)
+    seen = []
+    attack = trainer.adversarial_images
+    trainer.adversarial_images = lambda x, y, tf: seen.append((x, attack(x, y, tf))) or seen[-1][1]
+    ctx_before = trainer.model.prompt_learner.ctx.detach().clone()
+    trainer.set_model_mode("train")
+    trainer.forward_backward(batch)
+    (clean, adv), = seen
+    assert torch.equal(clean, images)
+    assert (adv - clean).abs().max() <= 4 / 255 + 1e-6
+    assert adv.min() >= 0 and adv.max() <= 1
+    assert (adv - clean).abs().max() > 3 / 255  # the attack moved the pixels
+    assert trainer.model.training, "the model's mode must be restored after the attack"
+    # the prompt changed only by the optimizer step (perturbed mode restores its ascent)
+    trainer.adversarial_images = attack
+    ctx = trainer.model.prompt_learner.ctx.detach().clone()
+    attack(images, labels, trainer.model.text_features())
+    assert torch.equal(trainer.model.prompt_learner.ctx.detach(), ctx)
+    assert not torch.equal(ctx, ctx_before)
+    assert trainer.model.prompt_learner.ctx.grad is not None
+    frozen = [n for n, p in trainer.model.named_parameters() if n != "prompt_learner.ctx" and p.grad is not None]
+    assert frozen == []
+
+
+def test_apt_loss_finite_and_decreasing(toy_env, tmp_path):
+    trainer = make_trainer(toy_env, tmp_path, opts=["OPTIM.LR", "0.1", "OPTIM.WARMUP_EPOCH", "-1"])
+    batch = one_batch(trainer)
+    trainer.set_model_mode("train")
+    losses = [trainer.forward_backward(batch)["loss"] for _ in range(12)]
+    assert all(np.isfinite(losses))
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.03, losses
+
+
+# ---------------------------------------------------------------- config and guards
+
+def test_apt_keys_from_yaml_overrides_and_aliases(toy_env, tmp_path):
+    cfg = make_cfg(toy_env, tmp_path, eps=1, alpha=0.5, steps=2, adv_prompt="constant",
+                   opts=["TRAINER.APT.N_CTX", "8", "TRAINER.APT.CSC", "True", "TRAINER.APT.CLASS_TOKEN_POSITION",
+                         "middle", "ADV.TRAIN.PROMPT_ALPHA", "0.1"])
+    assert (cfg.ADV.TRAIN.EPS, cfg.ADV.TRAIN.ALPHA, cfg.ADV.TRAIN.STEPS, cfg.ADV.TRAIN.PROMPT) == (1, 0.5, 2, "constant")
+    assert (cfg.TRAINER.APT.N_CTX, cfg.TRAINER.APT.CSC, cfg.TRAINER.APT.CLASS_TOKEN_POSITION) == (8, True, "middle")
+    assert cfg.TRAINER.APT.PREC == "fp32" and cfg.ADV.TRAIN.PROMPT_ALPHA == 0.1
+    trainer = build_trainer(cfg)
+    assert trainer.model.prompt_learner.ctx.shape == (1, 4, 8, 64)  # K, C (CSC), n_ctx, width
+    assert trainer.budget.alpha == 0.5
+    default = build_trainer(make_cfg(toy_env, tmp_path / "b", eps=4, opts=["ADV.TRAIN.ALPHA", "-1.0"]))
+    assert default.budget.alpha == pytest.approx(8 / 3)  # APT: 2/3 eps
+
+
+def test_guards(toy_env, tmp_path):
+    with pytest.raises(ValueError, match="normalize"):
+        make_trainer(toy_env, tmp_path, opts=["INPUT.TRANSFORMS", "['random_crop', 'normalize']"])
+    with pytest.raises(ValueError, match="fraction"):
+        make_cfg(toy_env, tmp_path, eps=0.0157)
+    with pytest.raises(ValueError, match="onfly"):
+        make_trainer(toy_env, tmp_path, adv_prompt="onfy")
+    with pytest.raises(ValueError, match="STEPS"):
+        make_trainer(toy_env, tmp_path, steps=0)
+
+
+# ---------------------------------------------------------------- final evaluation
+
+def test_final_evaluation_records_clean_and_pgd(toy_env, tmp_path):
+    trainer = make_trainer(toy_env, tmp_path, opts=["OPTIM.MAX_EPOCH", "1", "ADV.TEST.STEPS", "3"])
+    trainer.train()
+    results = RunResults(trainer.output_dir)
+    assert results.finished and results.run["train_eps"] == 4 and results.run["trainer"] == "APT"
+    by_attack = {r["attack"]: r for r in results.records}
+    assert set(by_attack) == {"clean", "pgd"}
+    clean, pgd = by_attack["clean"], by_attack["pgd"]
+    assert clean["label"] == "clean accuracy"
+    assert pgd["label"] == "robust accuracy (PGD-3, eps 4/255)"
+    assert (pgd["eps"], pgd["steps"], pgd["alpha"], pgd["prompt"], pgd["attack_prompt"]) == (4, 3, 1, "learned", "learned")
+    assert clean["n_samples"] == pgd["n_samples"] == 12
+    assert pgd["accuracy"] <= clean["accuracy"]

@@ -1,0 +1,169 @@
+"""evaluate.py on finished tiny CoOp and APT runs (tiny CLIP, tiny generated data).
+
+Covers: the records of results.md for clean, pgd, cw, tpgd and aa; a second
+call skips them, --force recomputes; --n-samples records the subset size
+and the subset is fixed by the seed; an interrupted evaluation resumes at
+its first unfinished batch with the same result; eps as a fraction is
+refused; a unified prompt transfers to another dataset, a class-specific
+one is refused; a hand-written template evaluates the same backbone.
+"""
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+import ampt.evaluation as evaluation
+from ampt.results import RunResults
+from test_apt import APT_DIGITS, COOP_DIGITS, toy_env, _quiet  # noqa: F401  (fixtures)
+
+RESULTS_MD_FIELDS = {"dataset", "split", "attack", "eps", "steps", "n_samples", "accuracy"}
+
+
+def _train(toy_env, out: Path, trainer: str, config: Path) -> Path:
+    import train
+
+    root, backbone = toy_env
+    argv = ["--root", str(root), "--seed", "1", "--trainer", trainer, "--config-file", str(config),
+            "--output-dir", str(out), "DATASET.NAME", "AptToy", "MODEL.BACKBONE.NAME", str(backbone),
+            "OPTIM.MAX_EPOCH", "1", "DATALOADER.TRAIN_X.BATCH_SIZE", "8", "DATALOADER.TEST.BATCH_SIZE", "4"]
+    if trainer == "APT":
+        argv += ["ADV.TEST.STEPS", "2"]
+    assert train.main(argv) == 0
+    assert RunResults(out).finished
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(toy_env, tmp_path_factory):
+    base = tmp_path_factory.mktemp("eval_runs")
+    return {"CoOp": _train(toy_env, base / "coop", "CoOp", COOP_DIGITS),
+            "APT": _train(toy_env, base / "apt", "APT", APT_DIGITS)}
+
+
+def evaluate(*argv: str) -> int:
+    import evaluate as cli
+
+    return cli.main([str(a) for a in argv])
+
+
+def _copy(run: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(run, tmp_path / run.name))
+
+
+@pytest.mark.parametrize("method", ["CoOp", "APT"])
+def test_writes_results_md_records_then_skips_then_force(runs, tmp_path, monkeypatch, method, capsys):
+    run = _copy(runs[method], tmp_path)
+    attacks = ["clean", "pgd", "cw", "tpgd", "aa"]
+    eps = [] if method == "APT" else ["--eps", "4"]  # APT defaults to its training eps
+    assert evaluate(run, "--attack", *attacks, *eps, "--steps", "3") == 0
+    records = [r for r in RunResults(run).records if r.get("steps") != 2]  # drop the training PGD-2 record
+    by_attack = {r["attack"]: r for r in records}
+    assert set(by_attack) == set(attacks) and len(records) == len(attacks)
+    for r in records:
+        assert RESULTS_MD_FIELDS <= set(r) and r["dataset"] == "AptToy" and r["split"] == "test"
+        assert r["n_samples"] == 12 and r["prompt"] == "learned"
+        assert r["accuracy"] <= by_attack["clean"]["accuracy"]
+        assert r["attack"] == "clean" or ("seconds" in r and r["attack_prompt"] == "learned")
+    assert by_attack["clean"]["accuracy"] > 50
+    assert (by_attack["clean"]["eps"], by_attack["clean"]["steps"]) == (0, 0)
+    assert (by_attack["pgd"]["eps"], by_attack["pgd"]["steps"], by_attack["pgd"]["alpha"]) == (4, 3, 1)
+    assert by_attack["pgd"]["label"] == "robust accuracy (PGD-3, eps 4/255)"
+    assert by_attack["aa"]["library"].startswith("pyautoattack") and by_attack["aa"]["steps"] == 0
+    assert "accuracy (%)" in capsys.readouterr().out
+
+    def fail(*args, **kwargs):
+        raise AssertionError("an existing record was recomputed")
+
+    before = RunResults(run).records
+    monkeypatch.setattr(evaluation, "accuracy_under_attack", fail)
+    assert evaluate(run, "--attack", *attacks, *eps, "--steps", "3") == 0
+    assert RunResults(run).records == before
+    monkeypatch.undo()
+    calls = []
+    original = evaluation.accuracy_under_attack
+    monkeypatch.setattr(evaluation, "accuracy_under_attack", lambda *a, **k: calls.append(1) or original(*a, **k))
+    assert evaluate(run, "--attack", "clean", "pgd", *eps, "--steps", "3", "--force") == 0
+    assert len(calls) == 2 and len(RunResults(run).records) == len(records) + 1
+
+
+def test_coop_needs_eps_and_fraction_refused(runs, tmp_path, capsys, monkeypatch):
+    import evaluate as cli
+
+    run = _copy(runs["CoOp"], tmp_path)
+    with pytest.raises(ValueError, match="--eps"):
+        evaluate(run, "--attack", "pgd")
+    with pytest.raises(ValueError, match="fraction"):
+        evaluate(run, "--attack", "pgd", "--eps", "0.0157")
+    monkeypatch.setattr(sys, "argv", ["evaluate.py", str(run), "--eps", "0.0157"])
+    assert cli.cli() == 2
+    assert "1/255" in capsys.readouterr().err
+
+
+def test_n_samples_subset_and_resume(runs, tmp_path, monkeypatch):
+    run = _copy(runs["APT"], tmp_path)
+    assert evaluate(run, "--attack", "pgd", "--steps", "2", "--n-samples", "8", "--seed", "3") == 0
+    subset = next(r for r in RunResults(run).records if r["n_samples"] == 8)
+    assert subset["steps"] == 2 and subset["seed"] == 3
+    assert evaluation.ordered_indices(12, 8, 3) == evaluation.ordered_indices(12, 8, 3) != evaluation.ordered_indices(12, 8, 4)
+    # interrupt after the first batch, then resume: same number, first batch not attacked again
+    real_model = evaluation.prompt_model
+    batches = []
+
+    def counting_model(trainer, prompt):
+        model = real_model(trainer, prompt)
+        forward = model.forward
+        model.forward = lambda x: batches.append(x.shape[0]) or forward(x)
+        return model
+
+    class StopAfterOneBatch:
+        def __init__(self, iterable, **kwargs):
+            self.iterable = iterable
+
+        def __iter__(self):
+            for index, batch in enumerate(self.iterable):
+                if index == 1:
+                    raise KeyboardInterrupt
+                yield batch
+
+        def set_postfix_str(self, *args, **kwargs):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(evaluation, "prompt_model", counting_model)
+    monkeypatch.setattr(evaluation, "progress_bar", StopAfterOneBatch)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(run, "--attack", "pgd", "--steps", "2", "--n-samples", "8", "--seed", "3", "--force")
+    assert len(batches) == 3  # batch 1: 2 attack steps + the final forward
+    progress = list((run / evaluation.PROGRESS_DIR).glob("*.json"))
+    assert len(progress) == 1
+    monkeypatch.undo()
+    monkeypatch.setattr(evaluation, "prompt_model", counting_model)
+    batches.clear()
+    evaluate(run, "--attack", "pgd", "--steps", "2", "--n-samples", "8", "--seed", "3")
+    assert batches == [4, 4, 4]  # only batch 2 (of 2 batches of 4) was attacked
+    resumed = next(r for r in RunResults(run).records if r["n_samples"] == 8)
+    assert resumed["accuracy"] == subset["accuracy"]
+    assert not list((run / evaluation.PROGRESS_DIR).glob("*.json"))
+
+
+def test_cross_dataset_and_template_prompt(runs, tmp_path):
+    run = _copy(runs["APT"], tmp_path)
+    assert evaluate(run, "--attack", "clean", "pgd", "--steps", "2", "--dataset", "AptToyShapes") == 0
+    shifted = [r for r in RunResults(run).records if r["dataset"] == "AptToyShapes"]
+    assert {r["attack"] for r in shifted} == {"clean", "pgd"}
+    assert all(r["n_samples"] == 9 and r["train_dataset"] == "AptToy" for r in shifted)
+    template = "a photo of a {}."
+    assert evaluate(run, "--attack", "clean", "--prompt", template) == 0
+    assert any(r["prompt"] == template for r in RunResults(run).records)
+    with pytest.raises(ValueError, match="template"):
+        evaluate(run, "--attack", "clean", "--prompt", "uniform")
+    csc = _copy(runs["APT"], tmp_path / "csc")
+    config = csc / "config.yaml"
+    config.write_text(config.read_text().replace("CSC: false", "CSC: true"))
+    with pytest.raises(ValueError, match="class-specific"):
+        evaluate(csc, "--attack", "clean", "--dataset", "AptToyShapes")
