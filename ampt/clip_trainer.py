@@ -82,10 +82,13 @@ class ClipTrainer(TrainerX):
 
     # ------------------------------------------------------------ model
     def load_clip_model(self) -> nn.Module:
-        """CLIP on the CPU, at the trainer's precision, after checking ``INPUT.SIZE``."""
+        """CLIP on the trainer's device and precision, after checking ``INPUT.SIZE``.
+
+        On the device already, so fixed text features and prompt buffers are computed there.
+        """
         backbone = self.cfg.MODEL.BACKBONE
         logger.info("Loading CLIP (backbone: %s)", backbone.NAME)
-        clip_model = load_clip(backbone.NAME, backbone.ROBUST_WEIGHTS, backbone.DOWNLOAD_ROOT, device="cpu")
+        clip_model = load_clip(backbone.NAME, backbone.ROBUST_WEIGHTS, backbone.DOWNLOAD_ROOT, device=self.device)
         check_input_size(self.cfg, clip_model.visual.input_resolution)
         node = self.trainer_cfg()
         requested = node.PREC if node is not None and "PREC" in node else "fp32"
@@ -144,7 +147,9 @@ class ClipTrainer(TrainerX):
         with self.autocast():
             return self.model(input).float()
 
-    def model_backward_and_update(self, loss: torch.Tensor, names: Union[None, str, Sequence[str]] = None) -> None:
+    def model_backward_and_update(
+        self, loss: torch.Tensor, names: Union[None, str, Sequence[str]] = None
+    ) -> None:
         """Zero grad, backward, step; through the gradient scaler under ``amp``."""
         if getattr(self, "scaler", None) is None:
             super().model_backward_and_update(loss, names)

@@ -167,7 +167,10 @@ def accuracy_under_attack(
 ) -> Outcome:
     """Top-1 accuracy (percent) of ``model`` on ``loader``'s images, clean or attacked.
 
-    One progress bar. With ``progress_file``, counts are saved after every
+    Robust accuracy counts an image only if it is classified correctly both
+    clean and attacked: the clean image lies in its own eps-ball, so the
+    worst case over the ball includes it (AutoAttack counts the same way).
+    Robust accuracy therefore never exceeds clean accuracy. One progress bar. With ``progress_file``, counts are saved after every
     batch and a matching file from an interrupted call is resumed.
     """
     model.eval()
@@ -183,11 +186,13 @@ def accuracy_under_attack(
             continue
         start = time.perf_counter()
         images, labels = batch["img"].to(device), batch["label"].to(device)
-        if attack is not None:
-            images = attack(images, labels)
         with torch.no_grad():
-            predictions = model(images).argmax(dim=1)
-        state["correct"] += int((predictions == labels).sum())
+            correct = model(images).argmax(dim=1) == labels
+        if attack is not None:
+            adv = attack(images, labels)
+            with torch.no_grad():
+                correct &= model(adv).argmax(dim=1) == labels
+        state["correct"] += int(correct.sum())
         state["total"] += int(labels.numel())
         state["batches"] = index + 1
         state["seconds"] += time.perf_counter() - start

@@ -12,10 +12,13 @@ optimizer step. Steps of the two trainers are interleaved (APT, AMPT, APT,
 warm-up are printed with their ratio.
 
     python scripts/bench_step_time.py [--classes 100] [--batch 32] [--repeats 15]
-    python scripts/bench_step_time.py --backbone ViT-B/32 --image-size 224   # the real backbone
+    python scripts/bench_step_time.py --arch vit-b32 --repeats 3 --warmup 1   # ViT-B/32 shapes, 224 px
+    python scripts/bench_step_time.py --backbone ViT-B/32 --device cuda --prec fp16  # real weights
 
-The default backbone is the tests' tiny ViT CLIP (``ampt.models.build_tiny_clip``:
-32 px, patch 8, width 64, 2 layers per tower), written to a temporary file.
+``--arch tiny`` (default) is the tests' tiny ViT CLIP (``ampt.models.build_tiny_clip``:
+32 px, patch 8, width 64, 2 layers per tower); ``--arch vit-b32`` has
+ViT-B/32's shapes (224 px, 12 x 768 image, 12 x 512 text) with random
+weights: step time does not depend on the weights, and nothing is downloaded.
 """
 from __future__ import annotations
 
@@ -37,9 +40,14 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from ampt.config import get_cfg_default, merge_from_file, merge_from_list  # noqa: E402
 from ampt.engine.select import active_api  # noqa: E402
-from ampt.models import build_tiny_clip, save_clip_state_dict  # noqa: E402
+from ampt.models import build_tiny_clip, load_clip, save_clip_state_dict  # noqa: E402
 from ampt.plugins import load_plugins  # noqa: E402
 
+ARCHS = {  # build_tiny_clip arguments
+    "tiny": {},
+    "vit-b32": dict(image_resolution=224, vision_width=768, vision_layers=12, vision_patch_size=32,
+                    text_width=512, text_layers=12, embed_dim=512),
+}
 SETTINGS = {  # name -> (trainer, config overrides)
     "APT (K=1, 16 tokens)": ("APT", ["TRAINER.APT.N_CTX", "16"]),
     "AMPT (K=4 x 4 tokens)": ("AMPT", ["TRAINER.AMPT.N_PROMPTS", "4", "TRAINER.AMPT.N_CTX", "4"]),
@@ -91,20 +99,23 @@ def main(argv: List[str] = None) -> int:
     p.add_argument("--steps", type=int, default=3, help="PGD steps of the training attack (default 3)")
     p.add_argument("--repeats", type=int, default=15, help="timed steps per trainer (default 15)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per trainer first (default 3)")
-    p.add_argument("--backbone", default="", help="CLIP name or file (default: the tiny ViT CLIP)")
-    p.add_argument("--image-size", type=int, default=32, help="input resolution of the backbone (default 32)")
+    p.add_argument("--arch", choices=sorted(ARCHS), default="tiny", help="random-weight CLIP to build (default tiny)")
+    p.add_argument("--backbone", default="", help="CLIP name or file instead of --arch")
     p.add_argument("--prec", default="fp32", help="fp32 | fp16 | amp (default fp32)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--json", default="", help="also write the numbers to this file")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    args.image_size = ARCHS[args.arch].get("image_resolution", 32)
     if args.threads:
         torch.set_num_threads(args.threads)
     load_plugins("builtin")
 
     with tempfile.TemporaryDirectory() as tmp:
-        backbone = args.backbone or str(save_clip_state_dict(build_tiny_clip(), Path(tmp) / "tiny_clip.pt"))
+        backbone = args.backbone or str(save_clip_state_dict(build_tiny_clip(**ARCHS[args.arch]), Path(tmp) / "clip.pt"))
+        if args.backbone:
+            args.image_size = load_clip(args.backbone).visual.input_resolution
         trainers = {name: bench_trainer(t, o, args, backbone) for name, (t, o) in SETTINGS.items()}
     device = next(iter(trainers.values())).device
     generator = torch.Generator().manual_seed(0)
@@ -128,7 +139,7 @@ def main(argv: List[str] = None) -> int:
 
     medians = {name: statistics.median(t) for name, t in times.items()}
     apt, ampt = medians.values()
-    print(f"backbone {args.backbone or 'tiny ViT CLIP (32 px)'}, {args.classes} classes, batch {args.batch}, "
+    print(f"backbone {args.backbone or args.arch + ' (random weights)'} at {args.image_size} px, {args.classes} classes, batch {args.batch}, "
           f"{args.steps}-step PGD, {args.prec}, {device}, {torch.get_num_threads()} threads; "
           f"median of {args.repeats} steps after {args.warmup} warm-up")
     for name in trainers:

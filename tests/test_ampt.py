@@ -316,10 +316,22 @@ def test_training_attack_router_modes_stay_in_ball(toy_env, tmp_path):
     (["TRAINER.AMPT.MIX", "prompts"], "features, logits"),
     (["TRAINER.AMPT.ROUTER_HIDDEN", "8"], "only by the mlp router"),
     (["TRAINER.AMPT.BALANCE_WEIGHT", "-1.0"], ">= 0"),
+    (["TRAINER.AMPT.ROUTER", "uniform", "TRAINER.AMPT.ROUTER_LR_MULT", "10.0"], "does not use"),
 ])
 def test_invalid_or_unused_settings_are_refused(toy_env, tmp_path, opts, message):
     with pytest.raises(ValueError, match=message):
         make_trainer(toy_env, tmp_path / "run", *opts)
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before:UserWarning")
+def test_router_learning_rate_multiplier(toy_env, tmp_path):
+    trainer = make_trainer(toy_env, tmp_path / "run", "TRAINER.AMPT.ROUTER_LR_MULT", "10.0", "OPTIM.MAX_EPOCH", "10")
+    lrs = {name: trainer._optims[name].param_groups[0]["lr"] for name in ("prompt_learner", "router")}
+    assert lrs["router"] == pytest.approx(10 * lrs["prompt_learner"])  # warm-up epoch: 10 x 1e-5
+    for _ in range(2):
+        trainer.update_lr()
+    lrs = {name: trainer._optims[name].param_groups[0]["lr"] for name in ("prompt_learner", "router")}
+    assert lrs["router"] == pytest.approx(10 * lrs["prompt_learner"]) and lrs["prompt_learner"] > 1e-4
 
 
 def test_word_init_first_prompt_and_uniform_router_without_router_params(toy_env, tmp_path):

@@ -320,3 +320,60 @@ def test_train_py_mistyped_trainer_is_one_line(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert 'Unknown trainer "EngineToyTrainr". Did you mean "EngineToyTrainer"?' in err
     assert "Traceback" not in err
+
+
+# ----------------------------------------------------------------- --engine dassl wiring (Dassl itself is not in CI)
+def test_dassl_engine_without_dassl_says_how_to_install(monkeypatch):
+    from ampt.engine import dassl_api
+
+    monkeypatch.setitem(sys.modules, "dassl", None)  # import dassl -> ImportError
+    with pytest.raises(ImportError, match="git clone https://github.com/KaiyangZhou/Dassl.pytorch"):
+        dassl_api.api()
+
+
+STAND_IN_DASSL = {
+    "__init__.py": "",
+    "config.py": (
+        "from yacs.config import CfgNode as CN\n"
+        "def get_cfg_default():\n"
+        "    cfg = CN()\n    cfg.OPTIM = CN()\n    cfg.OPTIM.LR = 0.5\n    return cfg\n"
+    ),
+    "engine.py": (
+        "from ampt.registry import Registry\nTRAINER_REGISTRY = Registry('T')\n"
+        "def build_trainer(cfg):\n    return None\n"
+        "class SimpleTrainer:\n    pass\nclass TrainerX(SimpleTrainer):\n    pass\n"
+    ),
+    "data/__init__.py": "DataManager = object\n",
+    # Dassl's wilds module disables INFO logging at import; the engine must undo it
+    "data/datasets.py": (
+        "import logging\nlogging.disable(logging.WARNING)\n"
+        "from ampt.registry import Registry\nDATASET_REGISTRY = Registry('D')\n"
+    ),
+}
+
+
+def test_dassl_engine_wiring_with_a_stand_in_dassl(tmp_path, monkeypatch):
+    from ampt.engine import dassl_api
+    from ampt.engine.trainer import RunMixin
+
+    for name, text in STAND_IN_DASSL.items():
+        (tmp_path / "dassl" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "dassl" / name).write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        api = dassl_api.api()
+        assert logging.root.manager.disable == logging.NOTSET  # INFO logs stay on
+        import dassl.data.datasets
+        import dassl.engine
+
+        assert api.TRAINER_REGISTRY is dassl.engine.TRAINER_REGISTRY
+        assert api.DATASET_REGISTRY is dassl.data.datasets.DATASET_REGISTRY
+        assert issubclass(api.TrainerX, dassl.engine.TrainerX) and issubclass(api.TrainerX, RunMixin)
+        mro = api.TrainerX.__mro__
+        assert mro.index(RunMixin) < mro.index(dassl.engine.TrainerX) and api.TrainerX.engine_name == "dassl"
+        cfg = api.get_cfg_default()
+        assert cfg.OPTIM.LR == 0.5 and cfg.ADV.TRAIN.EPS == 4.0 and cfg.DATASET.SUBSAMPLE_CLASSES == "all"
+    finally:
+        logging.disable(logging.NOTSET)
+        for name in [m for m in sys.modules if m == "dassl" or m.startswith("dassl.")]:
+            del sys.modules[name]

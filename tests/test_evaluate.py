@@ -58,20 +58,23 @@ def test_writes_results_md_records_then_skips_then_force(runs, tmp_path, monkeyp
     run = _copy(runs[method], tmp_path)
     attacks = ["clean", "pgd", "cw", "tpgd", "aa"]
     eps = [] if method == "APT" else ["--eps", "4"]  # APT defaults to its training eps
-    assert evaluate(run, "--attack", *attacks, *eps, "--steps", "3") == 0
+    assert evaluate(run, "--attack", *attacks[:-1], *eps, "--steps", "3") == 0
+    # AutoAttack's Square runs 5000 queries on every image still robust: a large eps leaves none
+    assert evaluate(run, "--attack", "aa", "--eps", "128", "--n-samples", "4") == 0
     records = [r for r in RunResults(run).records if r.get("steps") != 2]  # drop the training PGD-2 record
     by_attack = {r["attack"]: r for r in records}
     assert set(by_attack) == set(attacks) and len(records) == len(attacks)
     for r in records:
         assert RESULTS_MD_FIELDS <= set(r) and r["dataset"] == "AptToy" and r["split"] == "test"
-        assert r["n_samples"] == 12 and r["prompt"] == "learned"
+        assert r["n_samples"] == (4 if r["attack"] == "aa" else 12) and r["prompt"] == "learned"
         assert r["accuracy"] <= by_attack["clean"]["accuracy"]
         assert r["attack"] == "clean" or ("seconds" in r and r["attack_prompt"] == "learned")
     assert by_attack["clean"]["accuracy"] > 50
     assert (by_attack["clean"]["eps"], by_attack["clean"]["steps"]) == (0, 0)
     assert (by_attack["pgd"]["eps"], by_attack["pgd"]["steps"], by_attack["pgd"]["alpha"]) == (4, 3, 1)
     assert by_attack["pgd"]["label"] == "robust accuracy (PGD-3, eps 4/255)"
-    assert by_attack["aa"]["library"].startswith("pyautoattack") and by_attack["aa"]["steps"] == 0
+    aa = by_attack["aa"]
+    assert aa["library"].startswith("pyautoattack") and (aa["eps"], aa["steps"]) == (128, 0)
     assert "accuracy (%)" in capsys.readouterr().out
 
     def fail(*args, **kwargs):
@@ -79,7 +82,8 @@ def test_writes_results_md_records_then_skips_then_force(runs, tmp_path, monkeyp
 
     before = RunResults(run).records
     monkeypatch.setattr(evaluation, "accuracy_under_attack", fail)
-    assert evaluate(run, "--attack", *attacks, *eps, "--steps", "3") == 0
+    assert evaluate(run, "--attack", *attacks[:-1], *eps, "--steps", "3") == 0
+    assert evaluate(run, "--attack", "aa", "--eps", "128", "--n-samples", "4") == 0
     assert RunResults(run).records == before
     monkeypatch.undo()
     calls = []
@@ -138,14 +142,14 @@ def test_n_samples_subset_and_resume(runs, tmp_path, monkeypatch):
     monkeypatch.setattr(evaluation, "progress_bar", StopAfterOneBatch)
     with pytest.raises(KeyboardInterrupt):
         evaluate(run, "--attack", "pgd", "--steps", "2", "--n-samples", "8", "--seed", "3", "--force")
-    assert len(batches) == 3  # batch 1: 2 attack steps + the final forward
+    assert len(batches) == 4  # batch 1: clean forward, 2 attack steps, adversarial forward
     progress = list((run / evaluation.PROGRESS_DIR).glob("*.json"))
     assert len(progress) == 1
     monkeypatch.undo()
     monkeypatch.setattr(evaluation, "prompt_model", counting_model)
     batches.clear()
     evaluate(run, "--attack", "pgd", "--steps", "2", "--n-samples", "8", "--seed", "3")
-    assert batches == [4, 4, 4]  # only batch 2 (of 2 batches of 4) was attacked
+    assert batches == [4, 4, 4, 4]  # only batch 2 (of 2 batches of 4) was evaluated
     resumed = next(r for r in RunResults(run).records if r["n_samples"] == 8)
     assert resumed["accuracy"] == subset["accuracy"]
     assert not list((run / evaluation.PROGRESS_DIR).glob("*.json"))

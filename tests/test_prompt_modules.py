@@ -145,7 +145,8 @@ def test_word_initialisation(tiny):
     # initialised from the words, the learned prompt gives the hand-written prompt's features
     with torch.no_grad():
         learned = PromptedCLIP(tiny, first_only).text_features()[0]
-        written = F.normalize(tiny.encode_text(clip.tokenize([f"a photo of a {n.replace('_', ' ')}." for n in CLASSNAMES])), dim=-1)
+        texts = [f"a photo of a {name.replace('_', ' ')}." for name in CLASSNAMES]
+        written = F.normalize(tiny.encode_text(clip.tokenize(texts)), dim=-1)
     assert torch.allclose(learned, written, atol=1e-5)
 
 

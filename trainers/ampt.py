@@ -57,13 +57,25 @@ def check_ampt_cfg(node: CN) -> None:
     if node.N_PROMPTS == 1 and node.ROUTER != "uniform":
         raise ValueError("TRAINER.AMPT.N_PROMPTS 1 leaves the router nothing to weigh: set ROUTER uniform")
     if node.ROUTER == "uniform":
-        unused = [k for k, default in (("TEMPERATURE", 1.0), ("TOP_K", 0), ("ATTACK_ROUTER", "full"))
-                  if node[k] != default]
+        defaults = (("TEMPERATURE", 1.0), ("TOP_K", 0), ("ATTACK_ROUTER", "full"), ("ROUTER_LR_MULT", 1.0))
+        unused = [k for k, default in defaults if node[k] != default]
         if unused:
             raise ValueError(f"TRAINER.AMPT.ROUTER uniform does not use {unused}: leave them at their defaults")
+    if node.ROUTER_LR_MULT <= 0:
+        raise ValueError(f"TRAINER.AMPT.ROUTER_LR_MULT must be > 0 (got {node.ROUTER_LR_MULT})")
     for key in ("CLEAN_CE_WEIGHT", "TRADES_KL_WEIGHT", "BALANCE_WEIGHT"):
         if node[key] < 0:
             raise ValueError(f"TRAINER.AMPT.{key} must be >= 0 (got {node[key]})")
+
+
+def scaled_lr(optim_cfg: CN, mult: float) -> CN:
+    """A copy of ``OPTIM`` whose learning rates (base and warm-up) are multiplied by ``mult``."""
+    scaled = optim_cfg.clone()
+    scaled.defrost()
+    for key in ("LR", "WARMUP_CONS_LR", "WARMUP_MIN_LR"):
+        scaled[key] = float(optim_cfg[key]) * mult
+    scaled.freeze()
+    return scaled
 
 
 @TRAINER_REGISTRY.register()
@@ -87,6 +99,7 @@ class AMPT(AdversarialClipTrainer):
         c.ROUTER = "linear"  # linear | mlp | uniform (no router: weights 1/K)
         c.ROUTER_HIDDEN = 0  # mlp hidden width (>= 0; 0 = the image feature size); only with ROUTER mlp
         c.TEMPERATURE = 1.0  # softmax temperature of the router (> 0; lower is sharper)
+        c.ROUTER_LR_MULT = 1.0  # router learning rate (and warm-up LR) = OPTIM's x this (> 0); prompts use OPTIM's
         c.TOP_K = 0  # keep the TOP_K largest router weights per image, renormalized (0 = dense; <= N_PROMPTS)
         c.MIX = "features"  # features (mix normalized text features) | logits (mix per-prompt logits)
         c.CLEAN_CE_WEIGHT = 0.0  # weight (>= 0) of cross-entropy on the clean images
@@ -121,11 +134,12 @@ class AMPT(AdversarialClipTrainer):
         if cfg.MODEL.INIT_WEIGHTS:
             self.load_init_weights(self.model.prompt_learner, cfg.MODEL.INIT_WEIGHTS)
         # Two registered models, so checkpoints read prompt_learner/ (ctx) and router/ (its weights).
-        for name, module in (("prompt_learner", self.model.prompt_learner), ("router", self.model.router)):
-            if name == "router" and not has_router:
-                continue
-            optim = build_optimizer(module, cfg.OPTIM)
-            self.register_model(name, module, optim, build_lr_scheduler(optim, cfg.OPTIM))
+        optim = build_optimizer(self.model.prompt_learner, cfg.OPTIM)
+        self.register_model("prompt_learner", self.model.prompt_learner, optim, build_lr_scheduler(optim, cfg.OPTIM))
+        if has_router:
+            router_optim_cfg = scaled_lr(cfg.OPTIM, node.ROUTER_LR_MULT)
+            optim = build_optimizer(self.model.router, router_optim_cfg)
+            self.register_model("router", self.model.router, optim, build_lr_scheduler(optim, router_optim_cfg))
         logger.info("Router: %s; mixing %s; training attack weights: %s", router, node.MIX, node.ATTACK_ROUTER)
 
     # ------------------------------------------------------------ training

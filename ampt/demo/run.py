@@ -111,9 +111,9 @@ def run_method(method: str, root: Path, out_dir: Path, seed: int, backbone: Path
                force: bool = False, opts: Sequence[str] = (), eval_steps: int = EVAL_STEPS) -> float:
     """Train (unless the run finished) and evaluate one method and seed; returns the seconds spent.
 
-    The run's own test gives the clean record; ``evaluate.py`` adds PGD
-    (adversarial trainers record it during training already, and a record
-    that results.json holds is not computed again).
+    The run's own test gives the clean record; ``evaluate.py`` adds the PGD
+    one unless results.json holds it (adversarial trainers record it while
+    training).
     """
     run_dir = out_dir / method / f"seed{seed}"
     if not method_config(method).is_file():
@@ -123,7 +123,8 @@ def run_method(method: str, root: Path, out_dir: Path, seed: int, backbone: Path
         logger.info("%s seed %d: finished run in %s, not trained again", method, seed, run_dir)
     else:
         _run(train_command(method, root, run_dir, seed, backbone, shots, force, opts))
-    _run(evaluate_command(run_dir, steps=eval_steps) + (["--force"] if force else []))
+    if _accuracy(run_dir, "pgd", EVAL_EPS, eval_steps) is None:
+        _run(evaluate_command(run_dir, steps=eval_steps))
     return time.perf_counter() - start
 
 

@@ -145,7 +145,9 @@ def load_robust_visual_weights(model: CLIP, path: Union[str, Path]) -> None:
     plain visual state dicts, with or without a "visual." or "module." prefix.
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f'Robust visual weights file "{path}" (MODEL.BACKBONE.ROBUST_WEIGHTS) not found')
+        raise FileNotFoundError(
+            f'Robust visual weights file "{path}" (MODEL.BACKBONE.ROBUST_WEIGHTS) not found'
+        )
     obj = _torch_load_weights(path)
     if isinstance(obj, Mapping) and ROBUST_KEY in obj:
         obj = obj[ROBUST_KEY]

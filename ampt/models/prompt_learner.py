@@ -107,7 +107,8 @@ class PromptLearner(nn.Module):
             embedding = clip_model.token_embedding(token_ids.to(device)).float()
         self.register_buffer("token_ids", token_ids.to(device), persistent=False)
         self.register_buffer("token_prefix", embedding[:, :1], persistent=False)  # SOS
-        self.register_buffer("token_suffix", embedding[:, 1 + self.n_ctx:], persistent=False)  # class, ".", EOS
+        # class name, ".", EOS
+        self.register_buffer("token_suffix", embedding[:, 1 + self.n_ctx:], persistent=False)
         order = _position_order(self.class_token_position, self.n_ctx, self.name_lens, length)
         self.register_buffer("order", order.to(device) if order is not None else None, persistent=False)
 

@@ -5,9 +5,9 @@
 # environment variable's when set, else the config file's, else the default of
 # trainers/ampt.py:
 #   NPROMPTS (N_PROMPTS)  NCTX (N_CTX)  CTX_INIT  INIT  CSC  CTP (CLASS_TOKEN_POSITION)
-#   ROUTER  ROUTER_HIDDEN  TEMPERATURE  TOPK (TOP_K)  MIX  ATTACK_ROUTER
+#   ROUTER  ROUTER_HIDDEN  ROUTER_LR (ROUTER_LR_MULT)  TEMPERATURE  TOPK (TOP_K)  MIX  ATTACK_ROUTER
 #   CLEAN_CE (CLEAN_CE_WEIGHT)  TRADES_KL (TRADES_KL_WEIGHT)  BALANCE (BALANCE_WEIGHT)
-# Tag: k<K>_l<L>_<ROUTER>[h<HIDDEN>]_t<TEMPERATURE>_top<TOPK>_<MIX>_init-<INIT>[-<words>]
+# Tag: k<K>_l<L>_<ROUTER>[h<HIDDEN>]_lrx<ROUTER_LR>_t<TEMPERATURE>_top<TOPK>_<MIX>_init-<INIT>[-<words>]
 #      _csc<CSC>_ctp<CTP>_ce<CLEAN_CE>_kl<TRADES_KL>_bal<BALANCE>_atk<ATTACK_ROUTER>
 
 ampt_settings() {
@@ -26,7 +26,7 @@ merge_from_file(cfg, sys.argv[2])
 node = cfg.TRAINER.AMPT
 env_keys = (("NPROMPTS", "N_PROMPTS"), ("NCTX", "N_CTX"), ("CTX_INIT", "CTX_INIT"), ("INIT", "INIT"),
             ("CSC", "CSC"), ("CTP", "CLASS_TOKEN_POSITION"), ("ROUTER", "ROUTER"),
-            ("ROUTER_HIDDEN", "ROUTER_HIDDEN"), ("TEMPERATURE", "TEMPERATURE"), ("TOPK", "TOP_K"),
+            ("ROUTER_HIDDEN", "ROUTER_HIDDEN"), ("ROUTER_LR", "ROUTER_LR_MULT"), ("TEMPERATURE", "TEMPERATURE"), ("TOPK", "TOP_K"),
             ("MIX", "MIX"), ("ATTACK_ROUTER", "ATTACK_ROUTER"), ("CLEAN_CE", "CLEAN_CE_WEIGHT"),
             ("TRADES_KL", "TRADES_KL_WEIGHT"), ("BALANCE", "BALANCE_WEIGHT"))
 v = {}
@@ -36,7 +36,7 @@ for env, key in env_keys:
 g = lambda x: f"{float(x):g}"
 init = f"init-{v['INIT']}" + (f"-{v['CTX_INIT'].replace(' ', '_')}" if v["CTX_INIT"] else "")
 hidden = f"h{v['ROUTER_HIDDEN']}" if v["ROUTER"] == "mlp" else ""
-tag = (f"k{v['N_PROMPTS']}_l{v['N_CTX']}_{v['ROUTER']}{hidden}_t{g(v['TEMPERATURE'])}_top{v['TOP_K']}_{v['MIX']}"
+tag = (f"k{v['N_PROMPTS']}_l{v['N_CTX']}_{v['ROUTER']}{hidden}_lrx{g(v['ROUTER_LR_MULT'])}_t{g(v['TEMPERATURE'])}_top{v['TOP_K']}_{v['MIX']}"
        f"_{init}_csc{v['CSC']}_ctp{v['CLASS_TOKEN_POSITION']}_ce{g(v['CLEAN_CE_WEIGHT'])}"
        f"_kl{g(v['TRADES_KL_WEIGHT'])}_bal{g(v['BALANCE_WEIGHT'])}_atk{v['ATTACK_ROUTER']}")
 opts = [x for key in v for x in (f"TRAINER.AMPT.{key}", str(v[key]))]
