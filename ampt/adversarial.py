@@ -234,8 +234,7 @@ class AdversarialClipTrainer(ClipTrainer):
             return
         loader = self.val_loader if split == "val" else self.test_loader
         self.set_model_mode("eval")
-        with torch.no_grad():
-            model = prompt_model(self, LEARNED)
+        model = prompt_model(self, LEARNED)
         seed = self.cfg.SEED if self.cfg.SEED >= 0 else 0
         outcome = accuracy_under_attack(model, loader, spec, self.num_classes, self.device, seed=seed,
                                         desc=f"test ({split}): {spec.label}")

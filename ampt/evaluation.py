@@ -16,7 +16,8 @@ in-training test (:meth:`ampt.adversarial.AdversarialClipTrainer.final_evaluatio
 - **Resumption.** Batches are evaluated in a fixed order and, after each
   batch, the running counts are written to ``RUN_DIR/eval_progress/``; an
   interrupted evaluation (AutoAttack on thousands of images) restarts at the
-  first unfinished batch. The file is removed once the record is written.
+  first unfinished batch, also under ``--force``. The file is keyed by every
+  setting and a hash of the weights, and removed once the record is written.
 """
 from __future__ import annotations
 
@@ -57,6 +58,13 @@ def prompt_count(model: nn.Module) -> int:
 def named_prompt_modes(trainer: Any) -> Tuple[str, ...]:
     """The prompt names ``trainer`` understands, besides templates: "learned" plus its own."""
     return (LEARNED, *getattr(trainer, "eval_prompt_modes", ()))
+
+
+def record_prompt(trainer: Any, prompt: str) -> str:
+    """The ``prompt`` field of a record: a prompt-free model's "learned" is its template (ZeroshotCLIP)."""
+    if prompt == LEARNED and getattr(trainer.model, "prompt_learner", None) is None:
+        return str(getattr(trainer, "template", prompt))
+    return prompt
 
 
 @torch.no_grad()
@@ -169,12 +177,15 @@ def accuracy_under_attack(
 
     Robust accuracy counts an image only if it is classified correctly both
     clean and attacked: the clean image lies in its own eps-ball, so the
-    worst case over the ball includes it (AutoAttack counts the same way).
-    Robust accuracy therefore never exceeds clean accuracy. One progress bar. With ``progress_file``, counts are saved after every
-    batch and a matching file from an interrupted call is resumed.
+    worst case over the ball includes it (AutoAttack counts the same way),
+    and robust accuracy never exceeds clean accuracy. One progress bar.
+    With ``progress_file``, counts are saved after every batch and a
+    matching file from an interrupted call is resumed.
     """
     model.eval()
     attack = spec.build(model, num_classes, seed)
+    if attack is not None:
+        logger.info("Attack: %r", attack)
     state = {"batches": 0, "correct": 0, "total": 0, "seconds": 0.0}
     if progress_file is not None and progress_file.is_file():
         state = read_json(progress_file)["state"]
@@ -205,8 +216,6 @@ def accuracy_under_attack(
     extra: Dict[str, Any] = {}
     if attack is not None and getattr(attack, "library", None):
         extra["library"] = attack.library
-    if attack is not None:
-        extra["attack_repr"] = repr(attack)
     return Outcome(100.0 * state["correct"] / state["total"], state["total"], state["seconds"], extra)
 
 
@@ -222,7 +231,7 @@ def make_record(dataset: str, split: str, spec: AttackSpec, prompt: str, outcome
         record["attack_prompt"] = prompt  # white-box: the attack sees the prompt it evaluates
         if spec.alpha is not None:
             record["alpha"] = round(spec.alpha, 4)
-    record.update({k: v for k, v in outcome.extra.items() if k != "attack_repr"})
+    record.update(outcome.extra)
     record.update(extra)
     return record
 
@@ -241,6 +250,16 @@ class EvalPlan:
     split: str = "test"
 
 
+def weights_digest(trainer: Any) -> str:
+    """A hash of the trainer's registered (trained) weights: progress is resumed only for the same ones."""
+    digest = hashlib.sha256()
+    for name in trainer.get_model_names():
+        for key, value in sorted(trainer._models[name].state_dict().items()):
+            digest.update(key.encode())
+            digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:20]
+
+
 def progress_path(run_dir: Path, key: Dict[str, Any]) -> Path:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
     return run_dir / PROGRESS_DIR / f"{key['attack']}-{digest}.json"
@@ -254,6 +273,7 @@ def evaluate_trainer(trainer: Any, plan: EvalPlan, results: RunResults,
     unless ``plan.force``. Text features are computed once for all attacks.
     """
     dataset_name = trainer.cfg.DATASET.NAME
+    prompt = record_prompt(trainer, plan.prompt)
     base_loader = trainer.test_loader
     indices = ordered_indices(len(base_loader.dataset), plan.n_samples, plan.seed)
     n_samples = len(indices)
@@ -261,7 +281,7 @@ def evaluate_trainer(trainer: Any, plan: EvalPlan, results: RunResults,
     todo = []
     for spec in plan.specs:
         key = {"dataset": dataset_name, "split": plan.split, "attack": spec.name, "eps": spec.eps,
-               "steps": spec.steps, "n_samples": n_samples, "prompt": plan.prompt}
+               "steps": spec.steps, "n_samples": n_samples, "prompt": prompt}
         existing = results.get(key)
         if existing is not None and not plan.force:
             logger.info("Skipping %s on %s: already in %s (--force recomputes)", spec.label, dataset_name, results.path)
@@ -273,19 +293,19 @@ def evaluate_trainer(trainer: Any, plan: EvalPlan, results: RunResults,
     trainer.set_model_mode("eval")
     model = prompt_model(trainer, plan.prompt).to(trainer.device).eval()
     loader = subset_loader(base_loader, indices, plan.batch_size)
+    weights = weights_digest(trainer)
     for spec, key in todo:
         progress_file = progress_path(results.run_dir, {**key, "alpha": spec.alpha, "seed": plan.seed,
-                                                        "batch_size": loader.batch_size, **(extra or {})})
-        if plan.force and progress_file.exists():
-            progress_file.unlink()
+                                                        "batch_size": loader.batch_size, "weights": weights,
+                                                        **(extra or {})})
         outcome = accuracy_under_attack(model, loader, spec, trainer.num_classes, trainer.device,
                                         seed=plan.seed, desc=f"{spec.label} [{dataset_name}]",
                                         progress_file=progress_file)
-        record = make_record(dataset_name, plan.split, spec, plan.prompt, outcome, seed=plan.seed, **(extra or {}))
+        record = make_record(dataset_name, plan.split, spec, prompt, outcome, seed=plan.seed, **(extra or {}))
         results.add(record, force=True)
         progress_file.unlink(missing_ok=True)
         logger.info("%s on %s (%d images, prompt %s): %.2f%% in %.1f s", spec.label, dataset_name,
-                    outcome.n_samples, plan.prompt, outcome.accuracy, outcome.seconds)
+                    outcome.n_samples, prompt, outcome.accuracy, outcome.seconds)
         rows.append((record, "computed"))
     return rows
 

@@ -85,8 +85,13 @@ default_alpha() {
 
 # Refuse an eps written as a fraction (0.0157): every eps here is in 1/255 units.
 check_eps() {
-    "${PYTHON}" -c 'import sys; e = float(sys.argv[1]); sys.exit(0 if e == 0 or e >= 1 else 1)' "$1" \
-        || die "eps $1 looks like a fraction; eps is in 1/255 units (write 4 for 4/255)"
+    local rc=0
+    "${PYTHON}" -c 'import sys; e = float(sys.argv[1]); sys.exit(0 if e == 0 or e >= 1 else 3)' "$1" || rc=$?
+    if [ "${rc}" -eq 3 ]; then
+        die "eps $1 looks like a fraction; eps is in 1/255 units (write 4 for 4/255)"
+    elif [ "${rc}" -ne 0 ]; then
+        die "eps $1 is not a number (or ${PYTHON} cannot run; set PYTHON)"
+    fi
 }
 
 # Train into DIR unless its results.json says it finished (FORCE=1 re-runs).
@@ -117,4 +122,43 @@ evaluate_run() {
     [ -n "${BATCH_SIZE:-}" ] && args+=(--batch-size "${BATCH_SIZE}")
     [ -n "${PROMPT:-}" ] && args+=(--prompt "${PROMPT}")
     "${PYTHON}" "${REPO_ROOT}/evaluate.py" "${dir}" "${args[@]}" $(force_flag)
+}
+
+# Settings shared by the adversarial methods' scripts (APT, AMPT), from the
+# environment, with their defaults; sets ALPHA STEPS ADV_PROMPT EPOCHS, the
+# run-folder parts CFG_TAG and ATK_TAG, and EXTRA (train.py KEY VALUE pairs).
+# Usage: adversarial_settings DATASET CFG SHOTS EPS
+#   ALPHA [2/3 EPS]  STEPS [3]  ADV_PROMPT [onfly]  PROMPT_ALPHA [config; perturbed only]
+#   EPOCHS [by shots]  ROBUST_WEIGHTS [none]  BACKBONE [the config's; a CLIP name or file]
+adversarial_settings() {
+    local dataset="$1" cfg="$2" shots="$3" eps="$4"
+    check_eps "${eps}"
+    ALPHA="${ALPHA:-$(default_alpha "${eps}")}"
+    STEPS="${STEPS:-3}"
+    ADV_PROMPT="${ADV_PROMPT:-onfly}"
+    EPOCHS="${EPOCHS:-$(epochs_for "${dataset}" "${shots}")}"
+    EXTRA=(OPTIM.MAX_EPOCH "${EPOCHS}")
+    CFG_TAG="${cfg}_ep${EPOCHS}"
+    if [ -n "${BACKBONE:-}" ]; then
+        EXTRA+=(MODEL.BACKBONE.NAME "${BACKBONE}")
+        CFG_TAG="${CFG_TAG}_bb-$(file_tag "${BACKBONE}")"
+    fi
+    if [ -n "${ROBUST_WEIGHTS:-}" ]; then
+        EXTRA+=(MODEL.BACKBONE.ROBUST_WEIGHTS "${ROBUST_WEIGHTS}")
+        CFG_TAG="${CFG_TAG}_robust-$(file_tag "${ROBUST_WEIGHTS}")"
+    fi
+    ATK_TAG="eps_${eps}_alpha${ALPHA}_steps${STEPS}_${ADV_PROMPT}"
+    if [ -n "${PROMPT_ALPHA:-}" ]; then
+        EXTRA+=(ADV.TRAIN.PROMPT_ALPHA "${PROMPT_ALPHA}")
+        ATK_TAG="${ATK_TAG}_palpha${PROMPT_ALPHA}"
+    fi
+}
+
+# A file or a CLIP name as a folder-name part: "a/b.pth.tar" -> "b", "ViT-B/32" -> "ViT-B-32".
+file_tag() {
+    if [ -e "$1" ]; then
+        basename "$1" | sed 's/\.pth\.tar$//; s/\.[^.]*$//'
+    else
+        echo "$1" | sed 's|/|-|g'
+    fi
 }

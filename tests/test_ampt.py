@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import List
 
@@ -390,3 +391,14 @@ def test_end_to_end_train_save_reload_evaluate_interpret(toy_env, tmp_path, monk
     assert [line.split(":")[0] for line in report.splitlines() if line.startswith("prompt")] == \
         [f"prompt {k}" for k in range(1, 5)]
     assert report.count("  ctx ") == 16
+
+
+@pytest.mark.parametrize("config", sorted((REPO / "configs" / "trainers" / "AMPT").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_configs_merge_and_pass_the_checks(config):
+    args = argparse.Namespace(config_file=str(config), dataset_config_file="", trainer="AMPT", opts=[])
+    cfg = setup_cfg(args, TRAINER_REGISTRY.get("AMPT"))
+    sys.modules[TRAINER_REGISTRY.get("AMPT").__module__].check_ampt_cfg(cfg.TRAINER.AMPT)
+    assert cfg.TRAINER.NAME == "AMPT" and "normalize" not in cfg.INPUT.TRANSFORMS
+    if config.stem.startswith("vit_b32"):
+        assert (cfg.OPTIM.NAME, cfg.OPTIM.LR, cfg.DATALOADER.TRAIN_X.BATCH_SIZE) == ("sgd", 0.002, 32)
+        assert cfg.ADV.TRAIN.EPS == float(config.stem.split("_eps")[1][0]) and cfg.ADV.TRAIN.STEPS == 3

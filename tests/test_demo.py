@@ -17,7 +17,7 @@ from ampt.demo.run import evaluate_command, format_table, summarize, train_comma
 from ampt.results import RunResults
 
 N_DIGITS = 1797  # images in scikit-learn's digits
-TINY = dict(steps=3, clean_steps=1, batch_size=16, warmup_steps=1)
+TINY = dict(steps=2, clean_steps=1, batch_size=8, warmup_steps=1)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_short_pretraining_saves_loadable_weights_and_caches(digits_root, tmp_pa
     out = tmp_path / "tiny.pt"
     assert pretrain_tiny_clip(digits_root, out, seed=0, adversarial=True, **TINY) == out
     meta = json.loads(sidecar_path(out).read_text())
-    assert meta["settings"]["steps"] == 3 and meta["settings"]["adversarial"] is True
+    assert meta["settings"]["steps"] == 2 and meta["settings"]["adversarial"] is True
     assert meta["num_pretrain_images"] == 900
 
     model = build_model(torch.load(out, weights_only=True)).float().eval()

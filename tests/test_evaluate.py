@@ -17,8 +17,9 @@ import pytest
 
 import ampt.evaluation as evaluation
 from ampt.results import RunResults
-from test_apt import APT_DIGITS, COOP_DIGITS, toy_env, _quiet  # noqa: F401  (fixtures)
+from test_apt import APT_DIGITS, COOP_DIGITS, REPO, toy_env, _quiet  # noqa: F401  (fixtures)
 
+ZS_DIGITS = REPO / "configs" / "trainers" / "ZeroshotCLIP" / "digits.yaml"
 RESULTS_MD_FIELDS = {"dataset", "split", "attack", "eps", "steps", "n_samples", "accuracy"}
 
 
@@ -27,7 +28,7 @@ def _train(toy_env, out: Path, trainer: str, config: Path) -> Path:
 
     root, backbone = toy_env
     argv = ["--root", str(root), "--seed", "1", "--trainer", trainer, "--config-file", str(config),
-            "--output-dir", str(out), "DATASET.NAME", "AptToy", "MODEL.BACKBONE.NAME", str(backbone),
+            "--output-dir", str(out), *(["--eval-only"] if trainer == "ZeroshotCLIP" else []), "DATASET.NAME", "AptToy", "MODEL.BACKBONE.NAME", str(backbone),
             "OPTIM.MAX_EPOCH", "1", "DATALOADER.TRAIN_X.BATCH_SIZE", "8", "DATALOADER.TEST.BATCH_SIZE", "4"]
     if trainer == "APT":
         argv += ["ADV.TEST.STEPS", "2"]
@@ -40,7 +41,8 @@ def _train(toy_env, out: Path, trainer: str, config: Path) -> Path:
 def runs(toy_env, tmp_path_factory):
     base = tmp_path_factory.mktemp("eval_runs")
     return {"CoOp": _train(toy_env, base / "coop", "CoOp", COOP_DIGITS),
-            "APT": _train(toy_env, base / "apt", "APT", APT_DIGITS)}
+            "APT": _train(toy_env, base / "apt", "APT", APT_DIGITS),
+            "ZeroshotCLIP": _train(toy_env, base / "zs", "ZeroshotCLIP", ZS_DIGITS)}
 
 
 def evaluate(*argv: str) -> int:
@@ -90,7 +92,7 @@ def test_writes_results_md_records_then_skips_then_force(runs, tmp_path, monkeyp
     original = evaluation.accuracy_under_attack
     monkeypatch.setattr(evaluation, "accuracy_under_attack", lambda *a, **k: calls.append(1) or original(*a, **k))
     assert evaluate(run, "--attack", "clean", "pgd", *eps, "--steps", "3", "--force") == 0
-    assert len(calls) == 2 and len(RunResults(run).records) == len(records) + 1
+    assert len(calls) == 2 and len(RunResults(run).records) == len(before)
 
 
 def test_coop_needs_eps_and_fraction_refused(runs, tmp_path, capsys, monkeypatch):
@@ -148,7 +150,7 @@ def test_n_samples_subset_and_resume(runs, tmp_path, monkeypatch):
     monkeypatch.undo()
     monkeypatch.setattr(evaluation, "prompt_model", counting_model)
     batches.clear()
-    evaluate(run, "--attack", "pgd", "--steps", "2", "--n-samples", "8", "--seed", "3")
+    evaluate(run, "--attack", "pgd", "--steps", "2", "--n-samples", "8", "--seed", "3", "--force")
     assert batches == [4, 4, 4, 4]  # only batch 2 (of 2 batches of 4) was evaluated
     resumed = next(r for r in RunResults(run).records if r["n_samples"] == 8)
     assert resumed["accuracy"] == subset["accuracy"]
@@ -171,3 +173,12 @@ def test_cross_dataset_and_template_prompt(runs, tmp_path):
     config.write_text(config.read_text().replace("CSC: false", "CSC: true"))
     with pytest.raises(ValueError, match="class-specific"):
         evaluate(csc, "--attack", "clean", "--dataset", "AptToyShapes")
+
+
+def test_zero_shot_run_is_evaluated_with_its_template(runs, tmp_path):
+    run = _copy(runs["ZeroshotCLIP"], tmp_path)
+    (clean,) = RunResults(run).records
+    assert evaluate(run, "--attack", "clean", "pgd", "--eps", "4", "--steps", "2") == 0
+    records = RunResults(run).records
+    assert len(records) == 2 and records[0] == clean  # its own clean record is recognised, not recomputed
+    assert records[1]["attack"] == "pgd" and records[1]["prompt"] == clean["prompt"] == "a photo of a {}."

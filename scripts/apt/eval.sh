@@ -4,7 +4,7 @@
 # records already there are skipped (FORCE=1 recomputes them).
 #
 #   DATA=/path/to/datasets bash scripts/apt/eval.sh DATASET CFG SHOTS EPS
-#   e.g. ATTACKS="clean pgd aa" N_SAMPLES=5000 bash scripts/apt/eval.sh ImageNet vit_b32_eps4 16 4
+#   e.g. ATTACKS="clean pgd aa" N_SAMPLES=5000 bash scripts/apt/eval.sh imagenet vit_b32_eps4 16 4
 #
 # Optional environment, besides main.sh's (which locate the run folder):
 #   ATTACKS ["clean pgd"]  TEST_EPS [the run's eps]  TEST_STEPS [100]
@@ -22,22 +22,10 @@ SHOTS=$3
 EPS=$4
 
 require_data
-check_eps "${EPS}"
-ALPHA="${ALPHA:-$(default_alpha "${EPS}")}"
-STEPS="${STEPS:-3}"
-ADV_PROMPT="${ADV_PROMPT:-onfly}"
+adversarial_settings "${DATASET}" "${CFG}" "${SHOTS}" "${EPS}"
 NCTX="${NCTX:-16}"
 CSC="${CSC:-False}"
 CTP="${CTP:-end}"
-EPOCHS="${EPOCHS:-$(epochs_for "${DATASET}" "${SHOTS}")}"
-CFG_TAG="${CFG}_ep${EPOCHS}"
-if [ -n "${ROBUST_WEIGHTS:-}" ]; then
-    CFG_TAG="${CFG_TAG}_robust-$(basename "${ROBUST_WEIGHTS}" | sed 's/\.pth\.tar$//; s/\.[^.]*$//')"
-fi
-ATK_TAG="eps_${EPS}_alpha${ALPHA}_steps${STEPS}_${ADV_PROMPT}"
-if [ -n "${PROMPT_ALPHA:-}" ]; then
-    ATK_TAG="${ATK_TAG}_palpha${PROMPT_ALPHA}"
-fi
 
 for SEED in ${SEEDS}; do
     DIR="${OUTPUT}/apt/${DATASET}/shots_${SHOTS}/${CFG_TAG}/nctx${NCTX}_csc${CSC}_ctp${CTP}/${ATK_TAG}/seed${SEED}"

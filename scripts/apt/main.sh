@@ -2,7 +2,7 @@
 # Train APT over seeds 1 2 3 (CoOp's main.sh, with APT's attack settings).
 #
 #   DATA=/path/to/datasets bash scripts/apt/main.sh DATASET CFG SHOTS EPS
-#   e.g. bash scripts/apt/main.sh EuroSAT vit_b32_eps4 16 4
+#   e.g. bash scripts/apt/main.sh eurosat vit_b32_eps4 16 4
 #
 # DATASET  configs/datasets/<DATASET>.yaml        CFG  configs/trainers/APT/<CFG>.yaml
 # SHOTS    shots per class (1, 2, 4, 8, 16)       EPS  training eps in 1/255 units (1, 4)
@@ -10,9 +10,10 @@
 #   ALPHA [2/3 EPS]  STEPS [3]  ADV_PROMPT [onfly | constant | perturbed]
 #   PROMPT_ALPHA [config default; perturbed only]  NCTX [16]  CSC [False]  CTP [end]
 #   EPOCHS [by shots: 1 -> 50, 2-4 -> 100, 8-16 -> 200, ImageNet 50]
-#   ROBUST_WEIGHTS [none; a TeCoA visual weights file]  SEEDS ["1 2 3"]  FORCE [0]
+#   ROBUST_WEIGHTS [none; a TeCoA visual weights file]  BACKBONE [the config's]
+#   SEEDS ["1 2 3"]  FORCE [0]
 # The run folder encodes every setting:
-#   output/apt/<DATASET>/shots_<SHOTS>/<CFG>_ep<EPOCHS>[_robust-<file>]/nctx<N>_csc<C>_ctp<P>/
+#   output/apt/<DATASET>/shots_<SHOTS>/<CFG>_ep<EPOCHS>[_bb-<name>][_robust-<file>]/nctx<N>_csc<C>_ctp<P>/
 #       eps_<EPS>_alpha<ALPHA>_steps<STEPS>_<ADV_PROMPT>[_palpha<PROMPT_ALPHA>]/seed<S>
 # A run whose results.json says it finished is skipped; FORCE=1 re-runs it.
 source "$(dirname "$0")/../common.sh"
@@ -27,28 +28,12 @@ EPS=$4
 TRAINER=APT
 
 require_data
-check_eps "${EPS}"
-ALPHA="${ALPHA:-$(default_alpha "${EPS}")}"
-STEPS="${STEPS:-3}"
-ADV_PROMPT="${ADV_PROMPT:-onfly}"
+adversarial_settings "${DATASET}" "${CFG}" "${SHOTS}" "${EPS}"
 NCTX="${NCTX:-16}"
 CSC="${CSC:-False}"
 CTP="${CTP:-end}"
-EPOCHS="${EPOCHS:-$(epochs_for "${DATASET}" "${SHOTS}")}"
 DATASET_CFG="$(dataset_config "${DATASET}")"
 TRAINER_CFG="$(trainer_config "${TRAINER}" "${CFG}")"
-
-EXTRA=()
-CFG_TAG="${CFG}_ep${EPOCHS}"
-if [ -n "${ROBUST_WEIGHTS:-}" ]; then
-    EXTRA+=(MODEL.BACKBONE.ROBUST_WEIGHTS "${ROBUST_WEIGHTS}")
-    CFG_TAG="${CFG_TAG}_robust-$(basename "${ROBUST_WEIGHTS}" | sed 's/\.pth\.tar$//; s/\.[^.]*$//')"
-fi
-ATK_TAG="eps_${EPS}_alpha${ALPHA}_steps${STEPS}_${ADV_PROMPT}"
-if [ -n "${PROMPT_ALPHA:-}" ]; then
-    EXTRA+=(ADV.TRAIN.PROMPT_ALPHA "${PROMPT_ALPHA}")
-    ATK_TAG="${ATK_TAG}_palpha${PROMPT_ALPHA}"
-fi
 
 for SEED in ${SEEDS}; do
     DIR="${OUTPUT}/apt/${DATASET}/shots_${SHOTS}/${CFG_TAG}/nctx${NCTX}_csc${CSC}_ctp${CTP}/${ATK_TAG}/seed${SEED}"
@@ -66,6 +51,5 @@ for SEED in ${SEEDS}; do
         TRAINER.APT.CSC "${CSC}" \
         TRAINER.APT.CLASS_TOKEN_POSITION "${CTP}" \
         DATASET.NUM_SHOTS "${SHOTS}" \
-        OPTIM.MAX_EPOCH "${EPOCHS}" \
         "${EXTRA[@]}"
 done

@@ -2,7 +2,7 @@
 # Train CoOp over seeds 1 2 3, with CoOp's own arguments.
 #
 #   DATA=/path/to/datasets bash scripts/coop/main.sh DATASET CFG CTP NCTX SHOTS CSC
-#   e.g. bash scripts/coop/main.sh EuroSAT vit_b32 end 16 16 False
+#   e.g. bash scripts/coop/main.sh eurosat vit_b32 end 16 16 False
 #
 # DATASET configs/datasets/<DATASET>.yaml   CFG configs/trainers/CoOp/<CFG>.yaml
 # CTP class token position (end, middle, front)   NCTX context tokens
