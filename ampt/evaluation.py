@@ -285,6 +285,10 @@ def evaluate_trainer(trainer: Any, plan: EvalPlan, results: RunResults,
         existing = results.get(key)
         if existing is not None and not plan.force:
             logger.info("Skipping %s on %s: already in %s (--force recomputes)", spec.label, dataset_name, results.path)
+            epoch = (extra or {}).get("checkpoint_epoch")
+            if "checkpoint_epoch" in existing and existing["checkpoint_epoch"] != epoch:
+                logger.warning("The existing record is of checkpoint epoch %s, not the loaded %s: --force "
+                               "replaces it", existing["checkpoint_epoch"], epoch)
             rows.append((existing, "existing"))
         else:
             todo.append((spec, key))
