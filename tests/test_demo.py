@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ampt.demo import digits_data, pretrain
+from ampt.demo import pretrain
 from ampt.demo.digits_data import CLASSNAMES, prepare_digits
 from ampt.demo.pretrain import pretrain_tiny_clip, sidecar_path
 from ampt.demo.run import evaluate_command, format_table, summarize, train_command
@@ -58,7 +58,7 @@ def test_pretraining_part_is_disjoint_from_the_split(digits_root):
     assert sum(len(p) for p in paths.values()) == N_DIGITS
 
 
-def test_prepare_digits_is_idempotent_and_repairs(digits_root, monkeypatch):
+def test_prepare_digits_is_idempotent_and_repairs(digits_root):
     dataset_dir = digits_root / "digits"
     split = dataset_dir / "split_zhou_Digits.json"
     before = split.stat().st_mtime_ns
