@@ -51,13 +51,30 @@ class TextEncoder(nn.Module):
         x = embeddings[:, :n].type(dtype) + self.positional_embedding[:n].type(dtype)
         mask = self.causal_mask[:n, :n].to(dtype)
         x = x.permute(1, 0, 2)  # NLD -> LND, as the clip package's attention expects
-        for block in self.transformer.resblocks:
+        *blocks, last = self.transformer.resblocks
+        for block in blocks:
             h = block.ln_1(x)
             x = x + block.attn(h, h, h, need_weights=False, attn_mask=mask)[0]
             x = x + block.mlp(block.ln_2(x))
-        x = x.permute(1, 0, 2)
-        x = x[torch.arange(x.shape[0], device=x.device), eot]  # LayerNorm is per token
+        x = self._last_block_at_eot(last, x, eot)
         return self.ln_final(x).type(dtype) @ self.text_projection
+
+    @staticmethod
+    def _last_block_at_eot(block: nn.Module, x: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
+        """The last block's output at the EOT position only ``[N, d]``: nothing else is read.
+
+        The EOT query attends to the keys up to itself (the causal mask's row
+        ``eot``), expressed as a key padding mask; the MLP runs on one row per
+        sequence instead of ``n``.
+        """
+        rows = torch.arange(x.shape[1], device=x.device)
+        x_eot = x[eot, rows]  # [N, d]
+        h = block.ln_1(x)
+        after_eot = torch.arange(x.shape[0], device=x.device)[None, :] > eot[:, None]  # [N, n]
+        attended = block.attn(block.ln_1(x_eot)[None], h, h, need_weights=False,
+                              key_padding_mask=after_eot)[0][0]
+        x_eot = x_eot + attended
+        return x_eot + block.mlp(block.ln_2(x_eot))
 
     def encode_token_ids(self, token_ids: torch.Tensor) -> torch.Tensor:
         """Features of hand-written prompts given as ``clip.tokenize`` ids ``[N, 77]``."""
