@@ -7,7 +7,7 @@
 #
 # Optional environment: ATTACKS ["clean pgd"], TEST_STEPS [100], EVAL_DATASET
 # [cross-dataset target], N_SAMPLES [all], BATCH_SIZE, PROMPT [learned], EPOCHS,
-# SEEDS ["1 2 3"], FORCE [0].
+# BACKBONE (as given to main.sh), SEEDS ["1 2 3"], FORCE [0].
 source "$(dirname "$0")/../common.sh"
 
 if [ $# -ne 6 ]; then
@@ -27,6 +27,9 @@ fi
 CFG_TAG="${CFG}"
 if [ -n "${EPOCHS:-}" ]; then
     CFG_TAG="${CFG}_ep${EPOCHS}"
+fi
+if [ -n "${BACKBONE:-}" ]; then
+    CFG_TAG="${CFG_TAG}_bb-$(file_tag "${BACKBONE}")"
 fi
 
 for SEED in ${SEEDS}; do

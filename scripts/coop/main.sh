@@ -8,8 +8,9 @@
 # CTP class token position (end, middle, front)   NCTX context tokens
 # SHOTS shots per class (1, 2, 4, 8, 16)   CSC class-specific context (True, False)
 # Optional environment: EPOCHS [the config's OPTIM.MAX_EPOCH; CoOp picks the
-# config by shots: ep50 for 1 shot, ep100 for 2-4], SEEDS ["1 2 3"], FORCE [0].
-# Run folder: output/coop/<DATASET>/shots_<SHOTS>/<CFG>[_ep<EPOCHS>]/nctx<N>_csc<C>_ctp<P>/seed<S>
+# config by shots: ep50 for 1 shot, ep100 for 2-4], BACKBONE [the config's; a CLIP
+# name or checkpoint file], SEEDS ["1 2 3"], FORCE [0].
+# Run folder: output/coop/<DATASET>/shots_<SHOTS>/<CFG>[_ep<EPOCHS>][_bb-<name>]/nctx<N>_csc<C>_ctp<P>/seed<S>
 # A run whose results.json says it finished is skipped; FORCE=1 re-runs it.
 source "$(dirname "$0")/../common.sh"
 
@@ -32,6 +33,10 @@ CFG_TAG="${CFG}"
 if [ -n "${EPOCHS:-}" ]; then
     EXTRA+=(OPTIM.MAX_EPOCH "${EPOCHS}")
     CFG_TAG="${CFG}_ep${EPOCHS}"
+fi
+if [ -n "${BACKBONE:-}" ]; then
+    EXTRA+=(MODEL.BACKBONE.NAME "${BACKBONE}")
+    CFG_TAG="${CFG_TAG}_bb-$(file_tag "${BACKBONE}")"
 fi
 
 for SEED in ${SEEDS}; do
