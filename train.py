@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=None, help="training attack step in 1/255 units (ADV.TRAIN.ALPHA)")
     p.add_argument("--steps", type=int, default=None, help="training attack steps (ADV.TRAIN.STEPS)")
     p.add_argument("--adv-prompt", type=str, default=None, help="prompt of the training attack (ADV.TRAIN.PROMPT)")
+    p.add_argument("--prompt-alpha", type=float, default=None,
+                   help="perturbed prompt's relative step (ADV.TRAIN.PROMPT_ALPHA)")
     p.add_argument("opts", default=None, nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return p
 

@@ -41,7 +41,6 @@ logger = logging.getLogger(__name__)
 
 PROMPT_MODES = ("onfly", "constant", "perturbed")
 # Step of the prompt ascent in "perturbed" mode, relative to the context's RMS (see below).
-DEFAULT_PROMPT_ALPHA = 0.05
 
 
 @dataclass(frozen=True)
@@ -66,7 +65,7 @@ class TrainBudget:
             raise ValueError(f"ADV.TRAIN.STEPS must be >= 1 (got {steps}); ADV.TRAIN.EPS 0 trains on clean images")
         if node.PROMPT not in PROMPT_MODES:
             raise ValueError(f'ADV.TRAIN.PROMPT "{node.PROMPT}" is not one of {", ".join(PROMPT_MODES)}')
-        prompt_alpha = float(node.get("PROMPT_ALPHA", DEFAULT_PROMPT_ALPHA))
+        prompt_alpha = float(node.PROMPT_ALPHA)
         if prompt_alpha < 0:
             raise ValueError(f"ADV.TRAIN.PROMPT_ALPHA must be >= 0 (got {prompt_alpha})")
         return cls(eps, alpha, steps, node.PROMPT, prompt_alpha)
@@ -93,14 +92,6 @@ class AdversarialClipTrainer(ClipTrainer):
     CONSTANT_TEMPLATE = DEFAULT_TEMPLATE
     # Named --prompt modes of evaluate.py handled by eval_prompt_model ("learned" is built in).
     eval_prompt_modes: Tuple[str, ...] = ()
-
-    @staticmethod
-    def add_adversarial_config(cfg: Any) -> None:
-        """Keys of the adversarial trainers beyond the shared ``ADV`` node (call from ``add_config``)."""
-        if "PROMPT_ALPHA" not in cfg.ADV.TRAIN:
-            # "perturbed" prompt ascent: per attack step, every context coordinate moves by
-            # PROMPT_ALPHA x the RMS of the context vectors (>= 0; 0 = the "onfly" attack).
-            cfg.ADV.TRAIN.PROMPT_ALPHA = DEFAULT_PROMPT_ALPHA
 
     def check_cfg(self, cfg: Any) -> None:
         super().check_cfg(cfg)

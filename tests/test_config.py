@@ -103,3 +103,12 @@ def test_peek_trainer_name(tmp_path):
     assert peek_trainer_name(_args(config_file=method, opts=["TRAINER.NAME", "FromOpts"])) == "FromOpts"
     assert peek_trainer_name(_args(config_file=method)) == "FromYaml"
     assert peek_trainer_name(_args()) == ""
+
+
+def test_integer_override_of_a_float_key_is_a_float_and_prompt_alpha_flag():
+    cfg = setup_cfg(_args(opts=["ADV.TRAIN.ALPHA", "-1", "OPTIM.LR", "1"], prompt_alpha=0.1))
+    assert cfg.ADV.TRAIN.ALPHA == -1.0 and isinstance(cfg.ADV.TRAIN.ALPHA, float)
+    assert cfg.OPTIM.LR == 1.0 and isinstance(cfg.OPTIM.LR, float)
+    assert cfg.ADV.TRAIN.PROMPT_ALPHA == 0.1
+    with pytest.raises(ValueError):  # an int key still refuses a float
+        setup_cfg(_args(opts=["OPTIM.MAX_EPOCH", "1.5"]))

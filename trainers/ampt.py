@@ -87,7 +87,6 @@ class AMPT(AdversarialClipTrainer):
 
     @staticmethod
     def add_config(cfg: CN) -> None:
-        AdversarialClipTrainer.add_adversarial_config(cfg)
         cfg.TRAINER.AMPT = CN()
         c = cfg.TRAINER.AMPT
         c.N_PROMPTS = 4  # K, number of prompts (>= 1; 1 with ROUTER uniform is one long prompt, i.e. APT)

@@ -15,8 +15,7 @@ from yacs.config import CfgNode as CN
 
 from ampt.api import TRAINER_REGISTRY
 from ampt.clip_trainer import ClipTrainer
-from ampt.models import PromptedCLIP, PromptLearner
-from ampt.optim import build_lr_scheduler, build_optimizer
+from ampt.coop_prompt import add_coop_prompt_keys, build_coop_prompt_model
 
 
 @TRAINER_REGISTRY.register()
@@ -26,25 +25,10 @@ class CoOp(ClipTrainer):
     @staticmethod
     def add_config(cfg: CN) -> None:
         cfg.TRAINER.COOP = CN()
-        cfg.TRAINER.COOP.N_CTX = 16  # number of learned context tokens (>= 1); CTX_INIT's token count overrides it
-        cfg.TRAINER.COOP.CSC = False  # class-specific context (one per class) instead of one shared (unified)
-        cfg.TRAINER.COOP.CTX_INIT = ""  # words to start from, e.g. "a photo of a"; "" = random N(0, 0.02)
-        cfg.TRAINER.COOP.PREC = "fp16"  # fp16 | fp32 | amp; on CPU fp16 and amp fall back to fp32
-        cfg.TRAINER.COOP.CLASS_TOKEN_POSITION = "end"  # end | middle | front
+        add_coop_prompt_keys(cfg.TRAINER.COOP)
 
     def build_model(self) -> None:
-        cfg, node = self.cfg, self.cfg.TRAINER.COOP
-        clip_model = self.load_clip_model()
-        learner = PromptLearner(
-            clip_model, self.classnames, n_ctx=node.N_CTX, ctx_init=node.CTX_INIT, csc=node.CSC,
-            class_token_position=node.CLASS_TOKEN_POSITION,
-        )
-        self.model = self.setup_model(PromptedCLIP(clip_model, learner), trainable=["prompt_learner.ctx"])
-        if cfg.MODEL.INIT_WEIGHTS:
-            self.load_init_weights(self.model.prompt_learner, cfg.MODEL.INIT_WEIGHTS)
-        self.optim = build_optimizer(self.model.prompt_learner, cfg.OPTIM)
-        self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
-        self.register_model("prompt_learner", self.model.prompt_learner, self.optim, self.sched)
+        build_coop_prompt_model(self, self.cfg.TRAINER.COOP)
 
     def forward_backward(self, batch: Dict[str, Any]) -> Dict[str, float]:
         image, label = self.parse_batch_train(batch)

@@ -7,6 +7,7 @@ flags -> trailing ``KEY VALUE`` overrides -> checks -> freeze.
 from __future__ import annotations
 
 import argparse
+import ast
 import logging
 from pathlib import Path
 from typing import Any, Iterable, List, Optional, Sequence
@@ -37,6 +38,7 @@ _ADV_FLAG_KEYS = (
     ("alpha", "ADV.TRAIN.ALPHA"),
     ("steps", "ADV.TRAIN.STEPS"),
     ("adv_prompt", "ADV.TRAIN.PROMPT"),
+    ("prompt_alpha", "ADV.TRAIN.PROMPT_ALPHA"),
 )
 
 
@@ -96,7 +98,20 @@ def merge_from_list(cfg: CN, opts: Sequence[str], source: str = "command line") 
                 parent = node if isinstance(node, CN) else CN()
                 raise _unknown_key(f"{prefix}{part}", parent, prefix, source)
             node, prefix = node[part], f"{prefix}{part}."
-    cfg.merge_from_list(opts)
+    values = [_float_if_float_key(_get(cfg, key), value) for key, value in zip(opts[0::2], opts[1::2])]
+    cfg.merge_from_list([item for pair in zip(opts[0::2], values) for item in pair])
+
+
+def _float_if_float_key(current: Any, value: Any) -> Any:
+    """``ADV.TRAIN.ALPHA -1`` means -1.0: yacs would refuse an int for a float key."""
+    if isinstance(current, float) and isinstance(value, str):
+        try:
+            decoded = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            return value
+        if isinstance(decoded, int) and not isinstance(decoded, bool):
+            return float(decoded)
+    return value
 
 
 def _set(cfg: CN, full_key: str, value: Any) -> None:

@@ -135,6 +135,7 @@ _C.ADV.TRAIN.EPS = 4.0  # training attack L-inf budget, in 1/255 units (>= 1 typ
 _C.ADV.TRAIN.ALPHA = -1.0  # training attack step size, in 1/255 units; -1 = 2/3 * EPS (APT)
 _C.ADV.TRAIN.STEPS = 3  # training attack PGD steps (>= 1)
 _C.ADV.TRAIN.PROMPT = "onfly"  # prompt the training attack uses: onfly | constant | perturbed
+_C.ADV.TRAIN.PROMPT_ALPHA = 0.05  # "perturbed" only: per attack step, context moves by this x its RMS (>= 0)
 _C.ADV.TEST = CN()
 _C.ADV.TEST.ATTACK = "pgd"  # robust test after training: an attack name, or "" for clean only
 _C.ADV.TEST.EPS = -1.0  # in 1/255 units; -1 = ADV.TRAIN.EPS
