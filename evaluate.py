@@ -25,6 +25,7 @@ from ampt.attacks import DEFAULT_STEPS, check_eps
 from ampt.evaluation import CLEAN, LEARNED, AttackSpec, EvalPlan, evaluate_trainer, load_run, results_table
 from ampt.results import RunResults
 from ampt.utils import setup_logger
+from ampt.utils.cli import run_cli
 
 logger = logging.getLogger("ampt.evaluate")
 
@@ -91,17 +92,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def cli() -> int:
     """``main`` with a one-line message (no traceback) for errors the user can fix."""
-    try:
-        return main()
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyError as err:
-        message = str(err.args[0]) if err.args else ""
-        if not message.startswith("Unknown "):
-            raise
-        print(f"error: {message}", file=sys.stderr)
-        return 2
+    return run_cli(main, (ValueError, FileNotFoundError))
 
 
 if __name__ == "__main__":

@@ -25,11 +25,11 @@ import torch
 
 from ampt.config import ConfigKeyError, peek_trainer_name, setup_cfg
 from ampt.engine.checkpoint import UnsafeCheckpointError
-from ampt.engine.dassl_api import INSTALL_HINT
 from ampt.engine.select import ENGINES, active_api
 from ampt.plugins import load_plugins
 from ampt.results import FinishedRunError, RunResults, check_not_finished
 from ampt.utils import collect_env_info, set_random_seed, setup_logger
+from ampt.utils.cli import run_cli
 
 logger = logging.getLogger("ampt.train")
 
@@ -127,22 +127,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def cli() -> int:
     """``main`` with a one-line message (no traceback) for errors the user can fix."""
-    try:
-        return main()
-    except (ConfigKeyError, FinishedRunError, UnsafeCheckpointError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except ImportError as err:
-        if INSTALL_HINT not in str(err):
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyError as err:
-        message = str(err.args[0]) if err.args else ""
-        if not message.startswith("Unknown "):
-            raise
-        print(f"error: {message}", file=sys.stderr)
-        return 2
+    return run_cli(main, (ConfigKeyError, FinishedRunError, UnsafeCheckpointError, FileNotFoundError))
 
 
 if __name__ == "__main__":

@@ -20,8 +20,10 @@ INSTALL_HINT = (
     "--engine dassl needs Dassl.pytorch, which is not on PyPI. Install it with:\n"
     "  git clone https://github.com/KaiyangZhou/Dassl.pytorch\n"
     "  pip install -e Dassl.pytorch --no-deps\n"
-    "  pip install yacs gdown tabulate tensorboard wilds\n"
-    "(--no-deps skips its pinned linters; the last line is what it imports.) "
+    "  pip install yacs gdown tabulate tensorboard pandas\n"
+    "  pip install --no-deps wilds\n"
+    "(--no-deps skips its pinned linters and wilds' own dependencies; the last two lines are "
+    "what its imports need.) "
     "Or use the built-in engine: --engine builtin (the default)."
 )
 
