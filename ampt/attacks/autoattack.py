@@ -113,7 +113,7 @@ class AutoAttack(Attack):
             )
         path = self._state_file(x, y, logits)
         if path is not None and path.exists():
-            saved = torch.load(path, map_location=x.device)
+            saved = torch.load(path, map_location=x.device, weights_only=True)
             adv = x.clone()
             adv[saved["index"]] = saved["adv"]
             logger.info("AutoAttack: restored %d images from %s", x.shape[0], path)
