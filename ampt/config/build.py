@@ -144,16 +144,18 @@ def _get(cfg: CN, full_key: str) -> Any:
 
 
 def check_eps_units(cfg: CN) -> None:
-    """Refuse an ``ADV.*.EPS`` in (0, 1): eps is in 1/255 units (4 means 4/255)."""
+    """Refuse an ``ADV.*.EPS`` that is not a budget in 1/255 units (e.g. 0.0157 for 4/255).
+
+    ``-1`` (``ADV.TEST.EPS``: "the training eps") is the one sentinel allowed.
+    """
+    from ..attacks import check_eps
+
     adv = cfg.get("ADV")
     if not isinstance(adv, CN):
         return
     for name, node in adv.items():
-        if isinstance(node, CN) and "EPS" in node and 0 < float(node.EPS) < 1:
-            raise ValueError(
-                f"ADV.{name}.EPS = {node.EPS} looks like a fraction of 1. eps is in 1/255 units: "
-                f"write {float(node.EPS) * 255:.4g} for {node.EPS} (e.g. 4 for 4/255)"
-            )
+        if isinstance(node, CN) and "EPS" in node and float(node.EPS) != -1:
+            check_eps(node.EPS, f"ADV.{name}.EPS")
 
 
 def setup_cfg(args: argparse.Namespace, trainer_cls: Optional[type] = None, base_cfg: Optional[CN] = None) -> CN:
