@@ -39,14 +39,6 @@ TOY_SPLITS = {"train": 4, "val": 1, "test": 3}  # images per class
 load_plugins("builtin")
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    model = build_tiny_clip(seed=0)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
-
-
 def _images(n: int = 4, seed: int = 0) -> torch.Tensor:
     return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
 

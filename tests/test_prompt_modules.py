@@ -15,21 +15,12 @@ from ampt.models import (
     PromptLearner,
     PromptedCLIP,
     TextEncoder,
-    build_tiny_clip,
 )
 from ampt.models.clip_loader import clip
 from ampt.models.normalizer import ImageNormalizer
 
 CLASSNAMES = ["dog", "golden_retriever", "sea or lake", "st. bernard", "cat"]
 TOKENIZER = clip.clip._tokenizer
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    model = build_tiny_clip(seed=0)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
 
 
 def _images(n: int = 4) -> torch.Tensor:
