@@ -71,7 +71,7 @@ class TextEncoder(nn.Module):
         x_eot = x[eot, rows]  # [N, d]
         h = block.ln_1(x)
         after_eot = torch.arange(x.shape[0], device=x.device)[None, :] > eot[:, None]  # [N, n]
-        attended = block.attn(block.ln_1(x_eot)[None], h, h, need_weights=False,
+        attended = block.attn(h[eot, rows][None], h, h, need_weights=False,
                               key_padding_mask=after_eot)[0][0]
         x_eot = x_eot + attended
         return x_eot + block.mlp(block.ln_2(x_eot))
