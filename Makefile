@@ -15,7 +15,7 @@ venv: $(STAMP)
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1" "setuptools<81"
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,openclip]"
 	touch $(STAMP)
 
 test: $(STAMP)
