@@ -53,7 +53,7 @@ def markdown(report: Report) -> str:
     parts = []
     for title, caption, header, blocks in _sections(report):
         body = [cells for block in blocks for cells in block]
-        parts.append(f"{title}. {caption}\n\n{tabulate(body, headers=header, tablefmt='github')}")
+        parts.append(f"{title}. {caption}\n\n{tabulate(body, headers=header, tablefmt='github', disable_numparse=True)}")
     return "\n\n".join(parts)
 
 
