@@ -27,7 +27,10 @@ LINESTYLES = ("-", "--", ":", "-.")
 
 
 def _pyplot():
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise ValueError('--plots needs matplotlib: pip install -e ".[report]"') from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
