@@ -6,11 +6,12 @@ Examples::
     python evaluate.py output/apt/eurosat/.../seed1 --attack clean pgd cw tpgd aa --eps 4
     python evaluate.py RUN_DIR --attack pgd --steps 100 --n-samples 5000 --dataset ImageNetR
     python evaluate.py RUN_DIR --attack clean pgd --prompt "a photo of a {}."
+    python evaluate.py RUN_DIR --attack clean pgd --subsample new   # base-to-new
 
 eps and alpha are in 1/255 units (4 means 4/255). The eps defaults to the
 run's training eps (adversarial trainers); other runs need --eps. A record
 already in results.json (same dataset, split, attack, eps, steps, n_samples,
-prompt) is skipped unless --force. An interrupted evaluation resumes at its
+prompt, subsample) is skipped unless --force. An interrupted evaluation resumes at its
 first unfinished batch.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ampt.attacks import DEFAULT_STEPS, check_eps
+from ampt.data.splits import SUBSAMPLE_CHOICES
 from ampt.evaluation import CLEAN, LEARNED, AttackSpec, EvalPlan, evaluate_trainer, load_run, results_table
 from ampt.results import RunResults
 from ampt.utils import setup_logger
@@ -42,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"iterations of pgd/cw/tpgd (default {DEFAULT_STEPS})")
     p.add_argument("--alpha", type=float, default=None, help="step size in 1/255 units (default eps/4)")
     p.add_argument("--dataset", default=None, help="evaluate on another registered dataset (cross-dataset)")
+    p.add_argument("--subsample", choices=SUBSAMPLE_CHOICES, default=None,
+                   help="classes of the test set: base (first half), new (second half) or all "
+                        "(CoOp's base-to-new; default: the classes the run was trained on)")
     p.add_argument("--n-samples", type=int, default=None, help="a fixed, seeded subset of the test set of this size")
     p.add_argument("--batch-size", type=int, default=None, help="test batch size (default: the run's DATALOADER.TEST.BATCH_SIZE)")
     p.add_argument("--prompt", default=LEARNED,
@@ -77,7 +82,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if results.path.exists() and not results.finished:
         logger.warning("%s does not say the run finished: evaluating its latest checkpoint", results.path)
     run = load_run(run_dir, dataset=args.dataset, root=args.root, batch_size=args.batch_size,
-                   load_epoch=args.load_epoch, seed=args.seed)
+                   load_epoch=args.load_epoch, seed=args.seed, subsample=args.subsample)
     cfg = run.trainer.cfg
     specs = _specs(args, float(cfg.ADV.TRAIN.EPS) if run.adversarial else None)
     plan = EvalPlan(specs=specs, prompt=args.prompt, n_samples=args.n_samples, seed=args.seed,

@@ -11,7 +11,7 @@ in-training test (:meth:`ampt.adversarial.AdversarialClipTrainer.final_evaluatio
   evaluation (:class:`~ampt.models.FixedTextFeatures`); everything that does
   (AMPT's router) stays inside the attacked forward.
 - **Records.** One record per (dataset, split, attack, eps, steps, n_samples,
-  prompt), the key of ``results.json`` (``shared/spec/results.md``); an
+  prompt, subsample), the key of ``results.json`` (``shared/spec/results.md``); an
   existing key is skipped unless forced.
 - **Resumption.** Batches are evaluated in a fixed order and, after each
   batch, the running counts are written to ``RUN_DIR/eval_progress/``; an
@@ -265,6 +265,12 @@ def progress_path(run_dir: Path, key: Dict[str, Any]) -> Path:
     return run_dir / PROGRESS_DIR / f"{key['attack']}-{digest}.json"
 
 
+def subsample_field(cfg: Any) -> Dict[str, str]:
+    """``{"subsample": "base" | "new"}`` for a base-to-new test set; nothing for all classes (the key's default)."""
+    subsample = cfg.DATASET.get("SUBSAMPLE_CLASSES", "all")
+    return {} if subsample == "all" else {"subsample": subsample}
+
+
 def evaluate_trainer(trainer: Any, plan: EvalPlan, results: RunResults,
                      extra: Optional[Dict[str, Any]] = None) -> List[Tuple[Dict[str, Any], str]]:
     """Run ``plan`` on ``trainer``'s test set; returns ``(record, "computed" | "existing")`` pairs.
@@ -274,6 +280,7 @@ def evaluate_trainer(trainer: Any, plan: EvalPlan, results: RunResults,
     """
     dataset_name = trainer.cfg.DATASET.NAME
     prompt = record_prompt(trainer, plan.prompt)
+    subsample = subsample_field(trainer.cfg)
     base_loader = trainer.test_loader
     indices = ordered_indices(len(base_loader.dataset), plan.n_samples, plan.seed)
     n_samples = len(indices)
@@ -281,7 +288,7 @@ def evaluate_trainer(trainer: Any, plan: EvalPlan, results: RunResults,
     todo = []
     for spec in plan.specs:
         key = {"dataset": dataset_name, "split": plan.split, "attack": spec.name, "eps": spec.eps,
-               "steps": spec.steps, "n_samples": n_samples, "prompt": prompt}
+               "steps": spec.steps, "n_samples": n_samples, "prompt": prompt, **subsample}
         existing = results.get(key)
         if existing is not None and not plan.force:
             logger.info("Skipping %s on %s: already in %s (--force recomputes)", spec.label, dataset_name, results.path)
@@ -305,7 +312,8 @@ def evaluate_trainer(trainer: Any, plan: EvalPlan, results: RunResults,
         outcome = accuracy_under_attack(model, loader, spec, trainer.num_classes, trainer.device,
                                         seed=plan.seed, desc=f"{spec.label} [{dataset_name}]",
                                         progress_file=progress_file)
-        record = make_record(dataset_name, plan.split, spec, prompt, outcome, seed=plan.seed, **(extra or {}))
+        record = make_record(dataset_name, plan.split, spec, prompt, outcome, seed=plan.seed, **subsample,
+                             **(extra or {}))
         results.add(record, force=True)
         progress_file.unlink(missing_ok=True)
         logger.info("%s on %s (%d images, prompt %s): %.2f%% in %.1f s", spec.label, dataset_name,
@@ -364,9 +372,13 @@ def _latest_epoch(run_dir: Path, model_names: Sequence[str]) -> Optional[int]:
     return min(epochs) if epochs else None
 
 
-def _check_prompt_transfers(cfg: Any, train_dataset: str, target: str) -> None:
+def _class_specific(cfg: Any) -> bool:
     node = cfg.TRAINER.get(str(cfg.TRAINER.NAME).upper())
-    if node is not None and "CSC" in node and bool(node.CSC):
+    return node is not None and "CSC" in node and bool(node.CSC)
+
+
+def _check_prompt_transfers(cfg: Any, train_dataset: str, target: str) -> None:
+    if _class_specific(cfg):
         raise ValueError(
             f"This run learned a class-specific prompt (TRAINER.{cfg.TRAINER.NAME.upper()}.CSC True) for the "
             f"classes of {train_dataset}; it has no context for the classes of {target}. Only a unified "
@@ -374,12 +386,30 @@ def _check_prompt_transfers(cfg: Any, train_dataset: str, target: str) -> None:
         )
 
 
+def _set_subsample(cfg: Any, subsample: str) -> None:
+    """Evaluate on the ``subsample`` half of the classes (CoOp's base-to-new); a CSC prompt cannot change classes."""
+    from .data.splits import SUBSAMPLE_CHOICES
+
+    if subsample not in SUBSAMPLE_CHOICES:
+        raise ValueError(f'--subsample "{subsample}" is not valid; valid: {", ".join(SUBSAMPLE_CHOICES)}')
+    trained = cfg.DATASET.SUBSAMPLE_CLASSES
+    if subsample != trained and _class_specific(cfg):
+        raise ValueError(
+            f"This run learned a class-specific prompt (TRAINER.{cfg.TRAINER.NAME.upper()}.CSC True) for its "
+            f'"{trained}" classes; it has no context for the "{subsample}" classes. Only a unified prompt '
+            "(CSC False) is evaluated on other classes."
+        )
+    cfg.DATASET.SUBSAMPLE_CLASSES = subsample
+
+
 def load_run(run_dir: Path, dataset: Optional[str] = None, root: str = "", batch_size: Optional[int] = None,
-             load_epoch: Optional[int] = None, seed: int = 0) -> LoadedRun:
+             load_epoch: Optional[int] = None, seed: int = 0, subsample: Optional[str] = None) -> LoadedRun:
     """Rebuild the trainer of ``run_dir`` (its ``config.yaml``) in eval mode with the run's weights.
 
     ``dataset`` swaps the test set for another registered dataset (its own
     class names; a unified prompt transfers, a class-specific one cannot).
+    ``subsample`` ("base", "new", "all") picks the classes of the test set
+    (CoOp's base-to-new; default: the run's own ``DATASET.SUBSAMPLE_CLASSES``).
     ``load_epoch`` picks a checkpoint; by default the model the run deployed
     (best-val with ``TEST.FINAL_MODEL best_val``, else the latest epoch).
     """
@@ -420,6 +450,8 @@ def load_run(run_dir: Path, dataset: Optional[str] = None, root: str = "", batch
             cfg.DATASET.NAME = target
             cfg.DATASET.SUBSAMPLE_CLASSES = "all"
             cfg.DATASET.NUM_SHOTS = -1  # the training split of the target is not used
+    if subsample is not None:
+        _set_subsample(cfg, subsample)
     check_eps_units(cfg)
     cfg.freeze()
     set_random_seed(seed)

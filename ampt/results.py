@@ -5,7 +5,7 @@ Format (``shared/spec/results.md``)::
     {"run": {"trainer": ..., "dataset": ..., "shots": ..., "seed": ...,
              "backbone": ..., "train_eps": ..., "engine": ..., "finished": bool},
      "records": [{"dataset", "split", "attack", "eps", "steps", "n_samples",
-                  "accuracy", ...optional "prompt", "alpha", ...}]}
+                  "accuracy", ...optional "prompt", "subsample", "alpha", ...}]}
 
 Every change re-reads the file, applies itself and writes atomically, so two
 tools appending one after the other (train.py, then evaluate.py) never drop
@@ -23,7 +23,9 @@ from .utils.io import read_json, write_json
 logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
-RECORD_KEY_FIELDS = ("dataset", "split", "attack", "eps", "steps", "n_samples", "prompt")
+RECORD_KEY_FIELDS = ("dataset", "split", "attack", "eps", "steps", "n_samples", "prompt", "subsample")
+# What a key field a record lacks means: records written before base-to-new are of all classes.
+KEY_DEFAULTS = {"subsample": "all"}
 REQUIRED_FIELDS = ("dataset", "split", "attack", "eps", "steps", "n_samples", "accuracy")
 
 
@@ -41,8 +43,8 @@ def _norm(value: Any) -> Any:
 
 
 def record_key(record: Mapping[str, Any]) -> Tuple[Any, ...]:
-    """The de-duplication key; a missing ``prompt`` is ``None`` (not "learned")."""
-    return tuple(_norm(record.get(field)) for field in RECORD_KEY_FIELDS)
+    """The de-duplication key; a missing ``prompt`` is ``None`` (not "learned"), a missing ``subsample`` "all"."""
+    return tuple(_norm(record.get(field, KEY_DEFAULTS.get(field))) for field in RECORD_KEY_FIELDS)
 
 
 class RunResults:

@@ -13,7 +13,8 @@ from PIL import Image
 from ampt.demo import pretrain
 from ampt.demo.digits_data import CLASSNAMES, prepare_digits
 from ampt.demo.pretrain import pretrain_tiny_clip, sidecar_path
-from ampt.demo.run import evaluate_command, format_table, summarize, train_command
+from ampt.demo.run import demo_report, evaluate_command, train_command
+from ampt.report import render
 from ampt.results import RunResults
 
 N_DIGITS = 1797  # images in scikit-learn's digits
@@ -130,22 +131,25 @@ def test_digits_dataset_builds_through_the_registry(tmp_path):
     assert [d.impath for d in again.train_x] == [d.impath for d in dataset.train_x]
 
 
-def _write_run(run_dir: Path, clean: float, robust: float) -> None:
+def _write_run(run_dir: Path, clean: float, robust: float, seed: int) -> None:
     results = RunResults(run_dir)
-    results.set_run(trainer="CoOp", dataset="Digits", finished=True)
+    results.set_run(trainer="CoOp", dataset="Digits", shots=4, seed=seed, train_eps=0, finished=True)
     base = {"dataset": "Digits", "split": "test", "n_samples": 600}
     results.add({**base, "attack": "clean", "eps": 0, "steps": 0, "accuracy": clean})
     results.add({**base, "attack": "pgd", "eps": 4, "steps": 10, "accuracy": robust})
 
 
-def test_summary_table_reads_results_files(tmp_path):
-    _write_run(tmp_path / "CoOp" / "seed1", 90.0, 80.0)
-    _write_run(tmp_path / "CoOp" / "seed2", 92.0, 70.0)
-    rows = summarize(tmp_path, ["CoOp", "ZeroshotCLIP"], [1, 2])
-    assert rows[0]["clean"] == [90.0, 92.0] and rows[0]["pgd_mean_std"] == "75.0 ± 7.1"
-    assert rows[1]["clean"] == [] and rows[1]["clean_mean_std"] == "-"  # no run: shown, not invented
-    table = format_table(rows)
-    assert "PGD-10 eps 4/255" in table and "91.0 ± 1.4" in table
+def test_demo_table_is_the_report_of_its_runs(tmp_path):
+    _write_run(tmp_path / "CoOp" / "seed1", 90.0, 80.0, 1)
+    _write_run(tmp_path / "CoOp" / "seed2", 92.0, 70.0, 2)
+    _write_run(tmp_path / "CoOp" / "seed3", 10.0, 10.0, 3)  # a seed the demo was not asked for
+    report = demo_report(tmp_path, ["CoOp", "ZeroshotCLIP"], [1, 2])
+    assert report.columns == ["clean", "pgd-10@4"] and len(report.rows) == 1  # no ZeroshotCLIP run: no row
+    (row,) = report.rows
+    assert row.method == "CoOp" and row.seeds == [1, 2]
+    assert row.get("clean").values == [90.0, 92.0]
+    table = render(report, "markdown")
+    assert "91.0 ± 1.4" in table and "75.0 ± 7.1" in table and "pgd-10@4" in table
 
 
 def test_train_command_uses_coops_cli(tmp_path):
@@ -166,15 +170,17 @@ def test_run_demo_end_to_end(digits_root, tmp_path, monkeypatch):
 
     out = tmp_path / "demo"
     opts = ["OPTIM.MAX_EPOCH", "1"]
-    rows = run.run_demo(digits_root, out, seeds=(1,), opts=opts, eval_steps=1, pretrain_overrides=TINY)
-    assert [r["method"] for r in rows] == ["ZeroshotCLIP", "CoOp"]
-    for row in rows:
-        assert len(row["clean"]) == 1 and len(row["pgd"]) == 1
-        assert 0 <= row["pgd"][0] <= 100 and 0 <= row["clean"][0] <= 100
-    assert "PGD-1 eps 4/255" in (out / "results.md").read_text()
-    assert json.loads((out / "results.json").read_text())["rows"] == rows
+    methods = ("ZeroshotCLIP", "CoOp")
+    table = run.run_demo(digits_root, out, seeds=(1,), methods=methods, opts=opts, eval_steps=1,
+                         pretrain_overrides=TINY)
+    summary = json.loads((out / run.SUMMARY_FILE).read_text())["report"]
+    assert [r["method"] for r in summary["rows"]] == list(methods)
+    for row in summary["rows"]:
+        assert row["seeds"] == [1] and set(row["columns"]) >= {"clean", "pgd-1@4"}
+        assert 0 <= row["columns"]["pgd-1@4"]["mean"] <= row["columns"]["clean"]["mean"] <= 100
+    assert "pgd-1@4" in table and table in (out / "results.md").read_text()
 
     calls = []
     monkeypatch.setattr(run, "_run", lambda cmd: calls.append(cmd))
-    run.run_demo(digits_root, out, seeds=(1,), opts=opts, eval_steps=1, pretrain_overrides=TINY)
+    run.run_demo(digits_root, out, seeds=(1,), methods=methods, opts=opts, eval_steps=1, pretrain_overrides=TINY)
     assert calls == []  # finished and evaluated runs are not run again

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from .run import DEFAULT_METHODS, format_table, run_demo
+from .run import DEFAULT_METHODS, SUMMARY_FILE, run_demo
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,10 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    rows = run_demo(args.root, args.output_dir, seeds=args.seeds, methods=args.methods, shots=args.shots,
+    table = run_demo(args.root, args.output_dir, seeds=args.seeds, methods=args.methods, shots=args.shots,
                     adversarial=not args.standard, force=args.force, opts=args.opts)
-    print(format_table(rows))
-    print(f"\nTable written to {Path(args.output_dir) / 'results.md'} and results.json")
+    print(table)
+    print(f"\nTable written to {Path(args.output_dir) / 'results.md'} and {SUMMARY_FILE}")
     return 0
 
 

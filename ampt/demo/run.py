@@ -3,24 +3,25 @@
 ``python -m ampt.demo --root data --output-dir output/demo`` writes the
 Digits dataset (once), pretrains the tiny CLIP (cached), runs every method
 through the real ``train.py`` command line (the same path a user's GPU run
-takes), and reads each run's ``results.json`` into a table of clean and PGD
-accuracies (mean ± std over seeds), printed and written to
-``<output-dir>/results.md`` and ``results.json``. A run whose
+takes), and prints the report (:mod:`ampt.report`) of the runs' ``results.json``:
+clean and PGD accuracy per method (mean ± sample std over seeds), also
+written to ``<output-dir>/results.md`` and ``report.json``. A run whose
 ``results.json`` says it finished is not run again (``--force`` re-runs).
 """
 from __future__ import annotations
 
 import logging
 import os
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, List, Mapping, Optional, Sequence, Union
 
-from tabulate import tabulate
-
+from ..report import Report, collect_runs, render
+from ..report.methods import assign_methods
+from ..report.model import make_report
+from ..report.tables import report_dict
 from ..results import RunResults
 from ..utils.io import read_json, write_json
 from .digits_data import prepare_digits
@@ -34,6 +35,7 @@ DATASET_NAME = "Digits"
 DEFAULT_METHODS = ("ZeroshotCLIP", "CoOp", "APT", "AMPT")
 EVAL_EPS = 4.0  # robust test budget, in 1/255 units
 EVAL_STEPS = 10  # PGD steps of the demo's robust test (step eps / 4)
+SUMMARY_FILE = "report.json"  # not results.json: that name is a run's
 PathLike = Union[str, Path]
 
 
@@ -72,35 +74,21 @@ def _accuracy(run_dir: Path, attack: str, eps: float = 0.0, steps: int = 0) -> O
     return found
 
 
-def _mean_std(values: Sequence[float]) -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+def robust_column(eps: float = EVAL_EPS, steps: int = EVAL_STEPS) -> str:
+    """The report's name of the demo's robust number, e.g. "pgd-10@4"."""
+    return f"pgd-{steps}@{eps:g}"
 
 
-def summarize(out_dir: Path, methods: Sequence[str], seeds: Sequence[int], eps: float = EVAL_EPS,
-              steps: int = EVAL_STEPS) -> List[Dict[str, Any]]:
-    """One row per method from its runs' ``results.json`` files (missing runs are left out)."""
-    rows = []
-    for method in methods:
-        runs = [out_dir / method / f"seed{seed}" for seed in seeds]
-        clean = [a for a in (_accuracy(r, "clean") for r in runs) if a is not None]
-        robust = [a for a in (_accuracy(r, "pgd", eps, steps) for r in runs) if a is not None]
-        rows.append({"method": method, "seeds": list(seeds), "clean": clean, "pgd": robust,
-                     "pgd_attack": f"PGD-{steps} eps {eps:g}/255", "clean_mean_std": _mean_std(clean),
-                     "pgd_mean_std": _mean_std(robust)})
-    return rows
-
-
-def format_table(rows: Sequence[Mapping[str, Any]], fmt: str = "github") -> str:
-    attack = rows[0]["pgd_attack"] if rows else "PGD"
-    n_seeds = max((len(r["clean"]) for r in rows), default=0)
-    suffix = f" (mean ± std, {n_seeds} seeds)" if n_seeds > 1 else ""
-    headers = ["Method", f"Clean acc %{suffix}", f"{attack} acc %"]
-    return tabulate([[r["method"], r["clean_mean_std"], r["pgd_mean_std"]] for r in rows],
-                    headers=headers, tablefmt=fmt)
+def demo_report(out_dir: Path, methods: Sequence[str], seeds: Sequence[int], eps: float = EVAL_EPS,
+                steps: int = EVAL_STEPS) -> Report:
+    """The report (:mod:`ampt.report`) of the demo's runs ``out_dir/<method>/seed<S>``: clean and PGD columns."""
+    roots = [out_dir / m for m in methods if (out_dir / m).is_dir()]
+    runs = [r for r in collect_runs(roots) if r.seed in set(seeds)]
+    robust = robust_column(eps, steps)
+    report = make_report(assign_methods(runs), expected_seeds=list(seeds))
+    report.columns = [c for c in ("clean", robust) if c in report.columns]
+    report.hm_attack = robust if robust in report.columns else None
+    return report
 
 
 def _run(cmd: List[str]) -> None:
@@ -135,8 +123,8 @@ def run_method(method: str, root: Path, out_dir: Path, seed: int, backbone: Path
 def run_demo(root: PathLike, out_dir: PathLike, seeds: Sequence[int] = (1,),
              methods: Sequence[str] = DEFAULT_METHODS, shots: int = 4, adversarial: bool = True,
              force: bool = False, opts: Sequence[str] = (), eval_steps: int = EVAL_STEPS,
-             pretrain_overrides: Optional[Mapping[str, Any]] = None) -> List[Dict[str, Any]]:
-    """Prepare data, pretrain (cached), run ``methods`` x ``seeds``, write and return the table rows.
+             pretrain_overrides: Optional[Mapping[str, Any]] = None) -> str:
+    """Prepare data, pretrain (cached), run ``methods`` x ``seeds``; write and return the report's table.
 
     ``opts`` are ``KEY VALUE`` overrides appended to every ``train.py`` call;
     ``pretrain_overrides`` are :class:`~ampt.demo.pretrain.PretrainSettings` fields.
@@ -152,12 +140,12 @@ def run_demo(root: PathLike, out_dir: PathLike, seeds: Sequence[int] = (1,),
         for seed in seeds:
             seconds[f"{method}/seed{seed}"] = round(
                 run_method(method, root, out_dir, seed, backbone, shots, force, opts, eval_steps), 1)
-    rows = summarize(out_dir, methods, seeds, steps=eval_steps)
-    table = format_table(rows)
+    report = demo_report(out_dir, methods, seeds, steps=eval_steps)
+    table = render(report, "markdown")
     header = (f"Digits, {shots}-shot, tiny {'robust (TeCoA-style) ' if adversarial else ''}CLIP "
               "backbone, accuracy on the test split")
     (out_dir / "results.md").write_text(f"{header}\n\n{table}\n", encoding="utf-8")
     write_json({"dataset": DATASET_NAME, "shots": shots, "seeds": list(seeds), "backbone": str(backbone),
-                "adversarial_pretraining": adversarial, "rows": rows, "seconds": seconds,
-                "total_seconds": round(time.perf_counter() - start, 1)}, out_dir / "results.json")
-    return rows
+                "adversarial_pretraining": adversarial, "report": report_dict(report), "seconds": seconds,
+                "total_seconds": round(time.perf_counter() - start, 1)}, out_dir / SUMMARY_FILE)
+    return table

@@ -64,6 +64,9 @@ class RunMixin(CheckpointMixin, ScalarWriterMixin):
             "steps": steps, "n_samples": int(n_samples), "accuracy": round(float(accuracy), 4),
             "prompt": "learned", **extra,
         }
+        subsample = self.cfg.DATASET.get("SUBSAMPLE_CLASSES", "all")
+        if subsample != "all":  # base-to-new: which half of the classes the test set holds
+            record["subsample"] = subsample
         self.results.add(record, force=True)
 
     def final_evaluation(self) -> None:

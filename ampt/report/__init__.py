@@ -1,0 +1,59 @@
+"""Tables and plots from the ``results.json`` files under one or more folders.
+
+``python -m ampt.report ROOT [ROOT...] [--format markdown|csv|latex|json] [--plots DIR]``;
+from Python, :func:`build_report` (the sweep runner's ``report`` calls it)::
+
+    from ampt.report import build_report
+    print(build_report(["output/sweeps/digits-compare"], fmt="latex", plots_dir="figures"))
+
+Modules: :mod:`~ampt.report.collect` (find and read runs),
+:mod:`~ampt.report.migrate` (CoOp's and APT's own ``log.txt``),
+:mod:`~ampt.report.methods` (method-setting labels),
+:mod:`~ampt.report.aggregate` (mean and std over seeds, averages, harmonic mean),
+:mod:`~ampt.report.model` (the tables' content), :mod:`~ampt.report.tables`
+(the formats), :mod:`~ampt.report.plots` (the figures).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+from .collect import Run, collect_runs
+from .methods import assign_methods
+from .model import Report, make_report
+from .tables import FORMATS, render
+
+__all__ = ["FORMATS", "Report", "Run", "build_report", "collect_runs", "load_report", "render"]
+
+
+def load_report(roots: Iterable[os.PathLike], std: str = "sample", hm_attack: Optional[str] = None,
+                expected_seeds: Optional[Sequence[int]] = None, columns: Optional[Sequence[str]] = None) -> Report:
+    """The :class:`Report` of every run under ``roots`` (see :func:`build_report` for the arguments)."""
+    runs = assign_methods(collect_runs(roots))
+    return make_report(runs, std=std, hm_attack=hm_attack, expected_seeds=expected_seeds, columns=columns)
+
+
+def build_report(roots: Iterable[os.PathLike], fmt: str = "markdown", plots_dir: Optional[os.PathLike] = None,
+                 std: str = "sample", hm_attack: Optional[str] = None,
+                 expected_seeds: Optional[Sequence[int]] = None,
+                 columns: Optional[Sequence[str]] = None) -> str:
+    """The report's text on the runs under ``roots``, in ``fmt`` (one of :data:`FORMATS`).
+
+    ``plots_dir``: also write the figures there (PNG). ``std``: "sample"
+    (n - 1, default) or "population" (n, as CoOp's ``parse_test_res.py``).
+    ``hm_attack``: the robust column of the harmonic mean, e.g. "pgd-100@4"
+    (default: the robust column most rows have). ``expected_seeds``: seeds
+    every method should have (default: those any method of the same dataset
+    and shots has). ``columns``: the accuracy columns to show (default all).
+    A missing root, unknown format, column or attack raises ``ValueError`` /
+    ``FileNotFoundError`` with a one-line message.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f'--format "{fmt}" is not valid; valid: {", ".join(FORMATS)}')
+    report = load_report(roots, std=std, hm_attack=hm_attack, expected_seeds=expected_seeds, columns=columns)
+    if plots_dir is not None:
+        from .plots import write_plots
+
+        write_plots(report, Path(plots_dir))
+    return render(report, fmt)

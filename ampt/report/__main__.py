@@ -1,0 +1,57 @@
+"""``python -m ampt.report ROOT [ROOT...]``: tables (and plots) from the results.json files under ROOTs."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from ..utils.cli import run_cli
+from .aggregate import STD_KINDS
+from .tables import FORMATS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ampt.report", description=__doc__.split(": ", 1)[1])
+    p.add_argument("roots", nargs="+", type=Path, help="folders searched for run folders (results.json, or "
+                                                          "log.txt of CoOp's / APT's own code)")
+    p.add_argument("--format", default="markdown", choices=FORMATS, help="output format (default markdown)")
+    p.add_argument("--plots", type=Path, default=None, metavar="DIR", help="also write the figures (PNG) to DIR")
+    p.add_argument("--std", default="sample", choices=STD_KINDS,
+                   help="sample: n-1 in the denominator (default); population: n (CoOp's parse_test_res.py)")
+    p.add_argument("--hm-attack", default=None, metavar="COLUMN",
+                   help="robust column of the harmonic mean, e.g. pgd-100@4 (default: the one most rows have)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="seeds every method should have (default: those any method of the dataset and shots has)")
+    p.add_argument("--columns", nargs="+", default=None, help="accuracy columns to show, e.g. clean pgd-10@4")
+    p.add_argument("--output", type=Path, default=None, help="write the text to this file instead of stdout")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from . import load_report
+    from .tables import render
+
+    args = build_parser().parse_args(argv)
+    report = load_report(args.roots, std=args.std, hm_attack=args.hm_attack, expected_seeds=args.seeds,
+                         columns=args.columns)
+    text = render(report, args.format)
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+    else:
+        print(text)
+    if args.plots is not None:
+        from .plots import write_plots
+
+        files = write_plots(report, args.plots)
+        print(f"{len(files)} figure(s) written to {args.plots}", file=sys.stderr)
+    return 0
+
+
+def cli() -> int:
+    return run_cli(main, (ValueError, FileNotFoundError))
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,263 @@
+"""Group runs into table rows: per method setting and (dataset, shots, train eps), mean and std over seeds.
+
+- A **column** is one number a record gives: ``clean`` or ``<attack>-<steps>@<eps>``
+  (``aa@4`` for parameter-free attacks), with `` [<prompt>]`` appended for an
+  evaluation with another prompt than the run's own (a template, AMPT's
+  ``uniform``). Only ``split: test`` records count. When one run holds several
+  records for a column (a subset and the full test set), the one on most
+  images counts.
+- **std** is the sample standard deviation (n - 1 in the denominator) by
+  default, ``population`` (n; what numpy's ``std`` and CoOp's
+  ``parse_test_res.py`` print) on request; none for one seed.
+- **Seeds**: a seed is *missing* when some run of the same dataset and shots
+  (any method) has it, or the expected list names it, and this method has no
+  run with it; an *unfinished* run (``run.finished`` false, or a log without
+  its final test) is listed, and its numbers are left out.
+- **Averages** over datasets are the mean of the per-dataset means, per
+  method setting, shots and train eps, in CoOp's dataset order; the row says
+  over how many datasets when a method lacks some.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from .collect import Run
+
+CLEAN = "clean"
+STD_KINDS = ("sample", "population")
+# CoOp's 11 datasets in the order of its tables; other datasets follow alphabetically.
+COOP_ORDER = ("ImageNet", "Caltech101", "OxfordPets", "StanfordCars", "OxfordFlowers", "Food101",
+              "FGVCAircraft", "SUN397", "DTD", "EuroSAT", "UCF101")
+TRAINER_ORDER = ("ZeroshotCLIP", "CoOp", "APT", "AMPT")
+
+
+@dataclass
+class Stat:
+    """One table entry: mean and std (None for one value) over ``n`` seeds."""
+
+    mean: float
+    std: Optional[float]
+    n: int
+    values: List[float] = field(default_factory=list)
+
+
+@dataclass
+class Row:
+    method: str
+    dataset: str  # the dataset the records are of
+    train_dataset: str
+    shots: int
+    train_eps: float
+    subsample: str  # the classes the runs were trained on
+    migrated: str = ""  # "CoOp log" / "APT log" for runs read from logs
+    seeds: List[int] = field(default_factory=list)  # finished seeds that gave numbers
+    missing: List[int] = field(default_factory=list)
+    unfinished: List[int] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+    stats: Dict[Tuple[str, str], Stat] = field(default_factory=dict)  # (record subsample, column) -> Stat
+    n_datasets: int = 1  # averages: datasets averaged
+    of_datasets: int = 1  # averages: datasets in the group
+
+    @property
+    def is_average(self) -> bool:
+        return self.dataset.startswith("Average")
+
+    def get(self, column: str, subsample: str = "all") -> Optional[Stat]:
+        return self.stats.get((subsample, column))
+
+
+def column_id(record: Dict[str, Any], own_prompt: str) -> str:
+    attack = str(record.get("attack", "?"))
+    if attack == CLEAN:
+        name = CLEAN
+    else:
+        eps, steps = float(record.get("eps") or 0), int(record.get("steps") or 0)
+        name = f"{attack}-{steps}@{eps:g}" if steps else f"{attack}@{eps:g}"
+    prompt = record.get("prompt")
+    if prompt not in (None, "learned", own_prompt):
+        name = f"{name} [{prompt}]"
+    return name
+
+
+def column_order(column: str) -> Tuple:
+    """clean first, then by attack name, eps, steps; prompt variants after the run's own."""
+    base, _, prompt = column.partition(" [")
+    if base == CLEAN:
+        return (bool(prompt), 0, "", 0.0, 0, prompt)
+    name, _, eps = base.partition("@")
+    attack, _, steps = name.partition("-")
+    return (bool(prompt), 1, attack, float(eps or 0), int(steps or 0), prompt)
+
+
+def dataset_order(name: str) -> Tuple[int, str]:
+    return (COOP_ORDER.index(name), "") if name in COOP_ORDER else (len(COOP_ORDER), name)
+
+
+def method_order(method: str) -> Tuple[int, str]:
+    trainer = method.split(" ", 1)[0]
+    return (TRAINER_ORDER.index(trainer) if trainer in TRAINER_ORDER else len(TRAINER_ORDER), method)
+
+
+def make_stat(values: Sequence[float], std: str = "sample") -> Stat:
+    values = list(values)
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        spread = None
+    else:
+        spread = statistics.stdev(values) if std == "sample" else statistics.pstdev(values)
+    return Stat(mean, spread, len(values), values)
+
+
+def harmonic_mean(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    """2ab / (a + b); 0 when both are 0; None when either is missing."""
+    if a is None or b is None:
+        return None
+    return 0.0 if a + b == 0 else 2 * a * b / (a + b)
+
+
+def run_values(run: Run) -> Dict[Tuple[str, str, str], float]:
+    """``(eval dataset, record subsample, column) -> accuracy`` of one run (most images wins)."""
+    own = str(run.records[0].get("prompt") or "learned") if run.records else "learned"
+    best: Dict[Tuple[str, str, str], Tuple[int, float]] = {}
+    for record in run.records:
+        if record.get("split", "test") != "test" or not isinstance(record.get("accuracy"), (int, float)):
+            continue
+        dataset = str(record.get("dataset") or run.dataset)
+        default = run.subsample if dataset == run.dataset else "all"
+        key = (dataset, str(record.get("subsample") or default), column_id(record, own))
+        n = int(record.get("n_samples") or 0)
+        if key not in best or n >= best[key][0]:
+            best[key] = (n, float(record["accuracy"]))
+    return {k: v for k, (_, v) in best.items()}
+
+
+RowKey = Tuple[str, str, str, int, float, str]  # method, dataset, train dataset, shots, train eps, subsample
+
+
+def _row_keys(run: Run) -> List[RowKey]:
+    datasets = {d for d, _, _ in run_values(run)} or {run.dataset}
+    return [(run.method, d, run.dataset, run.shots, run.train_eps, run.subsample) for d in sorted(datasets)]
+
+
+def expected_seeds(runs: Iterable[Run], expected: Optional[Sequence[int]]) -> Dict[Tuple[str, int, str], List[int]]:
+    """Seeds expected per (dataset, shots, trained classes): the given list, else every seed any method ran."""
+    seeds: Dict[Tuple[str, int, str], set] = defaultdict(set)
+    for run in runs:
+        for key in _row_keys(run):
+            seeds[(key[1], key[3], key[5])].update([run.seed] if run.seed is not None else [])
+    if expected is not None:
+        return {k: sorted(set(expected)) for k in seeds}
+    return {k: sorted(v) for k, v in seeds.items()}
+
+
+def build_rows(runs: Sequence[Run], std: str = "sample", expected: Optional[Sequence[int]] = None) -> List[Row]:
+    """One :class:`Row` per method setting and (dataset, shots, train eps, trained classes), sorted."""
+    if std not in STD_KINDS:
+        raise ValueError(f'std "{std}" is not valid; valid: {", ".join(STD_KINDS)}')
+    members: Dict[RowKey, List[Run]] = defaultdict(list)
+    for run in runs:
+        for key in _row_keys(run):
+            members[key].append(run)
+    wanted = expected_seeds(runs, expected)
+    rows = [_make_row(key, group, std, wanted.get((key[1], key[3], key[5]), [])) for key, group in members.items()]
+    return sorted(rows, key=row_order)
+
+
+def row_order(row: "Row") -> Tuple:
+    """Table order: shots, then per dataset (CoOp's order; averages last) the methods by train eps."""
+    return (row.subsample, row.shots, row.is_average, row.train_dataset != row.dataset, row.train_dataset,
+            dataset_order(row.dataset), row.train_eps, method_order(row.method))
+
+
+def _make_row(key: RowKey, runs: List[Run], std: str, expected: List[int]) -> Row:
+    method, dataset, train_dataset, shots, train_eps, subsample = key
+    row = Row(method, dataset, train_dataset, shots, train_eps, subsample,
+              migrated=next((r.source for r in runs if r.source), ""))
+    by_column: Dict[Tuple[str, str], Dict[int, float]] = defaultdict(dict)
+    for run in sorted(runs, key=lambda r: (r.seed is None, r.seed or 0, str(r.path))):
+        seed = run.seed if run.seed is not None else -1
+        if not run.finished:
+            row.unfinished.append(seed)
+            row.notes.append(f"unfinished: {run.path}")
+            continue
+        for (d, sub, column), value in run_values(run).items():
+            if d != dataset:
+                continue
+            if seed in by_column[(sub, column)]:
+                row.notes.append(f"seed {seed} twice for {column}; kept the first, not {run.path}")
+                continue
+            by_column[(sub, column)][seed] = value
+            if seed not in row.seeds:
+                row.seeds.append(seed)
+    row.stats = {k: make_stat([v[s] for s in sorted(v)], std) for k, v in by_column.items()}
+    row.seeds.sort()
+    row.unfinished = sorted(set(row.unfinished) - set(row.seeds))
+    row.missing = [s for s in expected if s not in row.seeds and s not in row.unfinished]
+    return row
+
+
+def average_rows(rows: Sequence[Row]) -> List[Row]:
+    """Per method, shots, train eps, classes and source dataset: the mean over datasets (2 or more)."""
+    groups: Dict[Tuple, List[Row]] = defaultdict(list)
+    for row in rows:
+        cross = row.train_dataset if row.train_dataset != row.dataset else ""
+        groups[(row.subsample, row.shots, row.train_eps, cross)].append(row)
+    averages = []
+    for (subsample, shots, train_eps, cross), group in groups.items():
+        datasets = {r.dataset for r in group}
+        if len(datasets) < 2:
+            continue
+        by_method: Dict[str, List[Row]] = defaultdict(list)
+        for row in group:
+            by_method[row.method].append(row)
+        for method, members in by_method.items():
+            averages.append(_average(method, members, cross, len(datasets)))
+    return sorted(averages, key=row_order)
+
+
+def _average(method: str, members: List[Row], cross: str, of_datasets: int) -> Row:
+    first = members[0]
+    label = f"Average (from {cross})" if cross else "Average"
+    row = Row(method, label, cross or label, first.shots, first.train_eps, first.subsample, first.migrated,
+              n_datasets=len(members), of_datasets=of_datasets)
+    columns = {k for r in members for k in r.stats}
+    for key in columns:
+        means = [r.stats[key].mean for r in members if key in r.stats]
+        row.stats[key] = Stat(statistics.fmean(means), None, len(means), means)
+    if len(members) < of_datasets:
+        row.notes.append(f"over {len(members)} of {of_datasets} datasets")
+    for r in members:
+        row.missing += [s for s in r.missing if s not in row.missing]
+        row.unfinished += [s for s in r.unfinished if s not in row.unfinished]
+    return row
+
+
+def robust_columns(rows: Sequence[Row], subsample: str = "all") -> List[str]:
+    return sorted({c for r in rows for (s, c) in r.stats if s == subsample and c != CLEAN and " [" not in c},
+                  key=column_order)
+
+
+def default_hm_attack(rows: Sequence[Row], subsample: str = "all") -> Optional[str]:
+    """The robust column most rows have (ties: more steps, then larger eps): the harmonic mean's default."""
+    counts: Dict[str, int] = defaultdict(int)
+    for row in rows:
+        for (s, column) in row.stats:
+            if s == subsample and column != CLEAN and " [" not in column:
+                counts[column] += 1
+    if not counts:
+        return None
+    return max(counts, key=lambda c: (counts[c], column_order(c)[4], column_order(c)[3], c))
+
+
+def row_harmonic_mean(row: Row, attack: Optional[str], subsample: str = "all") -> Optional[float]:
+    """HM of the row's mean clean and mean robust (``attack``) accuracy."""
+    clean, robust = row.get(CLEAN, subsample), row.get(attack, subsample) if attack else None
+    return harmonic_mean(clean.mean if clean else None, robust.mean if robust else None)
+
+
+def finite(value: Optional[float]) -> Optional[float]:
+    return None if value is None or math.isnan(value) else value

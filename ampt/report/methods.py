@@ -1,0 +1,74 @@
+"""The "method setting" of a run: its trainer plus the settings that tell its runs apart.
+
+Rule (documented in the README, section Report):
+
+1. ``run.method`` in ``results.json`` (the sweep runner writes its method
+   name there) is the label as it is.
+2. Otherwise the label is the trainer name, followed by every config key
+   whose value differs between two runs of that trainer in the same cell
+   (dataset, shots, train eps, trained classes), as ``KEY=value`` with the
+   key's last component (the full key when two would read the same), e.g.
+   ``AMPT N_PROMPTS=8``. Keys that only change with the cell (epochs by
+   shots, the attack step size by eps) do not split a method; the seed,
+   paths and the output folder never do.
+3. Runs read from CoOp's or APT's own logs get `` (CoOp log)`` /
+   `` (APT log)`` appended, and their settings come from the folder path.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Dict, Iterable, List, Sequence, Set, Tuple
+
+from .collect import Run
+
+NOT_SETTINGS = ("TRAINER.NAME",)
+
+
+def cell_of(run: Run) -> Tuple[str, int, float, str]:
+    return run.dataset, run.shots, run.train_eps, run.subsample
+
+
+def distinguishing_keys(runs: Sequence[Run]) -> List[str]:
+    """Keys whose values differ between two of ``runs`` (one trainer) that share a cell."""
+    by_cell: Dict[Tuple, List[Run]] = defaultdict(list)
+    for run in runs:
+        by_cell[cell_of(run)].append(run)
+    keys: Set[str] = set()
+    for members in by_cell.values():
+        for key in set().union(*(r.settings for r in members)):
+            if key in NOT_SETTINGS:
+                continue
+            values = {repr(r.settings[key]) for r in members if key in r.settings}
+            if len(values) > 1:
+                keys.add(key)
+    return sorted(keys)
+
+
+def _short_names(keys: Sequence[str]) -> Dict[str, str]:
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last)}
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def assign_methods(runs: Iterable[Run]) -> List[Run]:
+    """Set ``run.method`` on every run without an explicit label (in place); returns the runs."""
+    runs = list(runs)
+    groups: Dict[Tuple[str, str], List[Run]] = defaultdict(list)
+    for run in runs:
+        if not run.method:
+            groups[(run.trainer, run.source)].append(run)
+    for (trainer, source), members in groups.items():
+        keys = distinguishing_keys(members)
+        names = _short_names(keys)
+        for run in members:
+            parts = [f"{names[k]}={_format(run.settings[k])}" for k in keys if k in run.settings]
+            label = " ".join([trainer, *parts])
+            run.method = f"{label} ({source})" if source else label
+    return runs

@@ -1,0 +1,133 @@
+"""The report's content, independent of its format: the rows of each table and their cells as text."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+from .aggregate import (CLEAN, Row, Stat, average_rows, build_rows, column_order, default_hm_attack,
+                        harmonic_mean, robust_columns, row_harmonic_mean)
+from .collect import Run
+
+STD_TEXT = {"sample": "sample std (n-1)", "population": "population std (n)"}
+B2N_PARTS = ("base", "new", "HM")
+
+
+@dataclass
+class Report:
+    runs: List[Run]
+    rows: List[Row]  # trained on all classes (few-shot table)
+    b2n_rows: List[Row]  # trained on the base classes (base-to-new table)
+    std: str
+    hm_attack: Optional[str]
+    b2n_attack: Optional[str]
+    columns: List[str] = field(default_factory=list)  # the few-shot table's accuracy columns
+
+    @property
+    def averages(self) -> List[Row]:
+        return average_rows(self.rows)
+
+    @property
+    def b2n_averages(self) -> List[Row]:
+        return average_rows(self.b2n_rows)
+
+    def caption(self) -> str:
+        hm = f"HM: harmonic mean of clean and {self.hm_attack} accuracy" if self.hm_attack else "HM: none (no robust record)"
+        return (f"Accuracy (%) on the test split, mean ± {STD_TEXT[self.std]} over seeds; attacks as "
+                f"attack-steps@eps (eps in 1/255); {hm}; Seeds: seeds with numbers / seeds expected.")
+
+    def b2n_caption(self) -> str:
+        robust = self.b2n_attack or "no robust record"
+        return (f"Trained on the base classes: accuracy (%) on the base and new classes, mean ± "
+                f"{STD_TEXT[self.std]} over seeds, HM of base and new (of the averages in Average rows); "
+                f"robust: {robust}.")
+
+
+def make_report(runs: Sequence[Run], std: str = "sample", hm_attack: Optional[str] = None,
+                expected_seeds: Optional[Sequence[int]] = None, columns: Optional[Sequence[str]] = None) -> Report:
+    """Rows and settings of the report on ``runs`` (their ``method`` already assigned)."""
+    every = build_rows(runs, std=std, expected=expected_seeds)
+    rows = [r for r in every if r.subsample == "all"]
+    b2n = [r for r in every if r.subsample != "all"]
+    available = [CLEAN] + robust_columns(rows) + sorted(
+        {c for r in rows for (s, c) in r.stats if s == "all" and " [" in c}, key=column_order)
+    if columns:
+        unknown = [c for c in columns if c not in available]
+        if unknown:
+            raise ValueError(f"--columns {', '.join(unknown)} not in the records; valid: {', '.join(available)}")
+        available = list(columns)
+    if hm_attack is not None and hm_attack not in robust_columns(rows) + robust_columns(b2n, "new"):
+        valid = robust_columns(rows) or robust_columns(b2n, "new")
+        raise ValueError(f"--hm-attack {hm_attack} is not a robust column of these runs; valid: "
+                         f"{', '.join(valid) or 'none (no robust record)'}")
+    return Report(list(runs), rows, b2n, std, hm_attack or default_hm_attack(rows),
+                  hm_attack or default_hm_attack(b2n, "new"), available)
+
+
+# ---------------------------------------------------------------- cells as text
+def stat_text(stat: Optional[Stat], n_row: int, pm: str = "±") -> str:
+    if stat is None:
+        return "-"
+    text = f"{stat.mean:.1f}" if stat.std is None else f"{stat.mean:.1f} {pm} {stat.std:.1f}"
+    return text if stat.n == n_row or n_row == 0 else f"{text} (n={stat.n})"
+
+
+def seeds_text(row: Row) -> str:
+    if row.is_average:
+        return f"{row.n_datasets} dataset{'s' if row.n_datasets > 1 else ''}"
+    expected = len(row.seeds) + len(row.missing) + len(row.unfinished)
+    return f"{len(row.seeds)}" if expected == len(row.seeds) else f"{len(row.seeds)}/{expected}"
+
+
+def flags_text(row: Row) -> str:
+    flags = []
+    if row.missing:
+        flags.append("missing seed " + ",".join(map(str, row.missing)))
+    if row.unfinished:
+        flags.append("unfinished seed " + ",".join(map(str, row.unfinished)))
+    if row.is_average and row.n_datasets < row.of_datasets:
+        flags.append(f"{row.n_datasets} of {row.of_datasets} datasets")
+    if not row.is_average and not row.stats and not row.unfinished:
+        flags.append("no test records")
+    return "; ".join(flags)
+
+
+def fewshot_header(report: Report) -> List[str]:
+    hm = [f"HM ({report.hm_attack})"] if report.hm_attack else []
+    return ["Method", "Dataset", "Shots", "Train eps", "Seeds", *report.columns, *hm, "Flags"]
+
+
+def fewshot_cells(report: Report, row: Row, pm: str = "±") -> List[str]:
+    n = 0 if row.is_average else len(row.seeds)
+    values = [stat_text(row.get(c), n, pm) for c in report.columns]
+    hm = []
+    if report.hm_attack:
+        value = row_harmonic_mean(row, report.hm_attack)
+        hm = ["-" if value is None else f"{value:.1f}"]
+    return [row.method, row.dataset, str(row.shots), f"{row.train_eps:g}", seeds_text(row), *values, *hm,
+            flags_text(row)]
+
+
+def b2n_header(report: Report) -> List[str]:
+    groups = [("Clean", CLEAN)] + ([(report.b2n_attack, report.b2n_attack)] if report.b2n_attack else [])
+    return ["Method", "Dataset", "Shots", "Train eps", "Seeds",
+            *[f"{name} {part}" for name, _ in groups for part in B2N_PARTS], "Flags"]
+
+
+def b2n_values(report: Report, row: Row) -> Dict[str, Dict[str, Optional[Any]]]:
+    """``{column: {"base": Stat, "new": Stat, "HM": float}}`` of one base-to-new row."""
+    out = {}
+    for column in [CLEAN] + ([report.b2n_attack] if report.b2n_attack else []):
+        base, new = row.get(column, "base"), row.get(column, "new")
+        out[column] = {"base": base, "new": new,
+                       "HM": harmonic_mean(base.mean if base else None, new.mean if new else None)}
+    return out
+
+
+def b2n_cells(report: Report, row: Row, pm: str = "±") -> List[str]:
+    n = 0 if row.is_average else len(row.seeds)
+    cells = []
+    for parts in b2n_values(report, row).values():
+        cells += [stat_text(parts["base"], n, pm), stat_text(parts["new"], n, pm),
+                  "-" if parts["HM"] is None else f"{parts['HM']:.1f}"]
+    return [row.method, row.dataset, str(row.shots), f"{row.train_eps:g}", seeds_text(row), *cells,
+            flags_text(row)]

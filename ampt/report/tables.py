@@ -1,0 +1,162 @@
+"""The report as text: markdown (the terminal default), csv (one line per number), LaTeX (booktabs), json."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any, Dict, List, Optional
+
+from .aggregate import Row, Stat, row_harmonic_mean, row_order
+from .model import (Report, b2n_cells, b2n_header, b2n_values, fewshot_cells,
+                    fewshot_header, flags_text)
+
+FORMATS = ("markdown", "csv", "latex", "json")
+
+
+def render(report: Report, fmt: str = "markdown") -> str:
+    renderers = {"markdown": markdown, "csv": to_csv, "latex": latex, "json": to_json}
+    if fmt not in renderers:
+        raise ValueError(f'--format "{fmt}" is not valid; valid: {", ".join(FORMATS)}')
+    return renderers[fmt](report)
+
+
+def _blocks(rows: List[Row], cells) -> List[List[List[str]]]:
+    """The rows' cells in table order, cut into blocks (a shots value's datasets, then its averages)."""
+    blocks: List[List[List[str]]] = []
+    last = None
+    for row in sorted(rows, key=row_order):
+        key = (row.shots, row.is_average)
+        if key != last:
+            blocks.append([])
+            last = key
+        blocks[-1].append(cells(row))
+    return blocks
+
+
+def _sections(report: Report, pm: str = "±") -> List[tuple]:
+    """``(title, caption, header, blocks of rows)`` of each non-empty table."""
+    sections = []
+    if report.rows:
+        sections.append(("Few-shot", report.caption(), fewshot_header(report),
+                         _blocks(report.rows + report.averages, lambda r: fewshot_cells(report, r, pm))))
+    if report.b2n_rows:
+        sections.append(("Base-to-new", report.b2n_caption(), b2n_header(report),
+                         _blocks(report.b2n_rows + report.b2n_averages, lambda r: b2n_cells(report, r, pm))))
+    return sections
+
+
+def markdown(report: Report) -> str:
+    from tabulate import tabulate
+
+    if not report.runs:
+        return "No runs found (no results.json, and no CoOp/APT log.txt)."
+    parts = []
+    for title, caption, header, blocks in _sections(report):
+        body = [cells for block in blocks for cells in block]
+        parts.append(f"{title}. {caption}\n\n{tabulate(body, headers=header, tablefmt='github', disable_numparse=True)}")
+    return "\n\n".join(parts)
+
+
+# ---------------------------------------------------------------- csv
+CSV_FIELDS = ("table", "method", "dataset", "train_dataset", "shots", "train_eps", "trained_classes", "classes",
+              "column", "mean", "std", "n", "seeds", "missing_seeds", "unfinished_seeds", "flags")
+
+
+def _csv_lines(table: str, row: Row, entries: Dict[tuple, Any]) -> List[Dict[str, Any]]:
+    common = {"table": table, "method": row.method, "dataset": row.dataset, "train_dataset": row.train_dataset,
+              "shots": row.shots, "train_eps": f"{row.train_eps:g}", "trained_classes": row.subsample,
+              "seeds": " ".join(map(str, row.seeds)), "missing_seeds": " ".join(map(str, row.missing)),
+              "unfinished_seeds": " ".join(map(str, row.unfinished)), "flags": flags_text(row)}
+    lines = []
+    for (classes, column), value in entries.items():
+        stat = value if isinstance(value, Stat) else None
+        mean = stat.mean if stat else value
+        if mean is None:
+            continue
+        lines.append({**common, "classes": classes, "column": column, "mean": f"{mean:.4f}",
+                      "std": "" if stat is None or stat.std is None else f"{stat.std:.4f}",
+                      "n": stat.n if stat else ""})
+    return lines
+
+
+def to_csv(report: Report) -> str:
+    """Long format: one line per (row, column) with mean, std and n; HM lines have column ``HM(...)``."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in report.rows + report.averages:
+        entries: Dict[tuple, Any] = dict(row.stats)
+        if report.hm_attack:
+            entries[("all", f"HM({report.hm_attack})")] = row_harmonic_mean(row, report.hm_attack)
+        writer.writerows(_csv_lines("few-shot", row, entries))
+    for row in report.b2n_rows + report.b2n_averages:
+        entries = {}
+        for column, parts in b2n_values(report, row).items():
+            entries.update({("base", column): parts["base"], ("new", column): parts["new"],
+                            ("base,new", f"HM({column})"): parts["HM"]})
+        writer.writerows(_csv_lines("base-to-new", row, entries))
+    return out.getvalue()
+
+
+# ---------------------------------------------------------------- latex
+LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+PM = "\x00pm\x00"  # placeholder for the plus-minus sign, escaped as math after the rest
+
+
+def latex_escape(text: str) -> str:
+    escaped = "".join(LATEX_SPECIAL.get(ch, ch) for ch in text)
+    return escaped.replace(PM, r"$\pm$").replace("±", r"$\pm$")
+
+
+def _latex_table(caption: str, header: List[str], blocks: List[List[List[str]]]) -> str:
+    align = "l" * 2 + "r" * (len(header) - 3) + "l"
+    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{latex_escape(caption)}}}",
+             rf"\begin{{tabular}}{{{align}}}", r"\toprule",
+             " & ".join(latex_escape(h) for h in header) + r" \\"]
+    for block in blocks:
+        lines.append(r"\midrule")
+        lines += [" & ".join(latex_escape(c) for c in cells) + r" \\" for cells in block]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines)
+
+
+def latex(report: Report) -> str:
+    """One booktabs ``table`` per section (needs ``\\usepackage{booktabs}``)."""
+    return "\n\n".join(_latex_table(caption, header, blocks)
+                         for _, caption, header, blocks in _sections(report, pm=PM)) + "\n"
+
+
+# ---------------------------------------------------------------- json
+def _stat_json(stat: Optional[Stat]) -> Optional[Dict[str, Any]]:
+    return None if stat is None else {"mean": stat.mean, "std": stat.std, "n": stat.n, "values": stat.values}
+
+
+def _row_json(row: Row) -> Dict[str, Any]:
+    return {"method": row.method, "dataset": row.dataset, "train_dataset": row.train_dataset, "shots": row.shots,
+            "train_eps": row.train_eps, "trained_classes": row.subsample, "migrated": row.migrated or None,
+            "seeds": row.seeds, "missing_seeds": row.missing, "unfinished_seeds": row.unfinished,
+            "notes": row.notes, "n_datasets": row.n_datasets if row.is_average else None,
+            "columns": {f"{column}" if classes == "all" else f"{column} [{classes} classes]": _stat_json(stat)
+                        for (classes, column), stat in sorted(row.stats.items())}}
+
+
+def report_dict(report: Report) -> Dict[str, Any]:
+    def few(row: Row) -> Dict[str, Any]:
+        return {**_row_json(row), "hm": row_harmonic_mean(row, report.hm_attack) if report.hm_attack else None}
+
+    def b2n(row: Row) -> Dict[str, Any]:
+        parts = b2n_values(report, row)
+        return {**_row_json(row), "base_to_new": {c: {"base": _stat_json(p["base"]), "new": _stat_json(p["new"]),
+                                                      "hm": p["HM"]} for c, p in parts.items()}}
+
+    return {"std": report.std, "hm_attack": report.hm_attack, "b2n_attack": report.b2n_attack,
+            "columns": report.columns, "caption": report.caption(),
+            "rows": [few(r) for r in report.rows], "averages": [few(r) for r in report.averages],
+            "base_to_new": [b2n(r) for r in report.b2n_rows],
+            "base_to_new_averages": [b2n(r) for r in report.b2n_averages],
+            "runs": [str(r.path) for r in report.runs]}
+
+
+def to_json(report: Report) -> str:
+    return json.dumps(report_dict(report), indent=2) + "\n"
