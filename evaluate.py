@@ -11,7 +11,9 @@ Examples::
 eps and alpha are in 1/255 units (4 means 4/255). The eps defaults to the
 run's training eps (adversarial trainers); other runs need --eps. A record
 already in results.json (same dataset, split, attack, eps, steps, n_samples,
-prompt, subsample) is skipped unless --force. An interrupted evaluation resumes at its
+prompt, subsample, alpha, seed) of the same weights is skipped unless
+--force; one of another checkpoint is recomputed. Several evaluate.py
+processes may write to one run. An interrupted evaluation resumes at its
 first unfinished batch.
 """
 from __future__ import annotations
@@ -77,6 +79,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0 (got {args.seed})")
     run_dir = args.run_dir
+    if not (run_dir / "config.yaml").is_file():  # before anything is created there
+        what = "does not exist" if not run_dir.exists() else "has no config.yaml"
+        raise FileNotFoundError(f"{run_dir} {what}: RUN_DIR must be a run folder written by train.py")
     setup_logger(run_dir / LOG_FILE)
     results = RunResults(run_dir)
     if results.path.exists() and not results.finished:
@@ -87,7 +92,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     specs = _specs(args, float(cfg.ADV.TRAIN.EPS) if run.adversarial else None)
     plan = EvalPlan(specs=specs, prompt=args.prompt, n_samples=args.n_samples, seed=args.seed,
                     batch_size=args.batch_size, force=args.force)
-    extra = {"checkpoint_epoch": run.epoch}
+    loaded = getattr(run.trainer, "loaded_checkpoint", None) or {}
+    extra = {"checkpoint_epoch": loaded.get("checkpoint_epoch", run.epoch)}
     if cfg.DATASET.NAME != run.train_dataset:
         extra["train_dataset"] = run.train_dataset
     rows = evaluate_trainer(run.trainer, plan, results, extra=extra)
@@ -97,7 +103,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def cli() -> int:
     """``main`` with a one-line message (no traceback) for errors the user can fix."""
-    return run_cli(main, (ValueError, FileNotFoundError))
+    return run_cli(main, (ValueError, FileNotFoundError))  # checkpoint file errors are ValueErrors
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 """Train or evaluate a trainer with CoOp's ``train.py`` command line.
 
 Added to CoOp's flags: ``--engine {builtin,dassl}``, ``--force`` (train a
-finished run again, from scratch) and APT's ``--eps --alpha --steps
+finished run again, from scratch; the old checkpoints and results.json are
+moved aside) and APT's ``--eps --alpha --steps
 --adv-prompt`` (aliases of ``ADV.TRAIN.*``; eps and alpha in 1/255 units).
 Trailing ``KEY VALUE`` pairs override the config last.
 
@@ -25,11 +26,14 @@ import torch
 
 from ampt.config import ConfigKeyError, peek_trainer_name, setup_cfg
 from ampt.engine.checkpoint import UnsafeCheckpointError
+from ampt.engine.run_config import CONFIG_FILE, ConfigChangedError, write_run_config
 from ampt.engine.select import ENGINES, active_api
 from ampt.plugins import load_plugins
 from ampt.results import FinishedRunError, RunResults, check_not_finished
 from ampt.utils import collect_env_info, set_random_seed, setup_logger
 from ampt.utils.cli import run_cli
+from ampt.utils.locks import RunLockedError, run_lock
+from ampt.utils.torchfile import CheckpointFileError, CheckpointWriteError
 
 logger = logging.getLogger("ampt.train")
 
@@ -53,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--load-epoch", type=int, help="load model weights at this epoch for evaluation")
     p.add_argument("--no-train", action="store_true", help="do not call trainer.train()")
     p.add_argument("--engine", choices=ENGINES, default="builtin", help="built-in engine or an installed Dassl")
-    p.add_argument("--force", action="store_true", help="re-train a finished run from scratch")
+    p.add_argument("--force", action="store_true",
+                   help="re-train a finished run from scratch (old checkpoints and results.json moved aside); "
+                        "with --eval-only, replace a finished run's records")
     p.add_argument("--eps", type=float, default=None, help="training attack eps in 1/255 units (ADV.TRAIN.EPS)")
     p.add_argument("--alpha", type=float, default=None, help="training attack step in 1/255 units (ADV.TRAIN.ALPHA)")
     p.add_argument("--steps", type=int, default=None, help="training attack steps (ADV.TRAIN.STEPS)")
@@ -78,16 +84,19 @@ def _log_run_header(args: argparse.Namespace, cfg) -> None:
     logger.info("** System info **\n%s\n", collect_env_info())
 
 
-def _write_config(cfg, eval_only: bool) -> None:
-    path = Path(cfg.OUTPUT_DIR) / "config.yaml"
-    if eval_only and path.exists():
-        return  # an evaluation into a training folder keeps the training config
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(cfg.dump(), encoding="utf-8")
+def _write_config(cfg) -> None:
+    """An evaluation keeps a training folder's config; training writes its own (trainer.before_train)."""
+    if not (Path(cfg.OUTPUT_DIR) / CONFIG_FILE).exists():
+        write_run_config(cfg, cfg.OUTPUT_DIR)
 
 
 def evaluate_only(trainer, args: argparse.Namespace) -> float:
-    """Load the registered models' weights from ``--model-dir`` and test; records go to results.json."""
+    """Load the registered models' weights from ``--model-dir`` and test; records go to results.json.
+
+    Records carry the checkpoint epoch, model folder and weights digest; a
+    finished run's own records are replaced only with ``--force``.
+    """
+    trainer.record_force = bool(args.force)
     trainer.load_model(args.model_dir, epoch=args.load_epoch)
     accuracy = trainer.test()
     results = RunResults(trainer.output_dir)
@@ -103,6 +112,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     trainer_cls = resolve_trainer_class(args)
     base_cfg = active_api().get_cfg_default() if args.engine == "dassl" else None
     cfg = setup_cfg(args, trainer_cls, base_cfg=base_cfg)
+    if not cfg.OUTPUT_DIR:
+        return _run(args, cfg)
+    with run_lock(cfg.OUTPUT_DIR):  # refused at once while another trainer writes this folder
+        return _run(args, cfg)
+
+
+def _run(args: argparse.Namespace, cfg) -> int:
     training = not args.eval_only and not args.no_train
     if training:
         check_not_finished(cfg.OUTPUT_DIR, force=args.force)
@@ -114,7 +130,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if torch.cuda.is_available() and cfg.USE_CUDA:
         torch.backends.cudnn.benchmark = True
     _log_run_header(args, cfg)
-    _write_config(cfg, eval_only=not training)
+    if not training:
+        _write_config(cfg)
 
     trainer = active_api().build_trainer(cfg)
     trainer.fresh_start = bool(args.force)
@@ -127,7 +144,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def cli() -> int:
     """``main`` with a one-line message (no traceback) for errors the user can fix."""
-    return run_cli(main, (ConfigKeyError, FinishedRunError, UnsafeCheckpointError, FileNotFoundError))
+    return run_cli(main, (ConfigKeyError, FinishedRunError, UnsafeCheckpointError, FileNotFoundError,
+                          RunLockedError, ConfigChangedError, CheckpointFileError, CheckpointWriteError))
 
 
 if __name__ == "__main__":

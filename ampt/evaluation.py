@@ -11,8 +11,11 @@ in-training test (:meth:`ampt.adversarial.AdversarialClipTrainer.final_evaluatio
   evaluation (:class:`~ampt.models.FixedTextFeatures`); everything that does
   (AMPT's router) stays inside the attacked forward.
 - **Records.** One record per (dataset, split, attack, eps, steps, n_samples,
-  prompt, subsample), the key of ``results.json`` (``shared/spec/results.md``); an
-  existing key is skipped unless forced.
+  prompt, subsample, alpha, seed), the key of ``results.json``
+  (:mod:`ampt.results`); each says which weights it measured
+  (``checkpoint_epoch``, ``weights``). An existing record of the same
+  weights is skipped unless forced; one of other weights (an intermediate
+  checkpoint) is recomputed.
 - **Resumption.** Batches are evaluated in a fixed order and, after each
   batch, the running counts are written to ``RUN_DIR/eval_progress/``; an
   interrupted evaluation (AutoAttack on thousands of images) restarts at the
@@ -34,10 +37,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from .attacks import ATTACK_REGISTRY, build_attack, check_eps
+from .engine.checkpoint import weights_digest
 from .engine.progress import progress_bar
 from .models import FixedTextFeatures, template_text_features
 from .models.templates import check_template
-from .results import RunResults
+from .results import RunResults, same_weights
 from .utils.io import read_json, write_json
 
 logger = logging.getLogger(__name__)
@@ -250,16 +254,6 @@ class EvalPlan:
     split: str = "test"
 
 
-def weights_digest(trainer: Any) -> str:
-    """A hash of the trainer's registered (trained) weights: progress is resumed only for the same ones."""
-    digest = hashlib.sha256()
-    for name in trainer.get_model_names():
-        for key, value in sorted(trainer._models[name].state_dict().items()):
-            digest.update(key.encode())
-            digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:20]
-
-
 def progress_path(run_dir: Path, key: Dict[str, Any]) -> Path:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
     return run_dir / PROGRESS_DIR / f"{key['attack']}-{digest}.json"
@@ -286,39 +280,40 @@ def evaluate_trainer(trainer: Any, plan: EvalPlan, results: RunResults,
     n_samples = len(indices)
     rows: List[Tuple[Dict[str, Any], str]] = []
     todo = []
+    extra = {**(extra or {}), "weights": weights_digest(trainer)}
     for spec in plan.specs:
         key = {"dataset": dataset_name, "split": plan.split, "attack": spec.name, "eps": spec.eps,
-               "steps": spec.steps, "n_samples": n_samples, "prompt": prompt, **subsample}
+               "steps": spec.steps, "n_samples": n_samples, "prompt": prompt, **subsample, "alpha": spec.alpha,
+               "seed": plan.seed}
         existing = results.get(key)
-        if existing is not None and not plan.force:
+        if existing is not None and not plan.force and same_weights(existing, extra):
             logger.info("Skipping %s on %s: already in %s (--force recomputes)", spec.label, dataset_name, results.path)
-            epoch = (extra or {}).get("checkpoint_epoch")
-            if "checkpoint_epoch" in existing and existing["checkpoint_epoch"] != epoch:
-                logger.warning("The existing record is of checkpoint epoch %s, not the loaded %s: --force "
-                               "replaces it", existing["checkpoint_epoch"], epoch)
             rows.append((existing, "existing"))
-        else:
-            todo.append((spec, key))
+            continue
+        if existing is not None and not plan.force:
+            logger.info("The stored %s record measured other weights (checkpoint epoch %s, not %s): recomputing",
+                        spec.label, existing.get("checkpoint_epoch"), extra.get("checkpoint_epoch"))
+        todo.append((spec, key))
     if not todo:
         return rows
     trainer.set_model_mode("eval")
     model = prompt_model(trainer, plan.prompt).to(trainer.device).eval()
     loader = subset_loader(base_loader, indices, plan.batch_size)
-    weights = weights_digest(trainer)
     for spec, key in todo:
-        progress_file = progress_path(results.run_dir, {**key, "alpha": spec.alpha, "seed": plan.seed,
-                                                        "batch_size": loader.batch_size, "weights": weights,
-                                                        **(extra or {})})
+        progress_file = progress_path(results.run_dir, {**key, "batch_size": loader.batch_size, **extra})
         outcome = accuracy_under_attack(model, loader, spec, trainer.num_classes, trainer.device,
                                         seed=plan.seed, desc=f"{spec.label} [{dataset_name}]",
                                         progress_file=progress_file)
         record = make_record(dataset_name, plan.split, spec, prompt, outcome, seed=plan.seed, **subsample,
-                             **(extra or {}))
-        results.add(record, force=True)
+                             **extra)
+        stored = results.add(record, force=plan.force)
         progress_file.unlink(missing_ok=True)
         logger.info("%s on %s (%d images, prompt %s): %.2f%% in %.1f s", spec.label, dataset_name,
                     outcome.n_samples, prompt, outcome.accuracy, outcome.seconds)
-        rows.append((record, "computed"))
+        if not stored:
+            logger.warning("Not written to %s: it keeps the finished run's record of its final model for this "
+                           "setting (--force replaces it)", results.path)
+        rows.append((record, "computed" if stored else "computed, not stored"))
     return rows
 
 

@@ -1,15 +1,30 @@
 """``results.json``: one run's metadata and its evaluation records.
 
-Format (``shared/spec/results.md``)::
+Format::
 
     {"run": {"trainer": ..., "dataset": ..., "shots": ..., "seed": ...,
-             "backbone": ..., "train_eps": ..., "engine": ..., "finished": bool},
+             "backbone": ..., "train_eps": ..., "engine": ..., "finished": bool,
+             "final_weights": digest of the deployed model once finished},
      "records": [{"dataset", "split", "attack", "eps", "steps", "n_samples",
-                  "accuracy", ...optional "prompt", "subsample", "alpha", ...}]}
+                  "accuracy", ...optional "prompt", "subsample", "alpha", "seed",
+                  "checkpoint_epoch", "weights", ...}]}
 
-Every change re-reads the file, applies itself and writes atomically, so two
-tools appending one after the other (train.py, then evaluate.py) never drop
-each other's records, and an interrupted write never truncates the file.
+Every change takes ``.results.json.lock`` (``fcntl.flock``), re-reads the
+file, applies itself and writes atomically, so any number of processes
+(train.py, several evaluate.py) never drop each other's records, and an
+interrupted write never truncates the file.
+
+The record key (:data:`RECORD_KEY_FIELDS`) holds every setting that changes
+the number. ``alpha`` and ``seed`` joined it later: a stored record without
+one of them (written by an older version; clean records carry no alpha)
+matches any value of that field. The other fields compare exactly, a
+missing one as ``None`` (``subsample``: as "all"). Numbers compare by value rounded to 4 decimals.
+
+A record also says which weights it measured (``weights``, a digest of the
+trained state dicts, and ``checkpoint_epoch``). :meth:`RunResults.add`
+replaces a same-key record that measured other weights (a stale record of an
+intermediate checkpoint), except the finished run's own records of its final
+model, which only ``force`` replaces.
 """
 from __future__ import annotations
 
@@ -19,13 +34,16 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from .utils.io import read_json, write_json
+from .utils.locks import file_lock
 
 logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
-RECORD_KEY_FIELDS = ("dataset", "split", "attack", "eps", "steps", "n_samples", "prompt", "subsample")
+RECORD_KEY_FIELDS = ("dataset", "split", "attack", "eps", "steps", "n_samples", "prompt", "subsample", "alpha", "seed")
 # What a key field a record lacks means: records written before base-to-new are of all classes.
 KEY_DEFAULTS = {"subsample": "all"}
+# Key fields added after the first format: absent from a stored record, they match any value.
+LATER_KEY_FIELDS = ("alpha", "seed")
 REQUIRED_FIELDS = ("dataset", "split", "attack", "eps", "steps", "n_samples", "accuracy")
 
 
@@ -34,17 +52,47 @@ class FinishedRunError(RuntimeError):
 
 
 def _norm(value: Any) -> Any:
-    """Numbers compare by value (4 == 4.0) in record keys."""
+    """Numbers compare by value (4 == 4.0, 1.33333 == 1.3333) in record keys."""
     if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, (int, float)):
-        return float(value)
+        return round(float(value), 4)
     return value
 
 
 def record_key(record: Mapping[str, Any]) -> Tuple[Any, ...]:
     """The de-duplication key; a missing ``prompt`` is ``None`` (not "learned"), a missing ``subsample`` "all"."""
     return tuple(_norm(record.get(field, KEY_DEFAULTS.get(field))) for field in RECORD_KEY_FIELDS)
+
+
+def same_key(stored: Mapping[str, Any], record: Mapping[str, Any]) -> bool:
+    """Whether ``stored`` holds the number ``record`` asks for (see the module docstring for the rule)."""
+    for field in RECORD_KEY_FIELDS:
+        if field in LATER_KEY_FIELDS and stored.get(field) is None:
+            continue
+        default = KEY_DEFAULTS.get(field)
+        if _norm(stored.get(field, default)) != _norm(record.get(field, default)):
+            return False
+    return True
+
+
+def same_weights(stored: Mapping[str, Any], provenance: Mapping[str, Any]) -> bool:
+    """Whether ``stored`` measured the weights ``provenance`` describes (``weights``, else ``checkpoint_epoch``).
+
+    A record without either field (older files, unknown provenance) counts as the same.
+    """
+    for field in ("weights", "checkpoint_epoch"):
+        if stored.get(field) is not None and provenance.get(field) is not None:
+            return stored[field] == provenance[field]
+    return True
+
+
+def is_final_record(run: Mapping[str, Any], record: Mapping[str, Any]) -> bool:
+    """A record of the finished run's final model (unknown provenance in a finished run counts as final)."""
+    if not run.get("finished"):
+        return False
+    final = run.get("final_weights")
+    return final is None or record.get("weights") is None or record["weights"] == final
 
 
 class RunResults:
@@ -71,8 +119,16 @@ class RunResults:
         data.setdefault("records", [])
         return data
 
+    @property
+    def lock_path(self) -> Path:
+        return self.run_dir / f".{RESULTS_FILE}.lock"
+
     def _save(self, data: Dict[str, Any]) -> None:
         write_json(data, self.path)
+
+    def locked(self):
+        """The lock every read-modify-write of this file holds (other processes wait for it)."""
+        return file_lock(self.lock_path)
 
     # ------------------------------------------------------------------ run
     @property
@@ -89,56 +145,73 @@ class RunResults:
 
     def set_run(self, **meta: Any) -> None:
         """Update the ``run`` block with ``meta`` (other keys are kept)."""
-        data = self.load()
-        data["run"].update(meta)
-        self._save(data)
+        with self.locked():
+            data = self.load()
+            data["run"].update(meta)
+            self._save(data)
 
     def mark_finished(self, finished: bool = True) -> None:
         self.set_run(finished=finished)
 
-    def reset(self, backup: bool = True) -> Optional[Path]:
+    def reset(self, backup: bool = True, stamp: str = "") -> Optional[Path]:
         """Start a fresh document (a forced re-run); the old file is kept as a dated backup."""
-        if not self.path.exists():
-            return None
-        target = None
-        if backup:
-            target = self.path.with_name(f"{RESULTS_FILE}.bak-{time.strftime('%Y%m%d-%H%M%S')}")
-            self.path.replace(target)
-            logger.warning("Moved the previous %s to %s", self.path, target)
-        else:
-            self.path.unlink()
-        return target
+        with self.locked():
+            if not self.path.exists():
+                return None
+            target = None
+            if backup:
+                target = self.path.with_name(f"{RESULTS_FILE}.bak-{stamp or backup_stamp()}")
+                self.path.replace(target)
+                logger.warning("Moved the previous %s to %s", self.path, target)
+            else:
+                self.path.unlink()
+            return target
 
     # ------------------------------------------------------------------ records
     def has(self, record: Optional[Mapping[str, Any]] = None, **fields: Any) -> bool:
         """Whether a record with the same key exists (pass a record, or its key fields)."""
-        key = record_key({**(record or {}), **fields})
-        return any(record_key(r) == key for r in self.records)
+        return self.get(record, **fields) is not None
 
     def get(self, record: Optional[Mapping[str, Any]] = None, **fields: Any) -> Optional[Dict[str, Any]]:
         """The stored record with the same key, or None."""
-        key = record_key({**(record or {}), **fields})
-        return next((r for r in self.records if record_key(r) == key), None)
+        query = {**(record or {}), **fields}
+        return next((r for r in self.records if same_key(r, query)), None)
 
     def add(self, record: Mapping[str, Any], force: bool = False) -> bool:
-        """Append ``record``; an existing one with the same key is kept unless ``force``.
+        """Append ``record``; returns True when it was written.
 
-        Returns True when the record was written.
+        A stored record with the same key is replaced when ``force``, or when
+        it measured other weights and is not the finished run's record of
+        its final model; otherwise it is kept.
         """
         missing = [f for f in REQUIRED_FIELDS if f not in record]
         if missing:
             raise ValueError(f"A results record needs {', '.join(missing)} (got keys {sorted(record)})")
-        data = self.load()
-        key = record_key(record)
-        same = [i for i, r in enumerate(data["records"]) if record_key(r) == key]
-        if same and not force:
-            logger.info("results.json already holds %s; not replaced (use force)", dict(zip(RECORD_KEY_FIELDS, key)))
-            return False
-        for i in reversed(same):
-            del data["records"][i]
-        data["records"].append(dict(record))
-        self._save(data)
+        with self.locked():
+            data = self.load()
+            same = [i for i, r in enumerate(data["records"]) if same_key(r, record)]
+            if same and not force:
+                kept = data["records"][same[0]]
+                if same_weights(kept, record) or is_final_record(data["run"], kept):
+                    logger.info("results.json already holds %s; not replaced (use force)",
+                                dict(zip(RECORD_KEY_FIELDS, record_key(record))))
+                    return False
+                logger.info("Replacing the stale record of other weights (checkpoint epoch %s) for %s",
+                            kept.get("checkpoint_epoch"), dict(zip(RECORD_KEY_FIELDS, record_key(record))))
+            for i in reversed(same):
+                del data["records"][i]
+            data["records"].append(dict(record))
+            self._save(data)
         return True
+
+
+def backup_stamp() -> str:
+    """The suffix of forced-run backups (``results.json.bak-<stamp>``, ``<model>.bak-<stamp>``).
+
+    Seconds plus microseconds: two forced runs within a second never overwrite each other's backup.
+    """
+    now = time.time()
+    return time.strftime("%Y%m%d-%H%M%S", time.localtime(now)) + f".{int(now % 1 * 1e6):06d}"
 
 
 def check_not_finished(run_dir: Union[str, Path], force: bool = False) -> None:

@@ -5,7 +5,10 @@ call skips them, --force recomputes; --n-samples records the subset size
 and the subset is fixed by the seed; an interrupted evaluation resumes at
 its first unfinished batch with the same result; eps as a fraction is
 refused; a unified prompt transfers to another dataset, a class-specific
-one is refused; a hand-written template evaluates the same backbone.
+one is refused; a hand-written template evaluates the same backbone;
+alpha and the attack seed are in the record key; a record of an
+intermediate checkpoint is recomputed once the run finished; a wrong
+RUN_DIR creates nothing.
 """
 from __future__ import annotations
 
@@ -182,3 +185,61 @@ def test_zero_shot_run_is_evaluated_with_its_template(runs, tmp_path):
     records = RunResults(run).records
     assert len(records) == 2 and records[0] == clean  # its own clean record is recognised, not recomputed
     assert records[1]["attack"] == "pgd" and records[1]["prompt"] == clean["prompt"] == "a photo of a {}."
+
+
+def test_alpha_and_seed_are_in_the_record_key(runs, tmp_path, monkeypatch):
+    run = _copy(runs["APT"], tmp_path)
+    [trained] = [r for r in RunResults(run).records if r["attack"] == "pgd"]  # the in-training PGD-2, seed 1
+    assert trained["seed"] == 1
+    common = ["--attack", "pgd", "--steps", "2", "--n-samples", "4"]
+    full = ["--attack", "pgd", "--steps", "2", "--alpha", str(trained["alpha"])]
+    assert evaluate(run, *full, "--seed", "1") == 0  # the same setting as the training's record: reused
+    assert RunResults(run).records.count(trained) == 1 and len(RunResults(run).records) == 2
+    assert evaluate(run, *full, "--seed", "0") == 0  # another attack seed is another number
+    assert evaluate(run, *common, "--alpha", "1") == 0
+    assert evaluate(run, *common, "--alpha", "4") == 0  # not the alpha-1 record
+    pgd = [r for r in RunResults(run).records if r["attack"] == "pgd"]
+    assert sorted((r["n_samples"], r["alpha"], r["seed"]) for r in pgd) == [
+        (4, 1, 0), (4, 4, 0), (12, trained["alpha"], 0), (12, trained["alpha"], 1)]
+
+
+def test_records_of_an_intermediate_checkpoint_are_recomputed(toy_env, tmp_path, monkeypatch):
+    import train
+    from ampt.api import TRAINER_REGISTRY
+
+    root, backbone = toy_env
+    out = tmp_path / "coop"
+    argv = ["--root", str(root), "--seed", "1", "--trainer", "CoOp", "--config-file", str(COOP_DIGITS),
+            "--output-dir", str(out), "DATASET.NAME", "AptToy", "MODEL.BACKBONE.NAME", str(backbone),
+            "OPTIM.MAX_EPOCH", "2", "TRAIN.CHECKPOINT_FREQ", "1", "DATALOADER.TRAIN_X.BATCH_SIZE", "8",
+            "DATALOADER.TEST.BATCH_SIZE", "4"]
+    coop = TRAINER_REGISTRY.get("CoOp")
+
+    def stop_at_second_epoch(self):
+        if self.epoch == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(coop, "before_epoch", stop_at_second_epoch, raising=False)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(argv)
+    monkeypatch.undo()
+    attack = ["--attack", "pgd", "--eps", "4", "--steps", "1", "--n-samples", "4"]
+    assert evaluate(out, *attack) == 0  # on the unfinished run's epoch-1 checkpoint
+    [early] = [r for r in RunResults(out).records if r["attack"] == "pgd"]
+    assert early["checkpoint_epoch"] == 1
+
+    assert train.main(argv) == 0  # resumed and finished
+    assert evaluate(out, *attack) == 0
+    [final] = [r for r in RunResults(out).records if r["attack"] == "pgd"]
+    assert final["checkpoint_epoch"] == 2 and final["weights"] == RunResults(out).run["final_weights"]
+    assert final["weights"] != early["weights"]
+
+
+def test_a_wrong_run_path_creates_nothing(tmp_path, monkeypatch, capsys):
+    import evaluate as cli
+
+    wrong = tmp_path / "no" / "such" / "run"
+    monkeypatch.setattr(sys, "argv", ["evaluate.py", str(wrong), "--eps", "4"])
+    assert cli.cli() == 2
+    assert not (tmp_path / "no").exists()
+    assert f"{wrong} does not exist" in capsys.readouterr().err

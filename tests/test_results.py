@@ -61,7 +61,7 @@ def test_writes_are_atomic(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         res.add(_rec(attack="cw"))
     assert (tmp_path / "results.json").read_text() == before  # old file intact
-    assert os.listdir(tmp_path) == ["results.json"]  # no temporary file left
+    assert sorted(os.listdir(tmp_path)) == [".results.json.lock", "results.json"]  # no temporary file left
 
 
 def test_records_from_two_writers_are_kept(tmp_path):

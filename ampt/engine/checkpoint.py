@@ -6,27 +6,36 @@ Layout: ``<dir>/<model name>/model.pth.tar-<epoch>`` plus a text file
 ``{"state_dict", "epoch", "optimizer", "scheduler", "val_result"}`` where
 ``epoch`` counts finished epochs. Unlike Dassl, saving the best model does not
 repoint ``checkpoint`` (resume always continues from the latest epoch), and
-files are written to a temporary name first, then renamed.
+every file (the pointer included) is written to a temporary name first, then
+renamed, with the umask's mode. An empty or dangling pointer falls back, with
+a warning, on the newest complete ``model.pth.tar-N``. A file that cannot be
+loaded (empty, truncated, not a PyTorch file, of another model's shape) is
+reported in one line naming the file and the cause.
 """
 from __future__ import annotations
 
 import logging
 import os
 import pickle
+import re
 import shutil
-import tempfile
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 import torch
 import torch.nn as nn
+
+from ..utils.io import atomic_path, write_text_atomic
+from ..utils.torchfile import CheckpointFileError, CheckpointWriteError, check_torch_file, load_error, write_error
 
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
 LATEST_FILE = "checkpoint"
 BEST_FILE = "model-best.pth.tar"
+_EPOCH_FILE = re.compile(r"^model\.pth\.tar-(\d+)$")
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
@@ -38,15 +47,21 @@ def epoch_file(epoch: int) -> str:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        with atomic_path(path) as (fd, tmp):
+            os.close(fd)
+            torch.save(obj, tmp)
+    except (RuntimeError, OSError) as err:  # a full disk: "[enforce fail at inline_container.cc] ..."
+        raise write_error(path, err) from None
+
+
+def _atomic_copy(src: Path, dst: Path) -> None:
+    try:
+        with atomic_path(dst) as (fd, tmp):
+            os.close(fd)
+            shutil.copyfile(src, tmp)
+    except OSError as err:
+        raise write_error(dst, err) from None
 
 
 def save_checkpoint(
@@ -72,23 +87,29 @@ def save_checkpoint(
     _atomic_torch_save(state, fpath)
     logger.info("Checkpoint saved to %s", fpath)
     if not model_name:
-        (save_dir / LATEST_FILE).write_text(f"{fpath.name}\n", encoding="utf-8")
+        try:
+            write_text_atomic(f"{fpath.name}\n", save_dir / LATEST_FILE)
+        except OSError as err:
+            raise write_error(save_dir / LATEST_FILE, err) from None
     if is_best:
-        shutil.copy(fpath, save_dir / BEST_FILE)
+        _atomic_copy(fpath, save_dir / BEST_FILE)
         logger.info("Best checkpoint saved to %s", save_dir / BEST_FILE)
     return fpath
 
 
 def load_checkpoint(fpath: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``; code-running pickles are refused."""
+    """Load a checkpoint with ``weights_only=True``; code-running pickles and broken files are refused."""
     if fpath is None:
         raise ValueError("Checkpoint path is None")
     fpath = Path(fpath)
     if not fpath.is_file():
         raise FileNotFoundError(f'No checkpoint file at "{fpath}"')
+    check_torch_file(fpath)
     try:
         return torch.load(fpath, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
+        if "Weights only load failed" not in str(err):
+            raise load_error(fpath, err) from None
         raise UnsafeCheckpointError(
             f'Refusing to load "{fpath}": it holds Python objects beyond tensors and plain '
             "containers, which could run code when unpickled. Checkpoints of this toolkit never do. "
@@ -96,16 +117,71 @@ def load_checkpoint(fpath: PathLike, map_location: Union[str, torch.device] = "c
             "weights_only=False) and re-save only its state dicts. Details: "
             f"{str(err).splitlines()[0]}"
         ) from None
+    except (RuntimeError, EOFError, KeyError, IndexError, ValueError) as err:
+        raise load_error(fpath, err) from None
+
+
+def epoch_files(model_dir: PathLike) -> Dict[int, Path]:
+    """``{epoch: path}`` of the ``model.pth.tar-N`` files in ``model_dir``."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        return {}
+    found = {}
+    for path in model_dir.iterdir():
+        match = _EPOCH_FILE.match(path.name)
+        if match and path.is_file():
+            found[int(match.group(1))] = path
+    return found
+
+
+def _complete(path: Path) -> bool:
+    return path.stat().st_size > 0 and zipfile.is_zipfile(path)
+
+
+def newest_complete_checkpoint(model_dir: PathLike) -> Optional[Path]:
+    """The ``model.pth.tar-N`` with the largest N whose zip archive is whole, or None."""
+    for _, path in sorted(epoch_files(model_dir).items(), reverse=True):
+        if _complete(path):
+            return path
+    return None
+
+
+def has_leftover_state(model_dir: PathLike) -> bool:
+    """Whether ``model_dir`` holds a pointer or epoch files (loadable or not)."""
+    return (Path(model_dir) / LATEST_FILE).exists() or bool(epoch_files(model_dir))
+
+
+def _read_pointer(pointer: Path) -> str:
+    try:
+        lines = pointer.read_text(encoding="utf-8").strip().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return ""
+    return lines[0].strip() if lines else ""
 
 
 def latest_checkpoint(model_dir: PathLike) -> Optional[Path]:
-    """The file named by ``model_dir/checkpoint``, or None when there is none."""
-    pointer = Path(model_dir) / LATEST_FILE
+    """The file named by ``model_dir/checkpoint``, or None when there is none.
+
+    An empty or unreadable pointer, or one naming a missing or incomplete
+    file, falls back on the newest complete ``model.pth.tar-N``, with a warning.
+    """
+    model_dir = Path(model_dir)
+    pointer = model_dir / LATEST_FILE
     if not pointer.is_file():
-        return None
-    name = pointer.read_text(encoding="utf-8").strip().splitlines()[0]
-    path = Path(model_dir) / name
-    return path if path.is_file() else None
+        fallback = newest_complete_checkpoint(model_dir)
+        if fallback is not None:
+            logger.warning("%s has no '%s' file: using the newest complete checkpoint %s",
+                           model_dir, LATEST_FILE, fallback.name)
+        return fallback
+    name = _read_pointer(pointer)
+    path = model_dir / name if name else None
+    if path is not None and path.is_file() and _complete(path):
+        return path
+    fallback = newest_complete_checkpoint(model_dir)
+    problem = "is empty" if not name else f"names {name}, which is missing or incomplete"
+    logger.warning("%s %s: using the newest complete checkpoint (%s)", pointer, problem,
+                   fallback.name if fallback is not None else "none found")
+    return fallback
 
 
 def resume_from_checkpoint(
@@ -120,13 +196,31 @@ def resume_from_checkpoint(
         raise FileNotFoundError(f"No '{LATEST_FILE}' file (or the file it names) in {fdir}")
     logger.info('Loading checkpoint from "%s"', fpath)
     checkpoint = load_checkpoint(fpath)
-    model.load_state_dict(checkpoint["state_dict"])
+    load_state_dict_checked(model, checkpoint["state_dict"], fpath)
     if optimizer is not None and checkpoint.get("optimizer") is not None:
         optimizer.load_state_dict(checkpoint["optimizer"])
     if scheduler is not None and checkpoint.get("scheduler") is not None:
         scheduler.load_state_dict(checkpoint["scheduler"])
     logger.info("Previous epoch: %d", checkpoint["epoch"])
     return int(checkpoint["epoch"])
+
+
+def load_state_dict_checked(model: nn.Module, state_dict: Dict[str, torch.Tensor], source: PathLike) -> None:
+    """``model.load_state_dict`` whose key or shape mismatch is one line naming ``source``."""
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as err:
+        raise mismatch_error(model, source, err) from None
+
+
+def mismatch_error(model: nn.Module, source: PathLike, err: RuntimeError) -> CheckpointFileError:
+    """One line for PyTorch's multi-line "Error(s) in loading state_dict" (missing keys, size mismatch)."""
+    problems = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
+    return CheckpointFileError(
+        f'"{source}" does not fit the {type(model).__name__} this config builds '
+        f"({'; '.join(problems[:3]) or str(err).splitlines()[0]}): it was saved with other settings "
+        "(e.g. N_CTX, N_PROMPTS, CSC, backbone); use the config it was trained with"
+    )
 
 
 def load_pretrained_weights(model: nn.Module, weight_path: PathLike) -> None:
@@ -145,6 +239,22 @@ def load_pretrained_weights(model: nn.Module, weight_path: PathLike) -> None:
     model.load_state_dict(own)
     skipped = len(state_dict) - len(matched)
     logger.info("Loaded %d tensors from %s (%d skipped: name or shape differ)", len(matched), weight_path, skipped)
+
+
+def weights_digest(trainer: Any) -> str:
+    """A hash of the trainer's registered (trained) weights: which model a record or progress file measured."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in trainer.get_model_names():
+        for key, value in sorted(trainer._models[name].state_dict().items()):
+            digest.update(key.encode())
+            digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:20]
+
+
+class CheckpointMissingError(FileNotFoundError):
+    """A run folder whose checkpoint files exist but none can be resumed."""
 
 
 class CheckpointMixin:
@@ -167,9 +277,16 @@ class CheckpointMixin:
             save_checkpoint(state, Path(directory) / name, is_best=is_best, model_name=model_name)
 
     def has_checkpoints(self, directory: str) -> bool:
-        """Whether every registered model has a latest checkpoint under ``directory``."""
+        """Whether every registered model has a latest (or newest complete) checkpoint under ``directory``."""
         names = self.get_model_names()
         return bool(names) and all(latest_checkpoint(Path(directory) / n) is not None for n in names)
+
+    def unusable_model_dirs(self, directory: str) -> List[str]:
+        """Model folders under ``directory`` that hold checkpoint files of which none can be resumed."""
+        names = self.get_model_names()
+        usable = [n for n in names if latest_checkpoint(Path(directory) / n) is not None]
+        return [str(Path(directory) / n) for n in names
+                if n not in usable and (usable or has_leftover_state(Path(directory) / n))]
 
     def resume_model_if_exist(self, directory: str) -> int:
         """Load the latest checkpoints of ``directory``; returns the epoch to start from (0 if none)."""
@@ -208,7 +325,12 @@ class CheckpointMixin:
                 "Load %s to %s (epoch=%s%s)", path, name, checkpoint.get("epoch"),
                 "" if val is None else f", val_result={val:.1f}",
             )
-            self.load_state_dict_into(name, checkpoint["state_dict"])
+            try:
+                self.load_state_dict_into(name, checkpoint["state_dict"])
+            except RuntimeError as err:
+                raise mismatch_error(self._models[name], path, err) from None
+            self.loaded_checkpoint = {"checkpoint_epoch": checkpoint.get("epoch"),
+                                      "model_dir": str(Path(directory).resolve())}
 
     def load_state_dict_into(self, name: str, state_dict: Dict[str, torch.Tensor]) -> None:
         """Hook: put a checkpoint's weights into model ``name`` (CLIP trainers drop frozen buffers)."""

@@ -1,9 +1,12 @@
 """Dassl's trainer classes (``SimpleTrainer``, ``TrainerX``) with the project's fixes.
 
 :class:`RunMixin` holds everything that differs from Dassl: checkpoints
-loaded with ``weights_only=True``, the resume policy (``--resume``, or an
-unfinished run in ``OUTPUT_DIR``, always logged; a finished run is refused),
-``results.json``, the progress bar, and a test that records its result. Both
+loaded with ``weights_only=True``, the run folder's lock (one trainer per
+``OUTPUT_DIR``, held for the whole ``train()``), the resume policy
+(``--resume``, or an unfinished run in ``OUTPUT_DIR`` under an unchanged
+config, always logged; a finished run is refused; ``--force`` moves the old
+run aside), ``results.json``, the progress bar, and a test that records its
+result with the checkpoint it measured. Both
 engines mix it in: here over :class:`TrainerBase`, under ``--engine dassl``
 over Dassl's own ``TrainerX``.
 """
@@ -20,8 +23,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..results import RunResults, check_not_finished
-from .checkpoint import BEST_FILE, CheckpointMixin, load_checkpoint
+from ..results import RunResults, backup_stamp, check_not_finished
+from ..utils.locks import run_lock
+from .checkpoint import BEST_FILE, CheckpointMissingError, CheckpointMixin, load_checkpoint, weights_digest
+from .run_config import check_resume_config, write_run_config
 from .evaluator import build_evaluator
 from .progress import AverageMeter, MetricMeter, ScalarWriterMixin, format_eta, progress_bar, train_log_line
 
@@ -35,7 +40,8 @@ class RunMixin(CheckpointMixin, ScalarWriterMixin):
 
     engine_name = "builtin"
     adversarial = False  # adversarial trainers set True: run.train_eps is then ADV.TRAIN.EPS
-    fresh_start = False  # train.py --force: ignore old checkpoints and results, train from scratch
+    fresh_start = False  # train.py --force: move the old run aside, train from scratch
+    record_force = True  # records replace same-key ones (train.py --eval-only: only with --force)
 
     # ------------------------------------------------------------ results.json
     @property
@@ -58,16 +64,25 @@ class RunMixin(CheckpointMixin, ScalarWriterMixin):
     def record_result(
         self, split: str, attack: str, eps: float, steps: int, n_samples: int, accuracy: float, **extra: Any
     ) -> None:
-        """Write one record (replacing one with the same key: it was just recomputed)."""
+        """Write one record with the checkpoint it measured (see ``record_force``)."""
         record = {
             "dataset": self.cfg.DATASET.NAME, "split": split, "attack": attack, "eps": eps,
             "steps": steps, "n_samples": int(n_samples), "accuracy": round(float(accuracy), 4),
-            "prompt": "learned", **extra,
+            "prompt": "learned", **self.record_provenance(), **extra,
         }
         subsample = self.cfg.DATASET.get("SUBSAMPLE_CLASSES", "all")
         if subsample != "all":  # base-to-new: which half of the classes the test set holds
             record["subsample"] = subsample
-        self.results.add(record, force=True)
+        if not self.results.add(record, force=self.record_force):
+            logger.warning("Not written to %s: it holds the finished run's record of this setting "
+                           "(pass --force to replace it)", self.results.path)
+
+    def record_provenance(self) -> Dict[str, Any]:
+        """The checkpoint a record measures: its epoch, its folder when loaded, and a weights digest."""
+        if not self.get_model_names():
+            return {}  # nothing trained (zero-shot): no checkpoint to name
+        loaded = getattr(self, "loaded_checkpoint", None) or {"checkpoint_epoch": 0}
+        return {**loaded, "weights": weights_digest(self)}
 
     def final_evaluation(self) -> None:
         """The run's own tests after training; adversarial trainers add robust tests."""
@@ -93,11 +108,27 @@ class RunMixin(CheckpointMixin, ScalarWriterMixin):
                 self.best_result = float(val)
 
     # ------------------------------------------------------------ life cycle
-    def before_train(self) -> None:
-        check_not_finished(self.output_dir, force=self.fresh_start)
+    def train(self, *args: Any, **kwargs: Any) -> None:
+        """The engine's loop, holding the run folder's lock: a second trainer into it is refused."""
+        with run_lock(self.output_dir):
+            super().train(*args, **kwargs)
+
+    def _move_old_run_aside(self) -> None:
+        """--force: the old model folders, then results.json, get a ``.bak-<stamp>`` suffix."""
+        stamp = backup_stamp()
+        for name in self.get_model_names():  # models first: a kill in between leaves a finished results.json
+            folder = Path(self.output_dir) / name
+            if folder.exists():
+                target = folder.with_name(f"{name}.bak-{stamp}")
+                folder.rename(target)
+                logger.warning("Moved the previous checkpoints %s to %s", folder, target)
+        self.results.reset(backup=True, stamp=stamp)
+
+    def _choose_start(self) -> None:
+        """Resume policy: --force, --resume, an unfinished run here, or from scratch."""
         if self.fresh_start:
-            self.results.reset(backup=True)
-            logger.warning("--force: training from scratch in %s (old checkpoints are ignored)", self.output_dir)
+            self._move_old_run_aside()
+            logger.warning("--force: training from scratch in %s", self.output_dir)
             self.start_epoch = 0
         elif self.cfg.RESUME:
             if not self.has_checkpoints(self.cfg.RESUME):
@@ -106,13 +137,24 @@ class RunMixin(CheckpointMixin, ScalarWriterMixin):
             self.start_epoch = self.resume_model_if_exist(self.cfg.RESUME)
         elif self.has_checkpoints(self.output_dir):
             self._check_same_setting()
+            check_resume_config(self.output_dir, self.cfg)
             logger.warning(
                 "%s\nRESUMING the unfinished run in %s (checkpoints found, results.json not finished).\n"
                 "Use another --output-dir or --force to start over.\n%s", "!" * 72, self.output_dir, "!" * 72,
             )
             self.start_epoch = self.resume_model_if_exist(self.output_dir)
+        elif self.unusable_model_dirs(self.output_dir):
+            raise CheckpointMissingError(
+                f"{', '.join(self.unusable_model_dirs(self.output_dir))}: checkpoint files are there but no "
+                "complete model.pth.tar-N to resume from; pass --force to train from scratch (they are moved aside)"
+            )
+
+    def before_train(self) -> None:
+        check_not_finished(self.output_dir, force=self.fresh_start)
+        self._choose_start()
         if self.start_epoch > 0:
             self._restore_best_result(self.cfg.RESUME or self.output_dir)
+        write_run_config(self.cfg, self.output_dir)
         self.results.set_run(**{**self.run_metadata(), "finished": False})
         if self.start_epoch < self.max_epoch:
             logger.info("Training epochs %d..%d of %d", self.start_epoch + 1, self.max_epoch, self.max_epoch)
@@ -142,8 +184,9 @@ class RunMixin(CheckpointMixin, ScalarWriterMixin):
                 self.load_model(self.output_dir)
             else:
                 logger.info("Deploy the last-epoch model")
+                self.loaded_checkpoint = {"checkpoint_epoch": self.max_epoch}
             self.final_evaluation()
-        self.results.mark_finished()
+        self.results.set_run(finished=True, final_weights=weights_digest(self))
         elapsed = datetime.timedelta(seconds=round(time.time() - self.time_start))
         logger.info("Elapsed: %s", elapsed)
         self.close_writer()

@@ -24,6 +24,8 @@ with warnings.catch_warnings():
     import clip
     from clip.model import CLIP, build_model, convert_weights
 
+from ..utils.torchfile import check_torch_file, load_error
+
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16", "amp")
@@ -102,10 +104,15 @@ def _read_clip_state_dict(path: str) -> Dict[str, torch.Tensor]:
 
 
 def _torch_load_weights(path: Union[str, Path]) -> object:
-    """``torch.load(weights_only=True)``: a file that needs to run code is refused."""
+    """``torch.load(weights_only=True)``: a file that needs to run code is refused; a broken one is named."""
+    check_torch_file(path, what="weights file")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, KeyError, IndexError) as err:
+        raise load_error(path, err, what="weights file") from None
     except pickle.UnpicklingError as err:
+        if "Weights only load failed" not in str(err):
+            raise load_error(path, err, what="weights file") from None
         raise RuntimeError(
             f'"{path}" is not a plain weights file: loading it would need to unpickle '
             f"arbitrary Python objects, which is refused. Re-save it as a state dict of tensors. ({err})"
