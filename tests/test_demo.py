@@ -184,3 +184,26 @@ def test_run_demo_end_to_end(digits_root, tmp_path, monkeypatch):
     monkeypatch.setattr(run, "_run", lambda cmd: calls.append(cmd))
     run.run_demo(digits_root, out, seeds=(1,), methods=methods, opts=opts, eval_steps=1, pretrain_overrides=TINY)
     assert calls == []  # finished and evaluated runs are not run again
+
+
+def test_open_clip_backbone_kind_end_to_end(digits_root, tmp_path):
+    """``--backbone-kind open_clip``: the tiny CLIP is open_clip's, saved as a hub-style folder,
+    and the methods run on it through train.py's usual loading path."""
+    import open_clip
+
+    from ampt.demo import run
+    from ampt.demo.__main__ import build_parser
+    from ampt.models import load_clip
+    from ampt.models.backbone import backbone_info
+
+    assert build_parser().parse_args(["--backbone-kind", "open_clip"]).backbone_kind == "open_clip"
+    out = tmp_path / "demo"
+    rows = run.run_demo(digits_root, out, seeds=(1,), methods=("CoOp",), opts=["OPTIM.MAX_EPOCH", "1"],
+                        eval_steps=1, pretrain_overrides=TINY, backbone_kind="open_clip")
+    assert [r["method"] for r in rows] == ["CoOp"] and 0 <= rows[0]["clean"][0] <= 100
+    folder = out / "open_clip" / "backbone" / "tiny_open_clip_digits_tecoa"
+    assert (folder / "open_clip_config.json").is_file() and (out / "open_clip" / "results.md").is_file()
+    assert type(open_clip.create_model(f"local-dir:{folder}")).__name__ == "CLIP"  # open_clip reads it
+    model = load_clip(str(folder))
+    assert backbone_info(model).kind == "open_clip" and backbone_info(model).input_resolution == 32
+    assert RunResults(out / "open_clip" / "CoOp" / "seed1").run["backbone"] == str(folder)
