@@ -294,3 +294,13 @@ def test_trainers_train_two_steps_and_evaluate(open_clip_toy_env, tmp_path, monk
     attacks = {r["attack"]: r for r in results.records}
     assert set(attacks) == ({"clean"} if trainer_name == "CoOp" else {"clean", "pgd"})
     assert all(0 <= r["accuracy"] <= 100 and r["n_samples"] == 12 for r in results.records)
+
+
+def test_openai_tags_get_quick_gelu_as_their_weights_need():
+    """open_clip's plain ViT configs use GELU; OpenAI's weights were trained with QuickGELU (no download)."""
+    from ampt.models.open_clip_backend import _tag_needs_quick_gelu
+
+    assert _tag_needs_quick_gelu(open_clip, "ViT-B-32", "openai")
+    assert _tag_needs_quick_gelu(open_clip, "ViT-L-14", "openai")
+    assert not _tag_needs_quick_gelu(open_clip, "ViT-B-32", "laion2b_s34b_b79k")
+    assert not _tag_needs_quick_gelu(open_clip, "ViT-B-32-quickgelu", "openai")  # already in the config
