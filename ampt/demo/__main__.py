@@ -36,8 +36,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                      backbone_kind=args.backbone_kind)
     print(table)
     out_dir = Path(args.output_dir) / ("open_clip" if args.backbone_kind == "open_clip" else "")
-    print(f"
-Table written to {out_dir / 'results.md'} and {out_dir / SUMMARY_FILE}")
+    print(f"\nTable written to {out_dir / 'results.md'} and {out_dir / SUMMARY_FILE}")
     return 0
 
 
