@@ -304,3 +304,16 @@ def test_openai_tags_get_quick_gelu_as_their_weights_need():
     assert _tag_needs_quick_gelu(open_clip, "ViT-L-14", "openai")
     assert not _tag_needs_quick_gelu(open_clip, "ViT-B-32", "laion2b_s34b_b79k")
     assert not _tag_needs_quick_gelu(open_clip, "ViT-B-32-quickgelu", "openai")  # already in the config
+
+
+def test_configs_saved_with_dassls_boolean_pretrained_still_merge_and_resume(tmp_path):
+    """Run folders written before MODEL.BACKBONE.PRETRAINED named an open_clip tag hold ``True``."""
+    from ampt.config import get_cfg_default, merge_from_file
+    from ampt.engine.run_config import config_changes
+
+    (tmp_path / "config.yaml").write_text("MODEL:\n  BACKBONE:\n    NAME: ViT-B/32\n    PRETRAINED: true\n")
+    cfg = get_cfg_default()
+    merge_from_file(cfg, str(tmp_path / "config.yaml"))
+    assert cfg.MODEL.BACKBONE.PRETRAINED == ""
+    assert config_changes({"MODEL": {"BACKBONE": {"PRETRAINED": True}}}, get_cfg_default()) == []
+    assert config_changes({"MODEL": {"BACKBONE": {"PRETRAINED": "openai"}}}, get_cfg_default()) != []
