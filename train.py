@@ -28,6 +28,7 @@ from ampt.config import ConfigKeyError, peek_trainer_name, setup_cfg
 from ampt.engine.checkpoint import UnsafeCheckpointError
 from ampt.engine.run_config import CONFIG_FILE, ConfigChangedError, write_run_config
 from ampt.engine.select import ENGINES, active_api
+from ampt.models.backbone import BackboneError
 from ampt.plugins import load_plugins
 from ampt.results import FinishedRunError, RunResults, check_not_finished
 from ampt.utils import collect_env_info, set_random_seed, setup_logger
@@ -145,7 +146,8 @@ def _run(args: argparse.Namespace, cfg) -> int:
 def cli() -> int:
     """``main`` with a one-line message (no traceback) for errors the user can fix."""
     return run_cli(main, (ConfigKeyError, FinishedRunError, UnsafeCheckpointError, FileNotFoundError,
-                          RunLockedError, ConfigChangedError, CheckpointFileError, CheckpointWriteError))
+                          RunLockedError, ConfigChangedError, CheckpointFileError, CheckpointWriteError,
+                          BackboneError))
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@ What it adds to Dassl's ``TrainerX``:
 - config checks: no pixel normalization in the data pipeline (the model
   normalizes; attacks work on [0, 1] pixels), and ``INPUT.SIZE`` equal to the
   backbone's input resolution;
-- :meth:`load_clip_model`: CLIP from ``MODEL.BACKBONE.{NAME, ROBUST_WEIGHTS,
-  DOWNLOAD_ROOT}`` with the trainer's precision (``TRAINER.<node>.PREC``);
+- :meth:`load_clip_model`: CLIP (``clip`` or open_clip) from ``MODEL.BACKBONE.{NAME,
+  PRETRAINED, ROBUST_WEIGHTS, DOWNLOAD_ROOT}`` with the trainer's precision (``TRAINER.<node>.PREC``);
 - :meth:`setup_model`: freeze everything but an allow-list of parameter
   names, log what trains, refuse anything else that requires grad, move to
   the device;
@@ -27,6 +27,7 @@ from torch import nn
 
 from .api import TrainerX
 from .engine.checkpoint import load_checkpoint
+from .models.backbone import backbone_info, pretrained_setting
 from .models.clip_loader import apply_precision, load_clip, resolve_precision
 
 logger = logging.getLogger(__name__)
@@ -88,8 +89,9 @@ class ClipTrainer(TrainerX):
         """
         backbone = self.cfg.MODEL.BACKBONE
         logger.info("Loading CLIP (backbone: %s)", backbone.NAME)
-        clip_model = load_clip(backbone.NAME, backbone.ROBUST_WEIGHTS, backbone.DOWNLOAD_ROOT, device=self.device)
-        check_input_size(self.cfg, clip_model.visual.input_resolution)
+        clip_model = load_clip(backbone.NAME, backbone.ROBUST_WEIGHTS, backbone.DOWNLOAD_ROOT, device=self.device,
+                               pretrained=pretrained_setting(backbone))
+        check_input_size(self.cfg, backbone_info(clip_model).input_resolution)
         node = self.trainer_cfg()
         requested = node.PREC if node is not None and "PREC" in node else "fp32"
         self.precision = resolve_precision(requested, self.device)

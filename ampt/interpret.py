@@ -21,6 +21,8 @@ from yacs.config import CfgNode as CN
 
 from .engine.checkpoint import BEST_FILE, epoch_file, latest_checkpoint, load_checkpoint
 from .models.clip_loader import clip, load_clip
+from .models.backbone import pretrained_setting
+from .models.text_tower import text_tower
 
 logger = logging.getLogger(__name__)
 
@@ -123,8 +125,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         clip_model = load_clip(args.backbone)
     else:
         backbone = run_backbone(args.run_dir)
-        clip_model = load_clip(backbone.NAME, download_root=backbone.DOWNLOAD_ROOT)
-    token_embedding = clip_model.token_embedding.weight.detach()
+        clip_model = load_clip(backbone.NAME, download_root=backbone.DOWNLOAD_ROOT,
+                               pretrained=pretrained_setting(backbone))
+    token_embedding = text_tower(clip_model).token_embedding.weight.detach()
     neighbours = interpret_ctx(state["ctx"].detach(), token_embedding, args.topk)
     sys.stdout.write(f"{path}\n{format_report(neighbours)}\n")
     return 0

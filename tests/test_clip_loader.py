@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from ampt.models import ImageNormalizer, apply_precision, build_tiny_clip, load_clip, resolve_precision
+from ampt.models.backbone import BackboneError
 from ampt.models.clip_loader import clip, is_torchscript_archive
 from ampt.models.normalizer import CLIP_MEAN, CLIP_STD
 from ampt.models.tiny import save_clip_state_dict
@@ -107,7 +108,7 @@ def test_mismatched_robust_weights_name_the_keys(tiny, tiny_file, tmp_path):
     visual.pop("proj")
     visual["extra.weight"] = torch.zeros(1)
     torch.save({"vision_encoder_state_dict": visual}, tmp_path / "bad.pt")
-    with pytest.raises(RuntimeError) as info:
+    with pytest.raises(BackboneError) as info:
         load_clip(str(tiny_file), robust_weights=str(tmp_path / "bad.pt"))
     assert "missing keys [proj]" in str(info.value)
     assert "unexpected keys [extra.weight]" in str(info.value)

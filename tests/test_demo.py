@@ -184,3 +184,41 @@ def test_run_demo_end_to_end(digits_root, tmp_path, monkeypatch):
     monkeypatch.setattr(run, "_run", lambda cmd: calls.append(cmd))
     run.run_demo(digits_root, out, seeds=(1,), methods=methods, opts=opts, eval_steps=1, pretrain_overrides=TINY)
     assert calls == []  # finished and evaluated runs are not run again
+
+
+def test_open_clip_pretraining_saves_a_hub_style_folder(digits_root, tmp_path):
+    """``backbone_kind="open_clip"``: open_clip's tiny CLIP, saved as a folder open_clip itself reads,
+    loaded by the toolkit through the path a user's open_clip model takes."""
+    import open_clip
+
+    from ampt.demo.__main__ import build_parser
+    from ampt.models import load_clip
+    from ampt.models.backbone import backbone_info
+
+    assert build_parser().parse_args(["--backbone-kind", "open_clip"]).backbone_kind == "open_clip"
+    folder = pretrain_tiny_clip(digits_root, tmp_path / "tiny_oc", adversarial=True,
+                                backbone_kind="open_clip", **TINY)
+    assert (folder / "open_clip_config.json").is_file() and sidecar_path(folder).is_file()
+    theirs = open_clip.create_model(f"local-dir:{folder}")
+    ours = load_clip(str(folder))
+    assert type(ours) is type(theirs) is open_clip.CLIP and backbone_info(ours).input_resolution == 32
+    for key, value in theirs.state_dict().items():
+        assert torch.equal(ours.state_dict()[key], value)
+    initial = pretrain.build_tiny_open_clip(pretrain._open_clip_cfg(dict(pretrain.PretrainSettings().arch)))
+    assert not torch.equal(theirs.visual.conv1.weight, initial.visual.conv1.weight)  # it trained
+
+
+@pytest.mark.skipif(not os.environ.get("AMPT_DEMO_E2E"),
+                    reason="end to end through train.py/evaluate.py (about a minute); run with AMPT_DEMO_E2E=1")
+def test_open_clip_backbone_kind_end_to_end(digits_root, tmp_path):
+    """``--backbone-kind open_clip``: the methods run on the open_clip tiny CLIP through train.py."""
+    from ampt.demo import run
+
+    out = tmp_path / "demo"
+    table = run.run_demo(digits_root, out, seeds=(1,), methods=("CoOp",), opts=["OPTIM.MAX_EPOCH", "1"],
+                         eval_steps=1, pretrain_overrides=TINY, backbone_kind="open_clip")
+    rows = json.loads((out / "open_clip" / run.SUMMARY_FILE).read_text())["report"]["rows"]
+    assert [r["method"] for r in rows] == ["CoOp"] and 0 <= rows[0]["columns"]["clean"]["mean"] <= 100
+    assert "open_clip" in (out / "open_clip" / "results.md").read_text() and table
+    folder = out / "open_clip" / "backbone" / "tiny_open_clip_digits_tecoa"
+    assert RunResults(out / "open_clip" / "CoOp" / "seed1").run["backbone"] == str(folder)

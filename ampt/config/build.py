@@ -67,6 +67,13 @@ def check_keys(new: CN, base: CN, source: str, prefix: str = "") -> None:
             check_keys(value, base[key], source, prefix=f"{full_key}.")
 
 
+def _upgrade_legacy_values(new: CN) -> None:
+    """Configs saved before MODEL.BACKBONE.PRETRAINED named an open_clip tag hold Dassl's boolean."""
+    backbone = (new.get("MODEL") or {}).get("BACKBONE") or {}
+    if isinstance(backbone.get("PRETRAINED"), bool):
+        backbone["PRETRAINED"] = ""
+
+
 def merge_from_file(cfg: CN, path: str) -> None:
     """Merge a yaml file into ``cfg`` with key and type errors that name the file."""
     file = Path(path)
@@ -74,6 +81,7 @@ def merge_from_file(cfg: CN, path: str) -> None:
         raise FileNotFoundError(f"Config file not found: {path}")
     with open(file, "r", encoding="utf-8") as f:
         new = cfg.load_cfg(f)
+    _upgrade_legacy_values(new)
     check_keys(new, cfg, source=str(path))
     try:
         cfg.merge_from_other_cfg(new)

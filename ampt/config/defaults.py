@@ -79,10 +79,10 @@ _C.DATALOADER.TEST.BATCH_SIZE = 32
 _C.MODEL = CN()
 _C.MODEL.INIT_WEIGHTS = ""
 _C.MODEL.BACKBONE = CN()
-_C.MODEL.BACKBONE.NAME = ""  # OpenAI CLIP name (ViT-B/32, RN50, ...) or a path to a checkpoint file
-_C.MODEL.BACKBONE.PRETRAINED = True
-_C.MODEL.BACKBONE.ROBUST_WEIGHTS = ""  # optional file of robust visual weights (TeCoA/APT or a plain visual state dict)
-_C.MODEL.BACKBONE.DOWNLOAD_ROOT = ""  # cache folder for OpenAI downloads; "" = ~/.cache/clip
+_C.MODEL.BACKBONE.NAME = ""  # OpenAI CLIP name (ViT-B/32, RN50, ...), a checkpoint file, open_clip:<arch>, hf-hub:<org>/<name> or an open_clip folder
+_C.MODEL.BACKBONE.PRETRAINED = ""  # open_clip:<arch> only: a pretrained tag (e.g. laion2b_s34b_b79k) or a weights file; "" otherwise
+_C.MODEL.BACKBONE.ROBUST_WEIGHTS = ""  # optional file of robust visual weights (APT/TeCoA, or a visual state dict in clip's or open_clip's naming)
+_C.MODEL.BACKBONE.DOWNLOAD_ROOT = ""  # download cache; "" = ~/.cache/clip (OpenAI, open_clip tags) or ~/.cache/huggingface (hf-hub)
 _C.MODEL.HEAD = CN()
 _C.MODEL.HEAD.NAME = ""
 _C.MODEL.HEAD.HIDDEN_LAYERS = ()

@@ -16,7 +16,11 @@ normalization is applied inside, as the toolkit's model wrapper does.
 The result is a flat state dict loadable with
 ``clip.model.build_model(torch.load(path, weights_only=True))``, plus a JSON
 sidecar (``<out_path>.json``) with the settings; a later call with the same
-settings reuses the file.
+settings reuses the file. With ``backbone_kind="open_clip"`` the same tiny
+architecture is built by open_clip and saved as a folder laid out like a hub
+repository (``open_clip_config.json`` + weights); it is trained after being
+loaded through :func:`ampt.models.load_clip`, the path a user's open_clip
+model takes.
 """
 from __future__ import annotations
 
@@ -34,12 +38,14 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..attacks import pgd_linf
-from ..models import ImageNormalizer, TextEncoder, build_tiny_clip, save_clip_state_dict
-from ..models.clip_loader import clip
+from ..models import ImageNormalizer, TextEncoder, build_tiny_clip, load_clip, save_clip_state_dict
+from ..models.tiny import build_tiny_open_clip, save_open_clip_folder
 from ..utils.io import read_json, write_json
 from .digits_data import CLASSNAMES, IMAGE_DIR, prepare_digits, read_pretrain_entries
 
 logger = logging.getLogger(__name__)
+
+BACKBONE_KINDS = ("clip", "open_clip")  # which package's model class the tiny CLIP is built with
 
 # Pretraining captions; none of them is the demo's zero-shot template "a photo of a {}.".
 CAPTIONS = (
@@ -90,9 +96,29 @@ def sidecar_path(out_path: Union[str, Path]) -> Path:
     return out_path.with_name(out_path.name + ".json")
 
 
+def _open_clip_cfg(arch: Dict[str, int]) -> Dict[str, Any]:
+    """``PretrainSettings.arch`` (``build_tiny_clip``'s arguments) as an open_clip model config."""
+    return {
+        "embed_dim": arch["embed_dim"], "quick_gelu": True,  # the clip package's activation
+        "vision_cfg": {"image_size": arch["image_resolution"], "layers": arch["vision_layers"],
+                       "width": arch["vision_width"], "patch_size": arch["vision_patch_size"], "head_width": 64},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": arch["text_width"],
+                     "heads": max(1, arch["text_width"] // 64), "layers": arch["text_layers"]},
+    }
+
+
+def _initial_model(kind: str, arch: Dict[str, int], seed: int, out_path: Path) -> torch.nn.Module:
+    """The randomly initialised tiny CLIP; open_clip's goes through a saved folder and ``load_clip``."""
+    if kind == "clip":
+        return build_tiny_clip(seed=seed, **arch)
+    cfg = _open_clip_cfg(arch)
+    save_open_clip_folder(build_tiny_open_clip(cfg, seed=seed), out_path, cfg)
+    return load_clip(str(out_path))
+
+
 def _cached(out_path: Path, settings: PretrainSettings) -> bool:
     side = sidecar_path(out_path)
-    if not (out_path.is_file() and side.is_file()):
+    if not (out_path.exists() and side.is_file()):
         return False
     return read_json(side).get("settings") == settings.to_json()
 
@@ -116,9 +142,9 @@ def class_logits(model: torch.nn.Module, images: torch.Tensor, text_features: to
     return model.logit_scale.exp().clamp(max=100.0) * image_features @ text_features.t()
 
 
-def caption_tokens(captions: Tuple[str, ...]) -> torch.Tensor:
+def caption_tokens(text_encoder: TextEncoder, captions: Tuple[str, ...]) -> torch.Tensor:
     """Token ids ``[P, C, 77]`` of every caption phrasing for every class."""
-    return torch.stack([clip.tokenize([c.format(n) for n in CLASSNAMES]) for c in captions])
+    return torch.stack([text_encoder.tokenizer.tokenize([c.format(n) for n in CLASSNAMES]) for c in captions])
 
 
 def _shift(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
@@ -142,8 +168,8 @@ def _train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
            s: PretrainSettings, device: torch.device) -> Dict[str, float]:
     generator = torch.Generator().manual_seed(s.seed)  # batches, shifts, captions (CPU)
     attack_generator = torch.Generator(device=device).manual_seed(s.seed + 1)  # PGD random starts
-    tokens = caption_tokens(s.captions)
     text_encoder = TextEncoder(model)
+    tokens = caption_tokens(text_encoder, s.captions)
     optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     classes = torch.arange(len(CLASSNAMES))
     model.train()
@@ -156,7 +182,7 @@ def _train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
         y = labels[index].to(device)
         phrasing = torch.randint(0, len(s.captions), (len(CLASSNAMES),), generator=generator)
         ids = tokens[phrasing, classes].to(device)
-        text_features = F.normalize(text_encoder(model.token_embedding(ids), ids), dim=-1)
+        text_features = F.normalize(text_encoder(text_encoder.token_embedding(ids), ids), dim=-1)
         if s.adversarial and step >= s.clean_steps:
             fixed = text_features.detach()
             x = pgd_linf(lambda v: class_logits(model, v, fixed), x, y, s.eps / 255,
@@ -178,8 +204,9 @@ def _train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
 
 def pretrain_tiny_clip(root: Union[str, Path], out_path: Union[str, Path], seed: int = 0,
                        adversarial: bool = True, num_threads: int = 1,
-                       device: Optional[str] = None, force: bool = False, **overrides: Any) -> Path:
-    """Pretrain (or reuse) the tiny Digits CLIP and return the state-dict path.
+                       device: Optional[str] = None, force: bool = False, backbone_kind: str = "clip",
+                       **overrides: Any) -> Path:
+    """Pretrain (or reuse) the tiny Digits CLIP and return the state-dict path (open_clip: the folder).
 
     ``overrides`` are :class:`PretrainSettings` fields (``steps``, ``lr``, ...).
     ``num_threads`` sets torch's intra-op threads during training and is
@@ -191,6 +218,8 @@ def pretrain_tiny_clip(root: Union[str, Path], out_path: Union[str, Path], seed:
     from train/val/test.
     """
     out_path = Path(out_path)
+    if backbone_kind not in BACKBONE_KINDS:
+        raise ValueError(f'Unknown backbone kind "{backbone_kind}". Valid: {", ".join(BACKBONE_KINDS)}')
     settings = PretrainSettings(seed=seed, adversarial=adversarial, **overrides)
     if not force and _cached(out_path, settings):
         logger.info("Reusing the pretrained tiny CLIP %s", out_path)
@@ -202,13 +231,16 @@ def pretrain_tiny_clip(root: Union[str, Path], out_path: Union[str, Path], seed:
     torch.set_num_threads(num_threads)
     try:
         torch.manual_seed(seed)
-        model = build_tiny_clip(seed=seed, **dict(settings.arch)).to(target)
+        model = _initial_model(backbone_kind, dict(settings.arch), seed, out_path).to(target)
         start = time.perf_counter()
         stats = _train(model, images, labels, settings, target)
         seconds = time.perf_counter() - start
     finally:
         torch.set_num_threads(previous_threads)
-    save_clip_state_dict(model, out_path)
+    if backbone_kind == "open_clip":
+        save_open_clip_folder(model, out_path, _open_clip_cfg(dict(settings.arch)))
+    else:
+        save_clip_state_dict(model, out_path)
     write_json({"settings": settings.to_json(), "seconds": round(seconds, 1), "device": str(target),
                 "num_pretrain_images": len(labels), **stats}, sidecar_path(out_path))
     logger.info("Pretrained the tiny CLIP in %.1f s -> %s", seconds, out_path)

@@ -123,8 +123,12 @@ def run_method(method: str, root: Path, out_dir: Path, seed: int, backbone: Path
 def run_demo(root: PathLike, out_dir: PathLike, seeds: Sequence[int] = (1,),
              methods: Sequence[str] = DEFAULT_METHODS, shots: int = 4, adversarial: bool = True,
              force: bool = False, opts: Sequence[str] = (), eval_steps: int = EVAL_STEPS,
-             pretrain_overrides: Optional[Mapping[str, Any]] = None) -> str:
+             pretrain_overrides: Optional[Mapping[str, Any]] = None,
+             backbone_kind: str = "clip") -> str:
     """Prepare data, pretrain (cached), run ``methods`` x ``seeds``; write and return the report's table.
+
+    ``backbone_kind="open_clip"``: the tiny CLIP is built by open_clip, and the
+    runs and the table go to ``out_dir/open_clip``.
 
     ``opts`` are ``KEY VALUE`` overrides appended to every ``train.py`` call;
     ``pretrain_overrides`` are :class:`~ampt.demo.pretrain.PretrainSettings` fields.
@@ -133,8 +137,11 @@ def run_demo(root: PathLike, out_dir: PathLike, seeds: Sequence[int] = (1,),
     start = time.perf_counter()
     prepare_digits(root)
     name = "tiny_clip_digits_tecoa.pt" if adversarial else "tiny_clip_digits.pt"
+    if backbone_kind == "open_clip":
+        out_dir = out_dir / "open_clip"
+        name = "tiny_open_clip_digits_tecoa" if adversarial else "tiny_open_clip_digits"  # a folder
     backbone = pretrain_tiny_clip(root, out_dir / "backbone" / name, adversarial=adversarial,
-                                  **dict(pretrain_overrides or {}))
+                                  backbone_kind=backbone_kind, **dict(pretrain_overrides or {}))
     seconds = {"pretrain": float(read_json(sidecar_path(backbone))["seconds"])}
     for method in methods:
         for seed in seeds:
@@ -142,10 +149,12 @@ def run_demo(root: PathLike, out_dir: PathLike, seeds: Sequence[int] = (1,),
                 run_method(method, root, out_dir, seed, backbone, shots, force, opts, eval_steps), 1)
     report = demo_report(out_dir, methods, seeds, steps=eval_steps)
     table = render(report, "markdown")
-    header = (f"Digits, {shots}-shot, tiny {'robust (TeCoA-style) ' if adversarial else ''}CLIP "
+    header = (f"Digits, {shots}-shot, tiny {'robust (TeCoA-style) ' if adversarial else ''}"
+              f"{'open_clip ' if backbone_kind == 'open_clip' else ''}CLIP "
               "backbone, accuracy on the test split")
     (out_dir / "results.md").write_text(f"{header}\n\n{table}\n", encoding="utf-8")
     write_json({"dataset": DATASET_NAME, "shots": shots, "seeds": list(seeds), "backbone": str(backbone),
+                "backbone_kind": backbone_kind,
                 "adversarial_pretraining": adversarial, "report": report_dict(report), "seconds": seconds,
                 "total_seconds": round(time.perf_counter() - start, 1)}, out_dir / SUMMARY_FILE)
     return table

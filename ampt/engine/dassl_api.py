@@ -64,6 +64,9 @@ def get_cfg_default() -> CN:
     *_, dassl_config = _import_dassl()
     cfg = dassl_config.get_cfg_default()
     _add_missing(cfg, ours())
+    # Dassl's boolean (ImageNet weights for its own backbones, unused by CLIP trainers) becomes
+    # ours: the open_clip pretrained tag or file
+    cfg.MODEL.BACKBONE.PRETRAINED = ours().MODEL.BACKBONE.PRETRAINED
     return cfg
 
 

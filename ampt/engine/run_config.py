@@ -21,6 +21,7 @@ IGNORED_KEYS = frozenset({
     "DATALOADER.NUM_WORKERS", "TRAIN.PRINT_FREQ", "TRAIN.CHECKPOINT_FREQ",
 })
 IGNORED_PREFIXES = ("TEST.", "ADV.TEST.", "DATALOADER.TEST.")
+LEGACY_PRETRAINED = "MODEL.BACKBONE.PRETRAINED"
 
 
 class ConfigChangedError(ValueError):
@@ -53,6 +54,8 @@ def _ignored(key: str) -> bool:
 def config_changes(stored: Any, new: Any) -> List[str]:
     """``"KEY: old -> new"`` for every training setting that differs between two configs."""
     old_flat, new_flat = _flatten(stored), _flatten(new)
+    if isinstance(old_flat.get(LEGACY_PRETRAINED), bool):  # Dassl's boolean before it named an open_clip tag
+        old_flat[LEGACY_PRETRAINED] = ""
     changes = []
     for key in sorted(set(old_flat) & set(new_flat)):
         if not _ignored(key) and _comparable(old_flat[key]) != _comparable(new_flat[key]):

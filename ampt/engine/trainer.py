@@ -27,6 +27,7 @@ from ..results import RunResults, backup_stamp, check_not_finished
 from ..utils.locks import run_lock
 from .checkpoint import BEST_FILE, CheckpointMissingError, CheckpointMixin, load_checkpoint, weights_digest
 from .run_config import check_resume_config, write_run_config
+from ..models.backbone import backbone_label
 from .evaluator import build_evaluator
 from .progress import AverageMeter, MetricMeter, ScalarWriterMixin, format_eta, progress_bar, train_log_line
 
@@ -55,7 +56,7 @@ class RunMixin(CheckpointMixin, ScalarWriterMixin):
             "dataset": cfg.DATASET.NAME,
             "shots": cfg.DATASET.NUM_SHOTS,
             "seed": cfg.SEED,
-            "backbone": cfg.MODEL.BACKBONE.NAME,
+            "backbone": backbone_label(cfg.MODEL.BACKBONE),
             "train_eps": cfg.ADV.TRAIN.EPS if getattr(self, "adversarial", False) else 0,
             "engine": self.engine_name,
             "finished": self.results.finished,

@@ -1,9 +1,12 @@
-"""Load a CLIP model from an OpenAI name or a checkpoint file, in fp32.
+"""Load a CLIP model from an OpenAI name, a checkpoint file or an open_clip name, in fp32.
 
-The model is always the ``clip`` package's own ``CLIP`` class, built by
-``clip.model.build_model`` from a state dict (the architecture is inferred
+OpenAI names and files give the ``clip`` package's own ``CLIP`` class, built
+by ``clip.model.build_model`` from a state dict (the architecture is inferred
 from the weights), so the same path serves OpenAI's downloads, converted or
-fine-tuned checkpoints and the project's tiny CLIP.
+fine-tuned checkpoints and the project's tiny CLIP. ``open_clip:<arch>``,
+``hf-hub:<org>/<name>`` and open_clip folders go to
+:mod:`ampt.models.open_clip_backend`. Either way the model carries a
+:class:`~ampt.models.backbone.BackboneInfo` (mean/std, input size, tokenizer).
 """
 from __future__ import annotations
 
@@ -29,7 +32,6 @@ from ..utils.torchfile import check_torch_file, load_error
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16", "amp")
-ROBUST_KEY = "vision_encoder_state_dict"  # APT/TeCoA robust visual checkpoints
 _NESTING_KEYS = ("state_dict", "model", "model_state_dict")
 _JIT_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 
@@ -37,17 +39,33 @@ Device = Union[str, torch.device]
 
 
 def load_clip(
-    name_or_path: str, robust_weights: str = "", download_root: str = "", device: Device = "cpu"
-) -> CLIP:
-    """A CLIP model in fp32 and eval mode on ``device``.
+    name_or_path: str, robust_weights: str = "", download_root: str = "", device: Device = "cpu",
+    pretrained: str = "",
+) -> nn.Module:
+    """A CLIP model in fp32 and eval mode on ``device``, its backbone description attached.
 
     ``name_or_path``: an OpenAI model name (``clip.available_models()``,
     downloaded by the ``clip`` package into ``download_root`` or
     ``~/.cache/clip``), or a file: an OpenAI TorchScript archive or a state
     dict (possibly nested under "state_dict"/"model", possibly with a
-    "module." prefix). ``robust_weights``: optional file of visual weights
-    loaded into ``model.visual`` with strict key matching.
+    "module." prefix); or an open_clip model: ``open_clip:<arch>`` with
+    ``pretrained`` (a tag or a weights file), ``hf-hub:<org>/<name>``, or a
+    folder with ``open_clip_config.json`` (``download_root``: their cache,
+    "" = open_clip's). ``robust_weights``: optional file of visual weights
+    loaded into ``model.visual`` with strict key matching
+    (:mod:`ampt.models.robust_weights`).
     """
+    from .open_clip_backend import is_open_clip_name, load_open_clip
+
+    if is_open_clip_name(name_or_path):
+        model = load_open_clip(name_or_path, pretrained, download_root)
+        if robust_weights:
+            load_robust_visual_weights(model, robust_weights)
+        return model.to(device)
+    if pretrained:
+        raise BackboneError(
+            f'MODEL.BACKBONE.PRETRAINED "{pretrained}" is only read with MODEL.BACKBONE.NAME open_clip:<arch>; '
+            f'"{name_or_path}" names its own weights: set MODEL.BACKBONE.PRETRAINED ""')
     path = _resolve_checkpoint(name_or_path, download_root)
     state_dict = _read_clip_state_dict(path)
     try:
@@ -58,6 +76,7 @@ def load_clip(
     model = model.float()
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()})
     model.eval()
+    attach_info(model, clip_info(model, name_or_path))
     if robust_weights:
         load_robust_visual_weights(model, robust_weights)
     logger.info(
@@ -77,7 +96,9 @@ def _resolve_checkpoint(name_or_path: str, download_root: str) -> str:
     raise FileNotFoundError(
         f'Unknown CLIP backbone "{name_or_path}": it is neither an OpenAI model name '
         f'({", ".join(clip.available_models())}) nor an existing file. MODEL.BACKBONE.NAME '
-        "may also be a path to a checkpoint file (OpenAI JIT archive or state dict)."
+        "may also be a path to a checkpoint file (OpenAI JIT archive or state dict), "
+        "open_clip:<arch> (with MODEL.BACKBONE.PRETRAINED <tag or file>), hf-hub:<org>/<name>, "
+        "or a folder holding an open_clip_config.json."
     )
 
 
@@ -145,44 +166,6 @@ def strip_prefix(state_dict: Dict[str, torch.Tensor], prefix: str) -> Dict[str, 
     return state_dict
 
 
-def load_robust_visual_weights(model: CLIP, path: Union[str, Path]) -> None:
-    """Load robust visual weights into ``model.visual`` (strict).
-
-    Accepts APT/TeCoA files (``{"vision_encoder_state_dict": ...}``) and
-    plain visual state dicts, with or without a "visual." or "module." prefix.
-    """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f'Robust visual weights file "{path}" (MODEL.BACKBONE.ROBUST_WEIGHTS) not found'
-        )
-    obj = _torch_load_weights(path)
-    if isinstance(obj, Mapping) and ROBUST_KEY in obj:
-        obj = obj[ROBUST_KEY]
-    state_dict = _unwrap_state_dict(obj, path)
-    state_dict = strip_prefix(state_dict, "visual.")
-    expected = model.visual.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    mismatched = sorted(
-        k for k in set(expected) & set(state_dict) if expected[k].shape != state_dict[k].shape
-    )
-    if missing or unexpected or mismatched:
-        raise RuntimeError(
-            f'Robust visual weights "{path}" do not match the backbone\'s image encoder: '
-            f"missing keys {_short(missing)}, unexpected keys {_short(unexpected)}, "
-            f"shape mismatches {_short(mismatched)}"
-        )
-    dtype = next(model.visual.parameters()).dtype
-    model.visual.load_state_dict({k: v.to(dtype) for k, v in state_dict.items()}, strict=True)
-
-
-def _short(keys: list, limit: int = 8) -> str:
-    if not keys:
-        return "[]"
-    more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
-    return "[" + ", ".join(keys[:limit]) + "]" + more
-
-
 def resolve_precision(prec: str, device: Device) -> str:
     """``fp32``, ``fp16`` or ``amp``; fp16 and amp fall back to fp32 on CPU with a warning."""
     if prec not in PRECISIONS:
@@ -194,9 +177,19 @@ def resolve_precision(prec: str, device: Device) -> str:
 
 
 def apply_precision(model: nn.Module, prec: str) -> nn.Module:
-    """Convert a CLIP model's weights for ``prec`` (fp16: the ``clip`` package's ``convert_weights``)."""
+    """Convert a CLIP model's weights for ``prec`` (fp16: the ``clip`` package's ``convert_weights``,
+    or open_clip's converter for an open_clip model)."""
+    if backbone_info(model).kind == "open_clip":
+        from .open_clip_backend import apply_open_clip_precision
+
+        return apply_open_clip_precision(model, prec)
     if prec == "fp16":
         convert_weights(model)
     else:
         model.float()
     return model
+
+
+# imported last: these modules use the helpers above
+from .backbone import BackboneError, attach_info, backbone_info, clip_info  # noqa: E402
+from .robust_weights import ROBUST_KEY, load_robust_visual_weights  # noqa: E402,F401

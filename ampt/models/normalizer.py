@@ -1,4 +1,9 @@
-"""CLIP's pixel normalization as a module, so data pipelines yield [0, 1] pixels."""
+"""A CLIP backbone's pixel normalization as a module, so data pipelines yield [0, 1] pixels.
+
+OpenAI's mean/std are the default; an open_clip model brings its own
+(e.g. 0.5/0.5 for some LAION and SigLIP checkpoints): use
+:meth:`ImageNormalizer.for_backbone`.
+"""
 from __future__ import annotations
 
 from typing import Sequence
@@ -22,6 +27,14 @@ class ImageNormalizer(nn.Module):
         shape = (1, -1, 1, 1)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(shape), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(shape), persistent=False)
+
+    @classmethod
+    def for_backbone(cls, clip_model: nn.Module) -> "ImageNormalizer":
+        """The normalization the loaded backbone was trained with (its :class:`BackboneInfo`)."""
+        from .backbone import backbone_info  # backbone imports this module's constants
+
+        info = backbone_info(clip_model)
+        return cls(info.mean, info.std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)

@@ -22,12 +22,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .clip_loader import clip
+from .backbone import Tokenizer, backbone_info
+from .text_tower import text_tower
 
 logger = logging.getLogger(__name__)
 
 CLASS_TOKEN_POSITIONS = ("end", "middle", "front")
-_tokenizer = clip.clip._tokenizer  # the clip package's BPE tokenizer (what clip.tokenize uses)
 
 
 class PromptLearner(nn.Module):
@@ -61,8 +61,10 @@ class PromptLearner(nn.Module):
         if not classnames:
             raise ValueError("PromptLearner needs at least one class name")
         classnames = [name.replace("_", " ") for name in classnames]
-        width = clip_model.ln_final.weight.shape[0]
-        word_vectors = _word_embeddings(clip_model, ctx_init) if ctx_init else None
+        tokenizer = backbone_info(clip_model).tokenizer
+        tower = text_tower(clip_model)
+        width = tower.width
+        word_vectors = _word_embeddings(tower.token_embedding, tokenizer, ctx_init) if ctx_init else None
         if word_vectors is not None:
             if n_ctx != word_vectors.shape[0]:
                 logger.info("n_ctx set to %d, the number of tokens of ctx_init", word_vectors.shape[0])
@@ -77,9 +79,9 @@ class PromptLearner(nn.Module):
         self.class_token_position = class_token_position
         self.classnames = classnames
         self.ctx_init = ctx_init
-        self.name_lens = [len(_tokenizer.encode(name)) for name in classnames]
+        self.name_lens = [len(tokenizer.encode(name)) for name in classnames]
         self.ctx = nn.Parameter(self._initial_ctx(width, word_vectors, init_all))
-        self._build_token_buffers(clip_model, classnames)
+        self._build_token_buffers(tower, tokenizer, classnames)
         logger.info(
             "Prompt learner: %d prompt(s) x %d context tokens (%s), class token %s, init %s",
             n_prompts, n_ctx, "class-specific" if csc else "unified", class_token_position,
@@ -97,14 +99,14 @@ class PromptLearner(nn.Module):
             nn.init.normal_(ctx[n_words:], std=0.02)
         return ctx
 
-    def _build_token_buffers(self, clip_model: nn.Module, classnames: List[str]) -> None:
+    def _build_token_buffers(self, tower, tokenizer: Tokenizer, classnames: List[str]) -> None:
         placeholder = " ".join(["X"] * self.n_ctx)  # one token each, replaced by ctx
-        token_ids = clip.tokenize([f"{placeholder} {name}." for name in classnames])
-        length = int(token_ids.argmax(dim=-1).max()) + 1  # the longest real sequence
+        token_ids = tokenizer.tokenize([f"{placeholder} {name}." for name in classnames])
+        length = tower.kept_length(token_ids)  # the longest real sequence (all of it if the tower needs it)
         token_ids = token_ids[:, :length]
-        device = clip_model.token_embedding.weight.device
+        device = tower.token_embedding.weight.device
         with torch.no_grad():
-            embedding = clip_model.token_embedding(token_ids.to(device)).float()
+            embedding = tower.token_embedding(token_ids.to(device)).float()
         self.register_buffer("token_ids", token_ids.to(device), persistent=False)
         self.register_buffer("token_prefix", embedding[:, :1], persistent=False)  # SOS
         # class name, ".", EOS
@@ -143,15 +145,15 @@ class PromptLearner(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
-def _word_embeddings(clip_model: nn.Module, words: str) -> torch.Tensor:
+def _word_embeddings(token_embedding: nn.Embedding, tokenizer: Tokenizer, words: str) -> torch.Tensor:
     """Token embeddings ``[n_tokens, d]`` of ``words`` (underscores read as spaces)."""
     words = words.replace("_", " ").strip()
-    n_tokens = len(_tokenizer.encode(words))
+    n_tokens = len(tokenizer.encode(words))
     if n_tokens == 0:
         raise ValueError(f'ctx_init "{words}" has no tokens')
-    token_ids = clip.tokenize(words).to(clip_model.token_embedding.weight.device)
+    token_ids = tokenizer.tokenize(words).to(token_embedding.weight.device)
     with torch.no_grad():
-        embedding = clip_model.token_embedding(token_ids).float()
+        embedding = token_embedding(token_ids).float()
     return embedding[0, 1:1 + n_tokens].cpu()
 
 

@@ -40,7 +40,7 @@ class PromptedCLIP(nn.Module):
     ) -> None:
         super().__init__()
         self.image_encoder = clip_model.visual
-        self.normalizer = ImageNormalizer()
+        self.normalizer = ImageNormalizer.for_backbone(clip_model)
         self.text_encoder = TextEncoder(clip_model)
         self.prompt_learner = prompt_learner
         self.logit_scale = clip_model.logit_scale

@@ -1,0 +1,168 @@
+"""open_clip backbones: ``open_clip:<arch>`` + a pretrained tag or file, ``hf-hub:<org>/<name>``,
+or a local open_clip folder (``open_clip_config.json`` + weights, the layout of a hub repository).
+
+Models are built by open_clip itself (``open_clip.create_model``), so the
+hub and tag downloads, the caches (``~/.cache/huggingface`` for the hub,
+``~/.cache/clip`` for tags with a URL, or ``MODEL.BACKBONE.DOWNLOAD_ROOT``)
+and the checkpoint conversions are open_clip's. The model's own pixel
+mean/std and input size (its preprocess config) and its tokenizer
+(``open_clip.get_tokenizer``) are recorded in its :class:`BackboneInfo`.
+Only CLIP's byte-pair tokenizer is supported: the prompt learners lay out
+``[SOS][context][class][.][EOT]`` in its ids.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+from .backbone import BackboneError, BackboneInfo, Tokenizer, attach_info
+from .text_tower import SUPPORTED, text_tower
+
+logger = logging.getLogger(__name__)
+
+ARCH_PREFIX = "open_clip:"
+HUB_PREFIX = "hf-hub:"
+LOCAL_DIR_PREFIX = "local-dir:"
+CONFIG_FILE = "open_clip_config.json"
+INSTALL_HINT = 'open_clip is not installed: pip install -e ".[openclip]" (or pip install open_clip_torch)'
+
+
+def is_open_clip_name(name: str) -> bool:
+    """True for names this backend loads (the prefixes above, or a folder holding an open_clip config)."""
+    if name.startswith((ARCH_PREFIX, HUB_PREFIX, LOCAL_DIR_PREFIX)):
+        return True
+    return Path(name).is_dir() and (Path(name) / CONFIG_FILE).is_file()
+
+
+def import_open_clip():
+    try:
+        import open_clip
+    except ImportError as err:
+        raise BackboneError(f"{INSTALL_HINT} ({err})") from err
+    return open_clip
+
+
+def load_open_clip(name: str, pretrained: str = "", download_root: str = "",
+                   device: torch.device | str = "cpu") -> nn.Module:
+    """An open_clip model in fp32 and eval mode, with its :class:`BackboneInfo` attached."""
+    open_clip = import_open_clip()
+    model_name, tag = _open_clip_arguments(open_clip, name, pretrained)
+    cache_dir = download_root or None
+    quick_gelu = _tag_needs_quick_gelu(open_clip, model_name, tag)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="QuickGELU mismatch")
+        try:
+            _refuse_hf_text(open_clip.get_model_config(model_name) or {}, _display_name(name, tag))
+            model = open_clip.create_model(model_name, pretrained=tag, cache_dir=cache_dir,
+                                           force_quick_gelu=quick_gelu, weights_only=True)
+        except BackboneError:
+            raise
+        except (RuntimeError, OSError, ValueError) as err:
+            reason = " ".join(str(err).split())[:600] or type(err).__name__
+            raise BackboneError(f'open_clip could not load "{_display_name(name, tag)}": {reason}') from err
+    text_tower(model)  # refuses unsupported text towers before anything else runs
+    tokenizer = _tokenizer(open_clip, model_name, model, cache_dir)
+    info = _info(open_clip, model, _display_name(name, tag), tokenizer)
+    model = attach_info(model.float().eval(), info)
+    logger.info("Loaded %s", info.describe())
+    return model.to(device)
+
+
+def _open_clip_arguments(open_clip, name: str, pretrained: str) -> Tuple[str, Optional[str]]:
+    """``(model_name, pretrained)`` for ``open_clip.create_model``."""
+    if name.startswith(ARCH_PREFIX):
+        arch = name[len(ARCH_PREFIX):].replace("/", "-")
+        if open_clip.get_model_config(arch) is None:
+            raise BackboneError(_unknown_arch(open_clip, arch))
+        if not pretrained:
+            tags = open_clip.list_pretrained_tags_by_model(arch)
+            raise BackboneError(
+                f'MODEL.BACKBONE.NAME "{name}" needs MODEL.BACKBONE.PRETRAINED: a tag '
+                f"({', '.join(tags) or 'none known for this architecture'}) or a weights file")
+        if not open_clip.get_pretrained_cfg(arch, pretrained) and not Path(pretrained).is_file():
+            tags = open_clip.list_pretrained_tags_by_model(arch)
+            raise FileNotFoundError(
+                f'MODEL.BACKBONE.PRETRAINED "{pretrained}" is neither a pretrained tag of {arch} '
+                f"({', '.join(tags) or 'none known'}) nor an existing file")
+        return arch, pretrained
+    _no_pretrained_with(name, pretrained)
+    if name.startswith((HUB_PREFIX, LOCAL_DIR_PREFIX)):
+        return name, None
+    return LOCAL_DIR_PREFIX + name, None
+
+
+def _refuse_hf_text(model_cfg: dict, name: str) -> None:
+    """Refuse a Hugging Face text tower or tokenizer from the config, before any weights download."""
+    text_cfg = model_cfg.get("text_cfg", {})
+    hf = {k: text_cfg[k] for k in ("hf_model_name", "hf_tokenizer_name") if text_cfg.get(k)}
+    if hf:
+        raise BackboneError(
+            f"Unsupported text tower in {name}: a Hugging Face transformer or tokenizer "
+            f"({', '.join(f'{k}={v}' for k, v in hf.items())}). Prompt learning needs CLIP's own text "
+            f"transformer and byte-pair tokenizer; supported: {SUPPORTED}")
+
+
+def _no_pretrained_with(name: str, pretrained: str) -> None:
+    if pretrained:
+        raise BackboneError(
+            f'MODEL.BACKBONE.PRETRAINED "{pretrained}" is only read with MODEL.BACKBONE.NAME open_clip:<arch>; '
+            f'"{name}" names its own weights: set MODEL.BACKBONE.PRETRAINED ""')
+
+
+def _unknown_arch(open_clip, arch: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(arch, open_clip.list_models(), n=5, cutoff=0.5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    return (f'Unknown open_clip architecture "{arch}" (MODEL.BACKBONE.NAME open_clip:<arch>): '
+            f"not among open_clip.list_models().{hint}")
+
+
+def _tag_needs_quick_gelu(open_clip, model_name: str, tag: Optional[str]) -> bool:
+    """OpenAI's weights were trained with QuickGELU; open_clip's plain arch configs use GELU and
+    only warn. The tag's own record says which activation its weights need."""
+    if not tag:
+        return False
+    tag_cfg = open_clip.get_pretrained_cfg(model_name, tag) or {}
+    model_cfg = open_clip.get_model_config(model_name) or {}
+    return bool(tag_cfg.get("quick_gelu", False)) and not model_cfg.get("quick_gelu", False)
+
+
+def _tokenizer(open_clip, model_name: str, model: nn.Module, cache_dir: Optional[str]) -> Tokenizer:
+    context_length = text_tower(model).context_length
+    bpe = open_clip.get_tokenizer(model_name, context_length=context_length, cache_dir=cache_dir)
+    if type(bpe) is not open_clip.tokenizer.SimpleTokenizer:
+        raise BackboneError(
+            f"Unsupported tokenizer {type(bpe).__name__} of {model_name}: prompt learning here needs CLIP's "
+            "byte-pair tokenizer (open_clip's SimpleTokenizer), as OpenAI's, LAION's and the robust "
+            "TeCoA/FARE CLIP models use")
+    return Tokenizer(bpe, context_length, "open_clip")
+
+
+def _info(open_clip, model: nn.Module, name: str, tokenizer: Tokenizer) -> BackboneInfo:
+    cfg = open_clip.get_model_preprocess_cfg(model)
+    size = cfg["size"]
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    if height != width:
+        raise BackboneError(f"{name} takes {height} x {width} px images; only square inputs are supported")
+    return BackboneInfo("open_clip", name, int(height), tuple(cfg["mean"]), tuple(cfg["std"]), tokenizer)
+
+
+def _display_name(name: str, tag: Optional[str]) -> str:
+    return f"{name} ({tag})" if tag else name
+
+
+def apply_open_clip_precision(model: nn.Module, prec: str) -> nn.Module:
+    """fp16 weights with open_clip's own converter (LayerNorms handled as open_clip does)."""
+    if prec == "fp16":
+        import open_clip
+
+        open_clip.model.convert_weights_to_lp(model, dtype=torch.float16)
+    else:
+        model.float()
+    return model
