@@ -33,7 +33,7 @@ from .progress import AverageMeter, MetricMeter, ScalarWriterMixin, format_eta, 
 
 logger = logging.getLogger(__name__)
 
-_SETTING_FIELDS = ("trainer", "dataset", "shots", "seed", "backbone", "train_eps")
+_SETTING_FIELDS = ("trainer", "dataset", "shots", "seed", "backbone", "robust_weights", "train_eps")
 
 
 class RunMixin(CheckpointMixin, ScalarWriterMixin):
@@ -57,6 +57,7 @@ class RunMixin(CheckpointMixin, ScalarWriterMixin):
             "shots": cfg.DATASET.NUM_SHOTS,
             "seed": cfg.SEED,
             "backbone": backbone_label(cfg.MODEL.BACKBONE),
+            "robust_weights": cfg.MODEL.BACKBONE.ROBUST_WEIGHTS or None,
             "train_eps": cfg.ADV.TRAIN.EPS if getattr(self, "adversarial", False) else 0,
             "engine": self.engine_name,
             "finished": self.results.finished,
