@@ -25,8 +25,8 @@ logger = logging.getLogger(__name__)
 
 SKIPPED, DONE, ELSEWHERE, FAILED = "skipped", "done", "running elsewhere", "failed"
 TAIL_LINES = 20
-# train.py exits 2 with a one-line message when another process trains into the same run folder.
-LIVE_RUN_MESSAGE = re.compile(r"\block(ed)?\b|in use|another process|being trained", re.IGNORECASE)
+# train.py's one-line refusal (exit 2) of a run folder that another live process trains (ampt.utils.locks).
+LIVE_RUN_MESSAGE = re.compile(r"is being trained by")
 
 
 class RunningElsewhere(RuntimeError):
