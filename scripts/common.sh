@@ -125,40 +125,34 @@ evaluate_run() {
 }
 
 # Settings shared by the adversarial methods' scripts (APT, AMPT), from the
-# environment, with their defaults; sets ALPHA STEPS ADV_PROMPT EPOCHS, the
-# run-folder parts CFG_TAG and ATK_TAG, and EXTRA (train.py KEY VALUE pairs).
-# Usage: adversarial_settings DATASET CFG SHOTS EPS
+# environment, with their defaults; sets ALPHA STEPS ADV_PROMPT EPOCHS and EXTRA
+# (train.py KEY VALUE pairs).
+# Usage: adversarial_settings DATASET SHOTS EPS
 #   ALPHA [2/3 EPS]  STEPS [3]  ADV_PROMPT [onfly]  PROMPT_ALPHA [config; perturbed only]
 #   EPOCHS [by shots]  ROBUST_WEIGHTS [none]  BACKBONE [the config's; a CLIP name or file]
 adversarial_settings() {
-    local dataset="$1" cfg="$2" shots="$3" eps="$4"
+    local dataset="$1" shots="$2" eps="$3"
     check_eps "${eps}"
     ALPHA="${ALPHA:-$(default_alpha "${eps}")}"
     STEPS="${STEPS:-3}"
     ADV_PROMPT="${ADV_PROMPT:-onfly}"
     EPOCHS="${EPOCHS:-$(epochs_for "${dataset}" "${shots}")}"
     EXTRA=(OPTIM.MAX_EPOCH "${EPOCHS}")
-    CFG_TAG="${cfg}_ep${EPOCHS}"
     if [ -n "${BACKBONE:-}" ]; then
         EXTRA+=(MODEL.BACKBONE.NAME "${BACKBONE}")
-        CFG_TAG="${CFG_TAG}_bb-$(file_tag "${BACKBONE}")"
     fi
     if [ -n "${ROBUST_WEIGHTS:-}" ]; then
         EXTRA+=(MODEL.BACKBONE.ROBUST_WEIGHTS "${ROBUST_WEIGHTS}")
-        CFG_TAG="${CFG_TAG}_robust-$(file_tag "${ROBUST_WEIGHTS}")"
     fi
-    ATK_TAG="eps_${eps}_alpha${ALPHA}_steps${STEPS}_${ADV_PROMPT}"
     if [ -n "${PROMPT_ALPHA:-}" ]; then
         EXTRA+=(ADV.TRAIN.PROMPT_ALPHA "${PROMPT_ALPHA}")
-        ATK_TAG="${ATK_TAG}_palpha${PROMPT_ALPHA}"
     fi
 }
 
-# A file or a CLIP name as a folder-name part: "a/b.pth.tar" -> "b", "ViT-B/32" -> "ViT-B-32".
-file_tag() {
-    if [ -e "$1" ]; then
-        basename "$1" | sed 's/\.pth\.tar$//; s/\.[^.]*$//'
-    else
-        echo "$1" | sed 's|/|-|g'
-    fi
+# The run folder of a train.py command line (without --output-dir), under ${OUTPUT}.
+# ampt.sweep.layout owns the layout; the sweep runner (python -m ampt.sweep) uses the
+# same function, so each finds the other's runs. Usage: DIR="$(run_dir train.py-arguments...)"
+run_dir() {
+    PYTHONPATH="${REPO_ROOT}${PYTHONPATH:+:${PYTHONPATH}}" "${PYTHON}" -m ampt.sweep.layout \
+        --output "${OUTPUT}" "$@" || die "cannot derive the run folder (see the message above)"
 }

@@ -26,19 +26,11 @@ SHOTS=$3
 EPS=$4
 
 require_data
-check_eps "${EPS}"
-ALPHA="${ALPHA:-$(default_alpha "${EPS}")}"
-STEPS="${STEPS:-3}"
-ADV_PROMPT="${ADV_PROMPT:-onfly}"
-EPOCHS="${EPOCHS:-$(epochs_for "${DATASET}" "${SHOTS}")}"
+adversarial_settings "${DATASET}" "${SHOTS}" "${EPS}"
 ampt_settings "$(trainer_config AMPT "${CFG}")"
-CFG_TAG="${CFG}_ep${EPOCHS}"
-if [ -n "${ROBUST_WEIGHTS:-}" ]; then
-    CFG_TAG="${CFG_TAG}_robust-$(basename "${ROBUST_WEIGHTS}" | sed 's/\.pth\.tar$//; s/\.[^.]*$//')"
-fi
-ATK_TAG="eps_${EPS}_alpha${ALPHA}_steps${STEPS}_${ADV_PROMPT}"
 
 for SEED in ${SEEDS}; do
-    DIR="${OUTPUT}/ampt/${DATASET}/shots_${SHOTS}/${CFG_TAG}/${AMPT_TAG}/${ATK_TAG}/seed${SEED}"
+    ampt_train_args "${DATASET}" "${CFG}" "${SHOTS}" "${EPS}" "${SEED}"
+    DIR="$(run_dir "${TRAIN_ARGS[@]}")"
     evaluate_run "${DIR}"
 done

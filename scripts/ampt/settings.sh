@@ -1,14 +1,12 @@
 # AMPT's settings for scripts/ampt/{main,eval}.sh. Source it after ../common.sh:
 #   ampt_settings CONFIG_FILE
-# sets AMPT_OPTS (TRAINER.AMPT.* KEY VALUE overrides for train.py) and AMPT_TAG
-# (the run-folder part naming every TRAINER.AMPT setting). Each value is the
+# sets AMPT_OPTS (TRAINER.AMPT.* KEY VALUE overrides for train.py; the run folder
+# names every one of them, see ampt.sweep.layout). Each value is the
 # environment variable's when set, else the config file's, else the default of
 # trainers/ampt.py:
 #   NPROMPTS (N_PROMPTS)  NCTX (N_CTX)  CTX_INIT  INIT  CSC  CTP (CLASS_TOKEN_POSITION)
 #   ROUTER  ROUTER_HIDDEN  ROUTER_LR (ROUTER_LR_MULT)  TEMPERATURE  TOPK (TOP_K)  MIX  ATTACK_ROUTER
 #   CLEAN_CE (CLEAN_CE_WEIGHT)  TRADES_KL (TRADES_KL_WEIGHT)  BALANCE (BALANCE_WEIGHT)
-# Tag: k<K>_l<L>_<ROUTER>[h<HIDDEN>]_lrx<ROUTER_LR>_t<TEMPERATURE>_top<TOPK>_<MIX>_init-<INIT>[-<words>]
-#      _csc<CSC>_ctp<CTP>_ce<CLEAN_CE>_kl<TRADES_KL>_bal<BALANCE>_atk<ATTACK_ROUTER>
 
 ampt_settings() {
     local cfg_file="$1" settings
@@ -33,16 +31,21 @@ v = {}
 for env, key in env_keys:
     raw = os.environ.get(env)
     v[key] = type(node[key])(raw if not isinstance(node[key], bool) else raw == "True") if raw is not None else node[key]
-g = lambda x: f"{float(x):g}"
-init = f"init-{v['INIT']}" + (f"-{v['CTX_INIT'].replace(' ', '_')}" if v["CTX_INIT"] else "")
-hidden = f"h{v['ROUTER_HIDDEN']}" if v["ROUTER"] == "mlp" else ""
-tag = (f"k{v['N_PROMPTS']}_l{v['N_CTX']}_{v['ROUTER']}{hidden}_lrx{g(v['ROUTER_LR_MULT'])}_t{g(v['TEMPERATURE'])}_top{v['TOP_K']}_{v['MIX']}"
-       f"_{init}_csc{v['CSC']}_ctp{v['CLASS_TOKEN_POSITION']}_ce{g(v['CLEAN_CE_WEIGHT'])}"
-       f"_kl{g(v['TRADES_KL_WEIGHT'])}_bal{g(v['BALANCE_WEIGHT'])}_atk{v['ATTACK_ROUTER']}")
 opts = [x for key in v for x in (f"TRAINER.AMPT.{key}", str(v[key]))]
-print("AMPT_TAG=" + shlex.quote(tag))
 print("AMPT_OPTS=(" + " ".join(shlex.quote(o) for o in opts) + ")")
 PY
 )" || die "cannot read the AMPT settings of ${cfg_file}"
     eval "${settings}"
+}
+
+# train.py arguments of one AMPT run (main.sh and eval.sh; call adversarial_settings and
+# ampt_settings first). Sets TRAIN_ARGS. Usage: ampt_train_args DATASET CFG SHOTS EPS SEED
+ampt_train_args() {
+    local dataset="$1" cfg="$2" shots="$3" eps="$4" seed="$5" dataset_cfg trainer_cfg
+    dataset_cfg="$(dataset_config "${dataset}")"
+    trainer_cfg="$(trainer_config AMPT "${cfg}")"
+    TRAIN_ARGS=(--root "${DATA}" --seed "${seed}" --trainer AMPT
+        --dataset-config-file "${dataset_cfg}" --config-file "${trainer_cfg}"
+        --eps "${eps}" --alpha "${ALPHA}" --steps "${STEPS}" --adv-prompt "${ADV_PROMPT}"
+        "${AMPT_OPTS[@]}" DATASET.NUM_SHOTS "${shots}" "${EXTRA[@]}")
 }

@@ -12,6 +12,7 @@
 #   N_SAMPLES [all; a fixed seeded subset size]  BATCH_SIZE [the config's test batch]
 #   PROMPT [learned; or a template such as "a photo of a {}."]
 source "$(dirname "$0")/../common.sh"
+source "$(dirname "$0")/args.sh"
 
 if [ $# -ne 4 ]; then
     die "usage: bash $0 DATASET CFG SHOTS EPS"
@@ -22,12 +23,10 @@ SHOTS=$3
 EPS=$4
 
 require_data
-adversarial_settings "${DATASET}" "${CFG}" "${SHOTS}" "${EPS}"
-NCTX="${NCTX:-16}"
-CSC="${CSC:-False}"
-CTP="${CTP:-end}"
+adversarial_settings "${DATASET}" "${SHOTS}" "${EPS}"
 
 for SEED in ${SEEDS}; do
-    DIR="${OUTPUT}/apt/${DATASET}/shots_${SHOTS}/${CFG_TAG}/nctx${NCTX}_csc${CSC}_ctp${CTP}/${ATK_TAG}/seed${SEED}"
+    apt_train_args "${DATASET}" "${CFG}" "${SHOTS}" "${EPS}" "${SEED}"
+    DIR="$(run_dir "${TRAIN_ARGS[@]}")"
     evaluate_run "${DIR}"
 done

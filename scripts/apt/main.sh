@@ -12,11 +12,12 @@
 #   EPOCHS [by shots: 1 -> 50, 2-4 -> 100, 8-16 -> 200, ImageNet 50]
 #   ROBUST_WEIGHTS [none; a TeCoA visual weights file]  BACKBONE [the config's]
 #   SEEDS ["1 2 3"]  FORCE [0]
-# The run folder encodes every setting:
+# The run folder encodes every setting (ampt.sweep.layout):
 #   output/apt/<DATASET>/shots_<SHOTS>/<CFG>_ep<EPOCHS>[_bb-<name>][_robust-<file>]/nctx<N>_csc<C>_ctp<P>/
 #       eps_<EPS>_alpha<ALPHA>_steps<STEPS>_<ADV_PROMPT>[_palpha<PROMPT_ALPHA>]/seed<S>
 # A run whose results.json says it finished is skipped; FORCE=1 re-runs it.
 source "$(dirname "$0")/../common.sh"
+source "$(dirname "$0")/args.sh"
 
 if [ $# -ne 4 ]; then
     die "usage: bash $0 DATASET CFG SHOTS EPS"
@@ -25,31 +26,12 @@ DATASET=$1
 CFG=$2
 SHOTS=$3
 EPS=$4
-TRAINER=APT
 
 require_data
-adversarial_settings "${DATASET}" "${CFG}" "${SHOTS}" "${EPS}"
-NCTX="${NCTX:-16}"
-CSC="${CSC:-False}"
-CTP="${CTP:-end}"
-DATASET_CFG="$(dataset_config "${DATASET}")"
-TRAINER_CFG="$(trainer_config "${TRAINER}" "${CFG}")"
+adversarial_settings "${DATASET}" "${SHOTS}" "${EPS}"
 
 for SEED in ${SEEDS}; do
-    DIR="${OUTPUT}/apt/${DATASET}/shots_${SHOTS}/${CFG_TAG}/nctx${NCTX}_csc${CSC}_ctp${CTP}/${ATK_TAG}/seed${SEED}"
-    train_run "${DIR}" \
-        --root "${DATA}" \
-        --seed "${SEED}" \
-        --trainer "${TRAINER}" \
-        --dataset-config-file "${DATASET_CFG}" \
-        --config-file "${TRAINER_CFG}" \
-        --eps "${EPS}" \
-        --alpha "${ALPHA}" \
-        --steps "${STEPS}" \
-        --adv-prompt "${ADV_PROMPT}" \
-        TRAINER.APT.N_CTX "${NCTX}" \
-        TRAINER.APT.CSC "${CSC}" \
-        TRAINER.APT.CLASS_TOKEN_POSITION "${CTP}" \
-        DATASET.NUM_SHOTS "${SHOTS}" \
-        "${EXTRA[@]}"
+    apt_train_args "${DATASET}" "${CFG}" "${SHOTS}" "${EPS}" "${SEED}"
+    DIR="$(run_dir "${TRAIN_ARGS[@]}")"
+    train_run "${DIR}" "${TRAIN_ARGS[@]}"
 done

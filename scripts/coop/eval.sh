@@ -9,6 +9,7 @@
 # [cross-dataset target], N_SAMPLES [all], BATCH_SIZE, PROMPT [learned], EPOCHS,
 # BACKBONE (as given to main.sh), SEEDS ["1 2 3"], FORCE [0].
 source "$(dirname "$0")/../common.sh"
+source "$(dirname "$0")/args.sh"
 
 if [ $# -ne 6 ]; then
     die "usage: bash $0 DATASET CFG CTP NCTX SHOTS CSC"
@@ -24,15 +25,8 @@ require_data
 if [ -z "${TEST_EPS:-}" ] && [ "${ATTACKS:-clean pgd}" != "clean" ]; then
     die "CoOp runs have no training eps: set TEST_EPS (in 1/255 units), e.g. TEST_EPS=4"
 fi
-CFG_TAG="${CFG}"
-if [ -n "${EPOCHS:-}" ]; then
-    CFG_TAG="${CFG}_ep${EPOCHS}"
-fi
-if [ -n "${BACKBONE:-}" ]; then
-    CFG_TAG="${CFG_TAG}_bb-$(file_tag "${BACKBONE}")"
-fi
-
 for SEED in ${SEEDS}; do
-    DIR="${OUTPUT}/coop/${DATASET}/shots_${SHOTS}/${CFG_TAG}/nctx${NCTX}_csc${CSC}_ctp${CTP}/seed${SEED}"
+    coop_train_args "${DATASET}" "${CFG}" "${CTP}" "${NCTX}" "${SHOTS}" "${CSC}" "${SEED}"
+    DIR="$(run_dir "${TRAIN_ARGS[@]}")"
     evaluate_run "${DIR}"
 done

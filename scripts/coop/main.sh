@@ -10,9 +10,10 @@
 # Optional environment: EPOCHS [the config's OPTIM.MAX_EPOCH; CoOp picks the
 # config by shots: ep50 for 1 shot, ep100 for 2-4], BACKBONE [the config's; a CLIP
 # name or checkpoint file], SEEDS ["1 2 3"], FORCE [0].
-# Run folder: output/coop/<DATASET>/shots_<SHOTS>/<CFG>[_ep<EPOCHS>][_bb-<name>]/nctx<N>_csc<C>_ctp<P>/seed<S>
+# Run folder (ampt.sweep.layout): output/coop/<DATASET>/shots_<SHOTS>/<CFG>[_ep<EPOCHS>][_bb-<name>]/nctx<N>_csc<C>_ctp<P>/seed<S>
 # A run whose results.json says it finished is skipped; FORCE=1 re-runs it.
 source "$(dirname "$0")/../common.sh"
+source "$(dirname "$0")/args.sh"
 
 if [ $# -ne 6 ]; then
     die "usage: bash $0 DATASET CFG CTP NCTX SHOTS CSC"
@@ -23,33 +24,10 @@ CTP=$3
 NCTX=$4
 SHOTS=$5
 CSC=$6
-TRAINER=CoOp
 
 require_data
-DATASET_CFG="$(dataset_config "${DATASET}")"
-TRAINER_CFG="$(trainer_config "${TRAINER}" "${CFG}")"
-EXTRA=()
-CFG_TAG="${CFG}"
-if [ -n "${EPOCHS:-}" ]; then
-    EXTRA+=(OPTIM.MAX_EPOCH "${EPOCHS}")
-    CFG_TAG="${CFG}_ep${EPOCHS}"
-fi
-if [ -n "${BACKBONE:-}" ]; then
-    EXTRA+=(MODEL.BACKBONE.NAME "${BACKBONE}")
-    CFG_TAG="${CFG_TAG}_bb-$(file_tag "${BACKBONE}")"
-fi
-
 for SEED in ${SEEDS}; do
-    DIR="${OUTPUT}/coop/${DATASET}/shots_${SHOTS}/${CFG_TAG}/nctx${NCTX}_csc${CSC}_ctp${CTP}/seed${SEED}"
-    train_run "${DIR}" \
-        --root "${DATA}" \
-        --seed "${SEED}" \
-        --trainer "${TRAINER}" \
-        --dataset-config-file "${DATASET_CFG}" \
-        --config-file "${TRAINER_CFG}" \
-        TRAINER.COOP.N_CTX "${NCTX}" \
-        TRAINER.COOP.CSC "${CSC}" \
-        TRAINER.COOP.CLASS_TOKEN_POSITION "${CTP}" \
-        DATASET.NUM_SHOTS "${SHOTS}" \
-        "${EXTRA[@]}"
+    coop_train_args "${DATASET}" "${CFG}" "${CTP}" "${NCTX}" "${SHOTS}" "${CSC}" "${SEED}"
+    DIR="$(run_dir "${TRAIN_ARGS[@]}")"
+    train_run "${DIR}" "${TRAIN_ARGS[@]}"
 done

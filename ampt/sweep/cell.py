@@ -1,0 +1,133 @@
+"""One cell: ``train.py`` (unless finished), then the missing ``evaluate.py`` records, with retries.
+
+Outcomes: ``skipped`` (finished and evaluated before), ``done``, ``running
+elsewhere`` (another process holds the cell, or ``train.py`` refused a run
+folder that another process is training), ``failed`` (after every retry; the
+state file keeps the log path and the error tail).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
+
+from ..results import RunResults
+from .runspec import REPO_ROOT
+from .spec import Cell
+from .state import CellState, LockBusy
+
+logger = logging.getLogger(__name__)
+
+SKIPPED, DONE, ELSEWHERE, FAILED = "skipped", "done", "running elsewhere", "failed"
+TAIL_LINES = 20
+# train.py's one-line refusal (exit 2) of a run folder that another live process trains (ampt.utils.locks).
+LIVE_RUN_MESSAGE = re.compile(r"is being trained by")
+
+
+class RunningElsewhere(RuntimeError):
+    pass
+
+
+class StepFailed(RuntimeError):
+    def __init__(self, what: str, returncode: int, tail: str) -> None:
+        super().__init__(f"{what} exited with status {returncode}")
+        self.returncode, self.tail = returncode, tail
+
+
+def record_matches(record: Mapping[str, Any], entry: Mapping[str, Any]) -> bool:
+    """Whether a results.json record answers an ``evaluate`` entry (test split, same settings)."""
+    if record.get("split") != "test" or record.get("attack") != entry["attack"]:
+        return False
+    if entry["attack"] != "clean":
+        for field in ("eps", "steps", "alpha"):
+            if field in entry and float(record.get(field, -1)) != float(entry[field]):
+                return False
+    for field in ("n_samples", "prompt"):
+        if field in entry and record.get(field) != entry[field]:
+            return False
+    return True
+
+
+def missing_evaluations(cell: Cell) -> List[Dict[str, Any]]:
+    results = RunResults(cell.run_dir)
+    dataset = results.run.get("dataset")
+    records = [r for r in results.records if dataset is None or r.get("dataset") == dataset]
+    return [e for e in cell.evaluate if not any(record_matches(r, e) for r in records)]
+
+
+def is_complete(cell: Cell) -> bool:
+    return RunResults(cell.run_dir).finished and not missing_evaluations(cell)
+
+
+def evaluate_command(cell: Cell, entry: Mapping[str, Any]) -> List[str]:
+    cmd = [sys.executable, str(REPO_ROOT / "evaluate.py"), cell.run_dir, "--attack", str(entry["attack"]),
+           "--root", cell.spec.data_root]
+    for key in ("eps", "steps", "alpha", "n_samples", "prompt", "batch_size"):
+        if key in entry:
+            cmd += [f"--{key.replace('_', '-')}", str(entry[key])]
+    return cmd
+
+
+def _run_step(what: str, cmd: List[str], log_path: Path, env: Mapping[str, str]) -> None:
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write(f"\n$ {' '.join(cmd)}\n")
+        log.flush()
+        start = log.tell()
+        proc = subprocess.run(cmd, cwd=REPO_ROOT, env=dict(env), stdout=log, stderr=subprocess.STDOUT)
+    if proc.returncode == 0:
+        return
+    with open(log_path, "r", encoding="utf-8", errors="replace") as log:
+        log.seek(start)
+        tail = "\n".join(log.read().splitlines()[-TAIL_LINES:])
+    last = tail.splitlines()[-1] if tail else ""
+    if what == "train.py" and proc.returncode == 2 and LIVE_RUN_MESSAGE.search(last):
+        raise RunningElsewhere(last)
+    raise StepFailed(what, proc.returncode, tail)
+
+
+def _attempt(cell: Cell, state: CellState, env: Mapping[str, str]) -> None:
+    if not RunResults(cell.run_dir).finished:
+        _run_step("train.py", cell.spec.train_command(Path(cell.run_dir)), state.log_path, env)
+    for entry in missing_evaluations(cell):
+        _run_step("evaluate.py", evaluate_command(cell, entry), state.log_path, env)
+
+
+def _attempts(cell: Cell, state: CellState, retries: int, retry_delay_s: float, env: Mapping[str, str]) -> str:
+    state.log_path.parent.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, retries + 2):
+        state.write("running", attempt=attempt, started=time.time())
+        try:
+            _attempt(cell, state, env)
+        except RunningElsewhere as err:
+            state.write("pending", note=f"train.py: {err}")
+            return ELSEWHERE
+        except StepFailed as err:
+            state.write("failed", attempt=attempt, error=str(err), error_tail=err.tail)
+            logger.warning("%s: attempt %d of %d failed (%s); log %s", cell.name, attempt, retries + 1, err,
+                           state.log_path)
+            if attempt <= retries:
+                time.sleep(retry_delay_s)
+            continue
+        state.write("done", attempt=attempt, error=None, error_tail=None)
+        return DONE
+    return FAILED
+
+
+def run_cell(cell: Cell, output_root: str, retries: int = 1, retry_delay_s: float = 0.0,
+             env: Optional[Mapping[str, str]] = None) -> str:
+    """Run one cell unless it is complete or another process holds it; see the module doc."""
+    if is_complete(cell):
+        return SKIPPED
+    state = CellState(output_root, cell.run_dir)
+    try:
+        with state.lock():
+            if is_complete(cell):  # finished by another process while we waited for the lock
+                return SKIPPED
+            return _attempts(cell, state, retries, retry_delay_s, env or os.environ)
+    except LockBusy:
+        return ELSEWHERE

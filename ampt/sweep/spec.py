@@ -1,0 +1,181 @@
+"""The sweep file: parsing, validation against each trainer's real config, expansion into cells.
+
+Every key is documented in ``docs/sweeps.md``. Validation builds each cell's
+config exactly as ``train.py`` does, so a bad key, trainer, dataset or file is
+named (with the valid choices) before anything runs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import yaml
+
+from ..registry import unknown_name_message
+from .runspec import REPO_ROOT, RunSpec
+
+TOP_KEYS = ("name", "data_root", "output_root", "grid", "methods", "evaluate", "executor", "retries",
+            "retry_delay_s", "prepare", "backbone", "opts", "dataset_config", "epochs")
+METHOD_KEYS = ("trainer", "config", "opts", "grid", "epochs", "backbone")
+EVAL_KEYS = ("attack", "eps", "steps", "alpha", "n_samples", "prompt", "batch_size")
+NAMED_AXES = ("dataset", "shots", "seed")
+PREPARE_CHOICES = ("digits-demo",)
+
+
+class SweepError(ValueError):
+    """A sweep file the user must fix; the message names the file, the key and the choices."""
+
+
+@dataclass
+class Method:
+    label: str
+    trainer: str
+    config: str
+    opts: List[str] = field(default_factory=list)
+    grid: Dict[str, List[Any]] = field(default_factory=dict)
+    epochs: Any = None
+    backbone: Optional[str] = None
+
+
+@dataclass
+class Cell:
+    """One run of the sweep: its ``train.py`` spec, folder and ``evaluate.py`` entries."""
+
+    method: str
+    dataset: str
+    point: Dict[str, Any]
+    spec: RunSpec
+    run_dir: str
+    evaluate: List[Dict[str, Any]]
+
+    @property
+    def name(self) -> str:
+        return f"{self.method} " + " ".join(f"{k}={v}" for k, v in self.point.items())
+
+
+@dataclass
+class Sweep:
+    path: str
+    name: str
+    data_root: str
+    output_root: str
+    grid: Dict[str, List[Any]]
+    methods: Dict[str, Method]
+    evaluate: List[Dict[str, Any]] = field(default_factory=list)
+    executor: Dict[str, Any] = field(default_factory=lambda: {"name": "local"})
+    retries: int = 1
+    retry_delay_s: float = 0.0
+    prepare: Optional[str] = None
+    backbone: Optional[str] = None
+    opts: List[str] = field(default_factory=list)
+    dataset_config: Dict[str, str] = field(default_factory=dict)
+    epochs: Any = None
+
+
+def _fail(path: str, msg: str) -> SweepError:
+    return SweepError(f"{path}: {msg}")
+
+
+def _check_keys(path: str, where: str, given: Mapping[str, Any], valid: Sequence[str]) -> None:
+    for key in given:
+        if key not in valid:
+            raise _fail(path, unknown_name_message(f"key in {where}", str(key), list(valid)))
+
+
+def _as_opts(path: str, where: str, value: Any) -> List[str]:
+    """``[KEY, VALUE, ...]`` or ``{KEY: VALUE}`` as train.py's string pairs."""
+    if value is None:
+        return []
+    if isinstance(value, Mapping):
+        value = [x for pair in value.items() for x in pair]
+    if not isinstance(value, list) or len(value) % 2:
+        raise _fail(path, f"{where}: opts are KEY VALUE pairs, as a list [KEY, VALUE, ...] or a mapping")
+    return [_opt_str(v) for v in value]
+
+
+def _opt_str(value: Any) -> str:
+    return str(value)
+
+
+def _grid(path: str, where: str, value: Any) -> Dict[str, List[Any]]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise _fail(path, f"{where} is a mapping axis -> list of values")
+    grid = {str(k): (v if isinstance(v, list) else [v]) for k, v in value.items()}
+    for axis in grid:
+        if axis not in NAMED_AXES and "." not in axis:
+            raise _fail(path, f"{where}: unknown axis {axis!r}; axes are {', '.join(NAMED_AXES)} "
+                              "or a config key such as ADV.TRAIN.EPS")
+    return grid
+
+
+def resolve_file(path: str, name: str, where: str) -> str:
+    """A config file as given, else relative to the repository root; missing: an error naming it."""
+    for candidate in (Path(name).expanduser(), REPO_ROOT / name):
+        if candidate.is_file():
+            return str(candidate.resolve())
+    raise _fail(path, f"{where}: no file {name} (relative paths are tried from the current folder and {REPO_ROOT})")
+
+
+def _method(path: str, label: str, raw: Any) -> Method:
+    if not isinstance(raw, Mapping) or "trainer" not in raw or "config" not in raw:
+        raise _fail(path, f"method {label} needs at least 'trainer' and 'config'")
+    _check_keys(path, f"method {label}", raw, METHOD_KEYS)
+    return Method(label=label, trainer=str(raw["trainer"]),
+                  config=resolve_file(path, str(raw["config"]), f"method {label} config"),
+                  opts=_as_opts(path, f"method {label}", raw.get("opts")),
+                  grid=_grid(path, f"method {label} grid", raw.get("grid")),
+                  epochs=raw.get("epochs"), backbone=raw.get("backbone"))
+
+
+def _evaluate(path: str, raw: Any) -> List[Dict[str, Any]]:
+    entries = raw or []
+    if not isinstance(entries, list):
+        raise _fail(path, "evaluate is a list of {attack: ..., eps: ..., steps: ...}")
+    for entry in entries:
+        if not isinstance(entry, Mapping) or "attack" not in entry:
+            raise _fail(path, f"evaluate entry {entry!r} needs an 'attack' (clean, pgd, cw, tpgd, aa)")
+        _check_keys(path, "an evaluate entry", entry, EVAL_KEYS)
+    return [dict(e) for e in entries]
+
+
+def load_sweep(path: str) -> Sweep:
+    """Read and check the file's structure (configs are checked by :func:`expand`)."""
+    file = Path(path)
+    if not file.is_file():
+        raise SweepError(f"No sweep file {path}")
+    raw = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    if not isinstance(raw, Mapping):
+        raise _fail(path, "a sweep file is a mapping of keys (name, data_root, output_root, grid, methods, ...)")
+    _check_keys(path, "the sweep file", raw, TOP_KEYS)
+    for key in ("data_root", "output_root", "methods"):
+        if key not in raw:
+            raise _fail(path, f"missing key {key!r} (see docs/sweeps.md)")
+    if raw.get("prepare") not in (None, *PREPARE_CHOICES):
+        raise _fail(path, f"prepare: {raw['prepare']!r} is not one of {', '.join(PREPARE_CHOICES)}")
+    executor = raw.get("executor") or {"name": "local"}
+    executor = {"name": executor} if isinstance(executor, str) else dict(executor)
+    return Sweep(
+        path=str(path), name=str(raw.get("name", file.stem)),
+        data_root=str(Path(str(raw["data_root"])).expanduser().resolve()),
+        output_root=str(Path(str(raw["output_root"])).expanduser().resolve()),
+        grid=_grid(path, "grid", raw.get("grid")),
+        methods={str(k): _method(path, str(k), v) for k, v in (raw["methods"] or {}).items()},
+        evaluate=_evaluate(path, raw.get("evaluate")), executor=executor,
+        retries=int(raw.get("retries", 1)), retry_delay_s=float(raw.get("retry_delay_s", 0.0)),
+        prepare=raw.get("prepare"), backbone=raw.get("backbone"),
+        opts=_as_opts(path, "opts", raw.get("opts")),
+        dataset_config={str(k): str(v) for k, v in (raw.get("dataset_config") or {}).items()},
+        epochs=raw.get("epochs"))
+
+
+def dataset_config_file(sweep: Sweep, dataset: str) -> str:
+    name = sweep.dataset_config.get(dataset, f"configs/datasets/{dataset}.yaml")
+    try:
+        return resolve_file(sweep.path, name, f"dataset {dataset}")
+    except SweepError:
+        valid = sorted(p.stem for p in (REPO_ROOT / "configs" / "datasets").glob("*.yaml"))
+        raise _fail(sweep.path, unknown_name_message("dataset (no configs/datasets/<id>.yaml; map it under "
+                                                     "dataset_config)", dataset, valid)) from None

@@ -1,0 +1,190 @@
+"""Sweeps: expansion and validation, the local pool (retry, skip), submitit's local executor, status,
+and the run layout shared with the shell scripts."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ampt.demo.digits_data import prepare_digits
+from ampt.models.tiny import build_tiny_clip, save_clip_state_dict
+from ampt.sweep import __main__ as sweep_cli
+from ampt.sweep.executors import CellTask, RunOptions, local_slots
+from ampt.sweep.expand import expand
+from ampt.sweep.spec import SweepError, load_sweep
+from ampt.sweep.state import CellState
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = ["OPTIM.MAX_EPOCH", 1, "DATALOADER.TEST.BATCH_SIZE", 300]
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """Digits data and a tiny CLIP checkpoint, shared by the module."""
+    base = tmp_path_factory.mktemp("sweep")
+    prepare_digits(base / "data")
+    backbone = save_clip_state_dict(build_tiny_clip(seed=0), base / "tiny.pt")
+    return base, backbone
+
+
+def write_sweep(path: Path, **content) -> str:
+    path.write_text(yaml.safe_dump(content, sort_keys=False), encoding="utf-8")
+    return str(path)
+
+
+def base_sweep(root: Path, out: Path, backbone: Path, **extra) -> dict:
+    sweep = {"name": "t", "data_root": str(root / "data"), "output_root": str(out), "backbone": str(backbone),
+             "grid": {"dataset": ["digits"], "shots": [1], "seed": [1, 2]},
+             "methods": {"CoOp": {"trainer": "CoOp", "config": "configs/trainers/CoOp/digits.yaml", "opts": FAST}},
+             "executor": {"name": "local", "workers": 2, "threads": 1}}
+    return {**sweep, **extra}
+
+
+def test_expansion_grid_times_methods_with_a_config_key_axis(tmp_path, assets):
+    root, backbone = assets
+    spec = base_sweep(root, tmp_path / "out", backbone)
+    spec["grid"]["ADV.TRAIN.EPS"] = [1, 4]
+    spec["methods"]["APT"] = {"trainer": "APT", "config": "configs/trainers/APT/digits.yaml",
+                              "grid": {"seed": [7]}}  # a method's own axis replaces the sweep's
+    cells = expand(load_sweep(write_sweep(tmp_path / "s.yaml", **spec)))
+    assert [c.method for c in cells] == ["CoOp"] * 4 + ["APT"] * 2
+    assert len({c.run_dir for c in cells}) == 6
+    apt = [c for c in cells if c.method == "APT"]
+    assert [c.spec.seed for c in apt] == [7, 7]
+    assert "eps_1_alpha0.67_steps3_onfly" in apt[0].run_dir and "eps_4_alpha2.67_steps3_onfly" in apt[1].run_dir
+    assert [c.spec.config_node().ADV.TRAIN.EPS for c in apt] == [1.0, 4.0]
+    coop = cells[0]  # not adversarial: the axis is an extra folder level
+    assert "ADV.TRAIN.EPS-1" in coop.run_dir and coop.run_dir.endswith("seed1")
+    assert "_ep1_bb-tiny" in coop.run_dir
+    cmd = coop.spec.train_command(Path(coop.run_dir))
+    assert cmd[1].endswith("train.py") and cmd[cmd.index("--trainer") + 1] == "CoOp"
+    assert cmd[-2:] == ["DATASET.NUM_SHOTS", "1"] and "ADV.TRAIN.EPS" in cmd
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"methods": {"X": {"trainer": "CoOpp", "config": "configs/trainers/CoOp/digits.yaml"}}},
+     'method X: Unknown trainer "CoOpp". Did you mean "CoOp"?'),
+    ({"methods": {"X": {"trainer": "CoOp", "config": "configs/trainers/CoOp/digits.yaml",
+                        "opts": ["OPTIM.LRR", 0.1]}}}, 'method X: Unknown config key (from command line) "OPTIM.LRR"'),
+    ({"grid": {"dataset": ["digits"], "TRAINER.COOP.N_CTXX": [2]}}, 'Did you mean "TRAINER.COOP.N_CTX"?'),
+    ({"grid": {"dataset": ["digitz"]}}, 'Did you mean "digits"?'),
+    ({"executr": {}}, 'Did you mean "executor"?'),
+])
+def test_a_bad_method_or_key_is_named_before_anything_runs(tmp_path, assets, capsys, change, message):
+    root, backbone = assets
+    path = write_sweep(tmp_path / "s.yaml", **{**base_sweep(root, tmp_path / "out", backbone), **change})
+    with pytest.raises(SweepError) as err:
+        expand(load_sweep(path))
+    assert message in str(err.value)
+    assert sweep_cli.cli(["run", path]) == 2  # one line, exit 2, nothing ran
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_local_workers_pin_gpus_or_threads():
+    assert local_slots({"name": "local", "gpus": "0,1", "workers": 4}) == [
+        {"OMP_NUM_THREADS": t, "CUDA_VISIBLE_DEVICES": g}
+        for t, g in zip([os.environ.get("OMP_NUM_THREADS", "1")] * 4, "0101")]
+    assert local_slots({"name": "local", "workers": 2, "threads": 3}) == [{"OMP_NUM_THREADS": "3"}] * 2
+    with pytest.raises(SweepError, match='Did you mean "workers"'):
+        local_slots({"name": "local", "worker": 2})
+
+
+def _fix_when_failed(out: Path, broken: Path, source: Path, seen: list, stop: threading.Event) -> None:
+    """Make the missing backbone appear once a cell has recorded a failed attempt."""
+    while not stop.is_set():
+        for state in (out / ".sweep" / "cells").glob("*.json"):
+            data = json.loads(state.read_text())
+            if data.get("state") == "failed":
+                seen.append(data)
+                shutil.copy(source, broken)
+                return
+        time.sleep(0.05)
+
+
+def test_local_sweep_runs_retries_a_failed_cell_and_skips_on_a_second_call(tmp_path, assets, capsys):
+    root, backbone = assets
+    out = tmp_path / "out"
+    late = tmp_path / "late.pt"  # missing at the start: ZeroshotCLIP's first attempts fail
+    spec = base_sweep(root, out, backbone, retries=2, retry_delay_s=1.5,
+                      evaluate=[{"attack": "clean"}, {"attack": "pgd", "eps": 1, "steps": 1, "n_samples": 20}])
+    zs = {"trainer": "ZeroshotCLIP", "config": "configs/trainers/ZeroshotCLIP/digits.yaml",
+          "backbone": str(late), "grid": {"seed": [1]}}
+    spec["methods"] = {"ZS": zs, **spec["methods"]}  # first, so it fails while the others run
+    path = write_sweep(tmp_path / "s.yaml", **spec)
+    seen: list = []
+    stop = threading.Event()
+    fixer = threading.Thread(target=_fix_when_failed, args=(out, late, backbone, seen, stop))
+    fixer.start()
+    try:
+        assert sweep_cli.main(["run", path]) == 0
+    finally:
+        stop.set()
+        fixer.join()
+    text = capsys.readouterr().out
+    assert "this call: 3 done" in text
+    assert seen and seen[0]["error"] == "train.py exited with status 2" and "late.pt" in seen[0]["error_tail"]
+    cells = expand(load_sweep(path))
+    states = {c.name: CellState(str(out), c.run_dir).read() for c in cells}
+    assert {s["state"] for s in states.values()} == {"done"}
+    assert [s["attempt"] for n, s in states.items() if n.startswith("ZS")] == [2]  # retried once
+    assert {s["attempt"] for n, s in states.items() if n.startswith("CoOp")} == {1}
+    for cell in cells:
+        records = json.loads((Path(cell.run_dir) / "results.json").read_text())["records"]
+        assert any(r["attack"] == "pgd" and r["n_samples"] == 20 and r["eps"] == 1 for r in records)
+
+    assert sweep_cli.main(["run", path]) == 0  # everything finished: nothing runs
+    assert "this call: 3 skipped" in capsys.readouterr().out
+    assert sweep_cli.main(["status", path]) == 0
+    status = capsys.readouterr().out
+    assert "| ZS       | digits    |      1 |         0 |        0 |         0 |       1 |" in status
+    assert "| CoOp     | digits    |      2 |" in status
+
+
+def test_submitit_local_executor_runs_a_cell_and_requeues_the_same_cell(tmp_path, assets, capsys):
+    root, backbone = assets
+    spec = base_sweep(root, tmp_path / "out", backbone,
+                      executor={"name": "slurm", "cluster": "local", "timeout_min": 10, "gpus_per_task": 0})
+    spec["grid"]["seed"] = [1]
+    spec["methods"] = {"ZS": {"trainer": "ZeroshotCLIP", "config": "configs/trainers/ZeroshotCLIP/digits.yaml"}}
+    path = write_sweep(tmp_path / "s.yaml", **spec)
+    assert sweep_cli.main(["run", path]) == 0
+    assert "this call: 1 done" in capsys.readouterr().out
+    (cell,) = expand(load_sweep(path))
+    assert json.loads((Path(cell.run_dir) / "results.json").read_text())["run"]["finished"] is True
+    assert list((tmp_path / "out" / ".sweep" / "submitit").glob("*/*_result.pkl"))  # submitit ran it
+    task = CellTask(RunOptions(str(tmp_path / "out")))
+    again = task.checkpoint(cell)  # what SLURM's requeue submits: the same task and cell
+    assert again.function is task and again.args == (cell,)
+    assert again.result() == "skipped"  # the cell finished: the requeued task skips it
+
+
+def test_runs_of_the_shell_scripts_and_of_the_sweep_find_each_other(tmp_path, assets):
+    root, backbone = assets
+    out = tmp_path / "out"
+    spec = base_sweep(root, out, backbone)
+    spec["methods"]["CoOp"]["opts"] = ["OPTIM.MAX_EPOCH", 1]
+    spec["grid"]["seed"] = [1, 2]
+    path = write_sweep(tmp_path / "s.yaml", **spec)
+    env = {**os.environ, "DATA": str(root / "data"), "SEEDS": "2", "EPOCHS": "1", "BACKBONE": str(backbone),
+           "OUTPUT": str(out), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    script = [str(REPO / "scripts" / "coop" / "main.sh"), "digits", "digits", "end", "4", "1", "False"]
+    subprocess.run(["bash", *script], env=env, check=True, capture_output=True, text=True)
+    cells = expand(load_sweep(path))
+    from ampt.sweep.status import cell_state
+
+    assert [cell_state(c, str(out)) for c in cells] == ["pending", "done"]  # the script's seed-2 run
+    assert sweep_cli.main(["run", path, "--workers", "1"]) == 0  # trains seed 1 only
+    again = subprocess.run(["bash", *script], env={**env, "SEEDS": "1 2"}, check=True, capture_output=True,
+                           text=True).stdout
+    for cell in cells:  # the script skips both, in the sweep's folders
+        assert f"Finished run at {cell.run_dir} (skipped" in again
