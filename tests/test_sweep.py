@@ -188,3 +188,13 @@ def test_runs_of_the_shell_scripts_and_of_the_sweep_find_each_other(tmp_path, as
                            text=True).stdout
     for cell in cells:  # the script skips both, in the sweep's folders
         assert f"Finished run at {cell.run_dir} (skipped" in again
+
+
+def test_a_base_to_new_record_does_not_answer_an_all_classes_entry():
+    from ampt.sweep.cell import record_matches
+
+    record = {"split": "test", "attack": "clean", "n_samples": 10, "prompt": "learned", "subsample": "new"}
+    assert not record_matches(record, {"attack": "clean"})
+    assert record_matches(record, {"attack": "clean", "subsample": "new"})
+    assert record_matches({**record, "subsample": "all"}, {"attack": "clean"})
+    assert not record_matches({**record, "seed": 1}, {"attack": "clean", "subsample": "new", "seed": 0})

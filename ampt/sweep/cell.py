@@ -47,10 +47,10 @@ def record_matches(record: Mapping[str, Any], entry: Mapping[str, Any]) -> bool:
         for field in ("eps", "steps", "alpha"):
             if field in entry and float(record.get(field, -1)) != float(entry[field]):
                 return False
-    for field in ("n_samples", "prompt"):
+    for field in ("n_samples", "prompt", "seed"):
         if field in entry and record.get(field) != entry[field]:
             return False
-    return True
+    return record.get("subsample", "all") == entry.get("subsample", "all")
 
 
 def missing_evaluations(cell: Cell) -> List[Dict[str, Any]]:
@@ -67,7 +67,7 @@ def is_complete(cell: Cell) -> bool:
 def evaluate_command(cell: Cell, entry: Mapping[str, Any]) -> List[str]:
     cmd = [sys.executable, str(REPO_ROOT / "evaluate.py"), cell.run_dir, "--attack", str(entry["attack"]),
            "--root", cell.spec.data_root]
-    for key in ("eps", "steps", "alpha", "n_samples", "prompt", "batch_size"):
+    for key in ("eps", "steps", "alpha", "n_samples", "prompt", "batch_size", "subsample", "seed"):
         if key in entry:
             cmd += [f"--{key.replace('_', '-')}", str(entry[key])]
     return cmd

@@ -18,7 +18,7 @@ from .runspec import REPO_ROOT, RunSpec
 TOP_KEYS = ("name", "data_root", "output_root", "grid", "methods", "evaluate", "executor", "retries",
             "retry_delay_s", "prepare", "backbone", "opts", "dataset_config", "epochs")
 METHOD_KEYS = ("trainer", "config", "opts", "grid", "epochs", "backbone")
-EVAL_KEYS = ("attack", "eps", "steps", "alpha", "n_samples", "prompt", "batch_size")
+EVAL_KEYS = ("attack", "eps", "steps", "alpha", "n_samples", "prompt", "batch_size", "subsample", "seed")
 NAMED_AXES = ("dataset", "shots", "seed")
 PREPARE_CHOICES = ("digits-demo",)
 
