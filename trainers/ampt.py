@@ -30,6 +30,7 @@ from ampt.api import TRAINER_REGISTRY
 from ampt.models import PromptLearner
 from ampt.models.mixture import MIX_MODES, FixedRouting, MixturePromptedCLIP
 from ampt.models.router import ROUTER_KINDS, Router, weight_entropy
+from ampt.engine import distributed
 from ampt.optim import build_lr_scheduler, build_optimizer
 from ampt.utils.io import read_json, write_json
 
@@ -210,7 +211,8 @@ class AMPT(AdversarialClipTrainer):
                 self.write_scalar(f"router/mean_weight_{k + 1}", w, stats["epoch"])
             self.write_scalar("router/entropy", stats["entropy"], stats["epoch"])
             self.write_scalar("router/entropy_of_mean", stats["entropy_of_mean"], stats["epoch"])
-            self._save_router_stats(stats)
+            if distributed.is_main():  # rank 0's share of the images under torchrun
+                self._save_router_stats(stats)
         super().after_epoch()
 
     def _save_router_stats(self, stats: Dict[str, Any]) -> None:
