@@ -106,7 +106,7 @@ class AMPT(AdversarialClipTrainer):
         c.TRADES_KL_WEIGHT = 0.0  # weight (>= 0) of KL(p_clean || p_adv), batch mean (TRADES-style)
         c.BALANCE_WEIGHT = 0.0  # weight (>= 0) of log K - entropy of the batch-mean router weights
         c.ATTACK_ROUTER = "full"  # training attack's weights: full (through the router) | uniform | detached
-        c.PREC = "fp16"  # fp16 | fp32 | amp; on CPU fp16 and amp fall back to fp32
+        c.PREC = "fp16"  # training compute: fp32 | bf16 | fp16 (= amp: autocast + grad scaler; fp32 on CPU); weights stay fp32
 
     def check_cfg(self, cfg: Any) -> None:
         super().check_cfg(cfg)
