@@ -243,6 +243,9 @@ def test_reduced_precision_evaluation_is_recorded_apart(runs, tmp_path):
         ("clean", "bf16"), ("clean", "fp32"), ("pgd", "bf16"), ("pgd", "fp32")]
     assert fp32["pgd"]["precision"] == "fp32"
     assert "overstate robustness" in (run / "evaluate_log.txt").read_text()
+    from ampt.report.aggregate import column_id
+
+    assert column_id(bf16["pgd"], "learned") == "pgd-2@4 [bf16]" and column_id(fp32["pgd"], "learned") == "pgd-2@4"
 
 
 def test_autocast_training_keeps_fp32_master_parameters(env, tmp_path):
