@@ -15,6 +15,10 @@ prompt, subsample, alpha, seed) of the same weights is skipped unless
 --force; one of another checkpoint is recomputed. Several evaluate.py
 processes may write to one run. An interrupted evaluation resumes at its
 first unfinished batch.
+
+On many GPUs: ``torchrun --nproc_per_node N evaluate.py RUN ...`` attacks
+disjoint shards of the test set (whole batches) and gives exactly the
+one-process accuracy; rank 0 writes the records.
 """
 from __future__ import annotations
 
@@ -24,9 +28,13 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+import torch
+
 from ampt.attacks import DEFAULT_STEPS, check_eps
 from ampt.data.splits import SUBSAMPLE_CHOICES
+from ampt.engine import distributed
 from ampt.evaluation import CLEAN, LEARNED, AttackSpec, EvalPlan, evaluate_trainer, load_run, results_table
+from ampt.precision import EVAL_PRECISIONS
 from ampt.results import RunResults
 from ampt.utils import setup_logger
 from ampt.utils.cli import run_cli
@@ -58,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--load-epoch", type=int, default=None, help="checkpoint epoch (default: the model the run deployed)")
     p.add_argument("--root", default="", help="dataset root (default: the run's DATASET.ROOT)")
     p.add_argument("--force", action="store_true", help="recompute records that results.json already holds")
+    p.add_argument("--precision", choices=EVAL_PRECISIONS, default="fp32",
+                   help="precision of the forward passes and attack gradients (default fp32; bf16/fp16 are "
+                        "recorded and can overstate robustness)")
     return p
 
 
@@ -82,7 +93,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not (run_dir / "config.yaml").is_file():  # before anything is created there
         what = "does not exist" if not run_dir.exists() else "has no config.yaml"
         raise FileNotFoundError(f"{run_dir} {what}: RUN_DIR must be a run folder written by train.py")
-    setup_logger(run_dir / LOG_FILE)
+    distributed.init_from_env(use_cuda=torch.cuda.is_available())
+    main_rank = distributed.is_main()
+    setup_logger(run_dir / LOG_FILE if main_rank else None, level=logging.INFO if main_rank else logging.WARNING)
     results = RunResults(run_dir)
     if results.path.exists() and not results.finished:
         logger.warning("%s does not say the run finished: evaluating its latest checkpoint", results.path)
@@ -91,19 +104,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     cfg = run.trainer.cfg
     specs = _specs(args, float(cfg.ADV.TRAIN.EPS) if run.adversarial else None)
     plan = EvalPlan(specs=specs, prompt=args.prompt, n_samples=args.n_samples, seed=args.seed,
-                    batch_size=args.batch_size, force=args.force)
+                    batch_size=args.batch_size, force=args.force, precision=args.precision)
     loaded = getattr(run.trainer, "loaded_checkpoint", None) or {}
     extra = {"checkpoint_epoch": loaded.get("checkpoint_epoch", run.epoch)}
     if cfg.DATASET.NAME != run.train_dataset:
         extra["train_dataset"] = run.train_dataset
     rows = evaluate_trainer(run.trainer, plan, results, extra=extra)
-    print(results_table(rows))
+    if main_rank:
+        print(results_table(rows))
     return 0
 
 
 def cli() -> int:
     """``main`` with a one-line message (no traceback) for errors the user can fix."""
-    return run_cli(main, (ValueError, FileNotFoundError))  # checkpoint file errors are ValueErrors
+    try:
+        return run_cli(main, (ValueError, FileNotFoundError))  # checkpoint file errors are ValueErrors
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

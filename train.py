@@ -7,6 +7,9 @@ moved aside) and APT's ``--eps --alpha --steps
 --adv-prompt`` (aliases of ``ADV.TRAIN.*``; eps and alpha in 1/255 units).
 Trailing ``KEY VALUE`` pairs override the config last.
 
+On many GPUs: ``torchrun --nproc_per_node N train.py <the same arguments>``
+(:mod:`ampt.engine.distributed`); rank 0 writes the run folder.
+
 Example (CoOp's script arguments work unchanged)::
 
     python train.py --root DATA --seed 1 --trainer CoOp \\
@@ -25,6 +28,7 @@ from typing import List, Optional
 import torch
 
 from ampt.config import ConfigKeyError, peek_trainer_name, setup_cfg
+from ampt.engine import distributed
 from ampt.engine.checkpoint import UnsafeCheckpointError
 from ampt.engine.run_config import CONFIG_FILE, ConfigChangedError, write_run_config
 from ampt.engine.select import ENGINES, active_api
@@ -101,10 +105,19 @@ def evaluate_only(trainer, args: argparse.Namespace) -> float:
     trainer.load_model(args.model_dir, epoch=args.load_epoch)
     accuracy = trainer.test()
     results = RunResults(trainer.output_dir)
-    if not results.run:
+    if not results.run and distributed.is_main():
         extra = {"eval_only": True, "model_dir": args.model_dir, "load_epoch": args.load_epoch, "finished": True}
         results.set_run(**{**trainer.run_metadata(), **extra})
     return accuracy
+
+
+def _start_processes(args: argparse.Namespace, cfg) -> None:
+    """Under torchrun: join the process group and check what a multi-process run needs."""
+    if not distributed.init_from_env(bool(cfg.USE_CUDA)):
+        return
+    if args.engine != "builtin":
+        raise distributed.DistributedSetupError("torchrun runs need --engine builtin (the Dassl engine is one process)")
+    distributed.per_device_batch(cfg.DATALOADER.TRAIN_X.BATCH_SIZE, bool(cfg.DATALOADER.TRAIN_X.PER_DEVICE))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -113,7 +126,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     trainer_cls = resolve_trainer_class(args)
     base_cfg = active_api().get_cfg_default() if args.engine == "dassl" else None
     cfg = setup_cfg(args, trainer_cls, base_cfg=base_cfg)
-    if not cfg.OUTPUT_DIR:
+    _start_processes(args, cfg)
+    if not cfg.OUTPUT_DIR or not distributed.is_main():  # rank 0 alone holds the run folder's lock
         return _run(args, cfg)
     with run_lock(cfg.OUTPUT_DIR):  # refused at once while another trainer writes this folder
         return _run(args, cfg)
@@ -124,17 +138,21 @@ def _run(args: argparse.Namespace, cfg) -> int:
     if training:
         check_not_finished(cfg.OUTPUT_DIR, force=args.force)
 
-    setup_logger(cfg.OUTPUT_DIR)
+    main_rank = distributed.is_main()
+    setup_logger(cfg.OUTPUT_DIR if main_rank else None, level=logging.INFO if main_rank else logging.WARNING)
     if cfg.SEED >= 0:
         logger.info("Setting fixed seed: %d", cfg.SEED)
         set_random_seed(cfg.SEED)
     if torch.cuda.is_available() and cfg.USE_CUDA:
         torch.backends.cudnn.benchmark = True
     _log_run_header(args, cfg)
-    if not training:
+    if not training and main_rank:
         _write_config(cfg)
+    distributed.barrier()
 
     trainer = active_api().build_trainer(cfg)
+    if distributed.world_size() > 1 and cfg.SEED >= 0:
+        set_random_seed(distributed.rank_seed(cfg.SEED))  # ranks draw different augmentations
     trainer.fresh_start = bool(args.force)
     if args.eval_only:
         evaluate_only(trainer, args)
@@ -145,9 +163,12 @@ def _run(args: argparse.Namespace, cfg) -> int:
 
 def cli() -> int:
     """``main`` with a one-line message (no traceback) for errors the user can fix."""
-    return run_cli(main, (ConfigKeyError, FinishedRunError, UnsafeCheckpointError, FileNotFoundError,
-                          RunLockedError, ConfigChangedError, CheckpointFileError, CheckpointWriteError,
-                          BackboneError))
+    try:
+        return run_cli(main, (ConfigKeyError, FinishedRunError, UnsafeCheckpointError, FileNotFoundError,
+                              RunLockedError, ConfigChangedError, CheckpointFileError, CheckpointWriteError,
+                              BackboneError, distributed.DistributedSetupError))
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -32,7 +32,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attacks import ATTACK_REGISTRY, attack_mode, ce_loss, check_eps, pgd_linf
+from .attacks.per_sample import uniform_start
 from .clip_trainer import ClipTrainer
+from .engine import distributed
+from .precision import at_precision, warn_reduced
 from .evaluation import LEARNED, AttackSpec, accuracy_under_attack, prompt_count, prompt_model
 from .models import template_text_features
 from .models.templates import DEFAULT_TEMPLATE
@@ -133,7 +136,22 @@ class AdversarialClipTrainer(ClipTrainer):
             fixed = text_features.detach()
         with attack_mode(self.model):
             return pgd_linf(lambda x: self.model(x, text_features=fixed), images, labels,
-                            b.eps / 255, b.alpha / 255, b.steps)
+                            b.eps / 255, b.alpha / 255, b.steps, start=self.attack_start(images))
+
+    def attack_start(self, images: Tensor) -> Optional[Tensor]:
+        """The training attack's random start: None (PGD draws it from the global RNG) in one process.
+
+        Under torchrun each image's start is drawn from its own generator,
+        seeded by (SEED, epoch, dataset index) of the batch being trained
+        (``self.batch_indices``), so it does not depend on how many
+        processes share the batch, and ranks never repeat each other's noise.
+        """
+        indices = getattr(self, "batch_indices", None)
+        if not distributed.is_distributed() or indices is None or self.budget.eps == 0:
+            return None
+        seed = max(int(self.cfg.SEED), 0)
+        seeds = [distributed.sample_seed(seed, self.epoch, int(i)) for i in indices]
+        return uniform_start(images, self.budget.eps / 255, seeds)
 
     def _perturbed_attack(self, images: Tensor, labels: Tensor) -> Tensor:
         """PGD on the images while the prompts are pushed adversarially too, then restored.
@@ -154,7 +172,8 @@ class AdversarialClipTrainer(ClipTrainer):
         params = [p for p in self.model.prompt_learner.parameters() if p.requires_grad]
         saved = [p.detach().clone() for p in params]
         scales = [b.prompt_alpha * p.detach().float().pow(2).mean().sqrt() for p in params]
-        adv = (images + torch.empty_like(images).uniform_(-eps, eps)).clamp(0, 1)
+        start = self.attack_start(images)
+        adv = (images + torch.empty_like(images).uniform_(-eps, eps)).clamp(0, 1) if start is None else start
         try:
             with attack_mode(self.model):
                 for p in params:
@@ -187,6 +206,7 @@ class AdversarialClipTrainer(ClipTrainer):
 
     def forward_backward(self, batch: Dict[str, Any]) -> Dict[str, float]:
         images, labels = self.parse_batch_train(batch)[:2]
+        self.batch_indices = batch.get("index")  # dataset indices: seeds of the per-image attack start
         with self.autocast():
             if self.budget.prompt == "perturbed":
                 adv = self.adversarial_images(images, labels, None)
@@ -225,7 +245,8 @@ class AdversarialClipTrainer(ClipTrainer):
             return
         loader = self.val_loader if split == "val" else self.test_loader
         self.set_model_mode("eval")
-        model = prompt_model(self, LEARNED)
+        warn_reduced(self.test_precision())
+        model = at_precision(prompt_model(self, LEARNED), self.test_precision())
         seed = self.cfg.SEED if self.cfg.SEED >= 0 else 0
         outcome = accuracy_under_attack(model, loader, spec, self.num_classes, self.device, seed=seed,
                                         desc=f"test ({split}): {spec.label}")

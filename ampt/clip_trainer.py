@@ -10,15 +10,16 @@ What it adds to Dassl's ``TrainerX``:
 - :meth:`setup_model`: freeze everything but an allow-list of parameter
   names, log what trains, refuse anything else that requires grad, move to
   the device;
-- precision: ``fp16`` weights, or ``amp`` autocast with a gradient scaler,
-  used by ``model_inference`` and ``model_backward_and_update``.
+- precision (:mod:`ampt.precision`): the weights stay fp32; ``TRAINER.<X>.PREC``
+  ``bf16``/``fp16`` autocasts the training passes (fp16 with a gradient
+  scaler, in ``model_backward_and_update``); the run's own tests use
+  ``TEST.PRECISION`` (fp32 by default) in ``model_inference``.
 
 A subclass implements ``add_config``, ``build_model``
 and ``forward_backward``, running its forward passes under ``self.autocast()``.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 from typing import Any, ContextManager, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -26,9 +27,10 @@ import torch
 from torch import nn
 
 from .api import TrainerX
+from . import precision as precision_policy
 from .engine.checkpoint import load_checkpoint
 from .models.backbone import backbone_info, pretrained_setting
-from .models.clip_loader import apply_precision, load_clip, resolve_precision
+from .models.clip_loader import load_clip
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +74,7 @@ class ClipTrainer(TrainerX):
     def check_cfg(self, cfg: Any) -> None:
         super().check_cfg(cfg)
         check_clip_transforms(cfg)
+        precision_policy.check_eval_precision(cfg.TEST.get("PRECISION", "fp32"), "TEST.PRECISION")
 
     def trainer_cfg(self) -> Optional[Any]:
         """``cfg.TRAINER.<cfg_node>`` (e.g. ``TRAINER.COOP``), or None when the config has no such node."""
@@ -94,10 +97,11 @@ class ClipTrainer(TrainerX):
         check_input_size(self.cfg, backbone_info(clip_model).input_resolution)
         node = self.trainer_cfg()
         requested = node.PREC if node is not None and "PREC" in node else "fp32"
-        self.precision = resolve_precision(requested, self.device)
-        logger.info("Precision: %s", self.precision)
-        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "amp" else None
-        return apply_precision(clip_model, self.precision)
+        self.precision = precision_policy.resolve_train_precision(requested, self.device)
+        logger.info("Precision: training %s (weights and learned parameters fp32), tests %s",
+                    self.precision, self.test_precision())
+        self.scaler = precision_policy.grad_scaler(self.precision, self.device)
+        return clip_model.float()
 
     def setup_model(self, model: nn.Module, trainable: Sequence[str]) -> nn.Module:
         """Freeze all of ``model`` but ``trainable`` (parameter names or module prefixes).
@@ -140,13 +144,12 @@ class ClipTrainer(TrainerX):
 
     # ------------------------------------------------------------ precision-aware hooks
     def autocast(self) -> ContextManager:
-        """Autocast under ``amp``; a no-op otherwise."""
-        if getattr(self, "precision", "fp32") == "amp":
-            return torch.autocast(device_type=self.device.type)
-        return contextlib.nullcontext()
+        """Autocast of the training passes (``TRAINER.<X>.PREC`` bf16 or fp16); a no-op for fp32."""
+        return precision_policy.autocast(getattr(self, "precision", "fp32"), self.device)
 
     def model_inference(self, input: torch.Tensor) -> torch.Tensor:
-        with self.autocast():
+        """Logits in fp32, computed at the tests' precision (``TEST.PRECISION``, fp32 by default)."""
+        with precision_policy.autocast(self.test_precision(), self.device):
             return self.model(input).float()
 
     def model_backward_and_update(
@@ -159,6 +162,7 @@ class ClipTrainer(TrainerX):
         self.model_zero_grad(names)
         self.detect_anomaly(loss)
         self.scaler.scale(loss).backward()
+        self.sync_gradients(names)
         for name in self.get_model_names(names):
             if self._optims[name] is not None:
                 self.scaler.step(self._optims[name])
@@ -171,4 +175,6 @@ class ClipTrainer(TrainerX):
     def before_train(self) -> None:
         if hasattr(self, "_trainable"):
             self.check_trainable()
+        for name in self.get_model_names():
+            precision_policy.check_fp32_parameters(self._models[name])
         super().before_train()

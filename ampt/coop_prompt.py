@@ -20,7 +20,7 @@ def add_coop_prompt_keys(node: CN) -> None:
     node.N_CTX = 16  # number of learned context tokens (>= 1); CTX_INIT's token count overrides it
     node.CSC = False  # class-specific context (one per class) instead of one shared (unified)
     node.CTX_INIT = ""  # words to start from, e.g. "a photo of a"; "" = random N(0, 0.02)
-    node.PREC = "fp16"  # fp16 | fp32 | amp; on CPU fp16 and amp fall back to fp32
+    node.PREC = "fp16"  # training compute: fp32 | bf16 | fp16 (= amp: autocast + grad scaler; fp32 on CPU); weights stay fp32
     node.CLASS_TOKEN_POSITION = "end"  # end | middle | front
 
 

@@ -21,6 +21,14 @@ in-training test (:meth:`ampt.adversarial.AdversarialClipTrainer.final_evaluatio
   interrupted evaluation (AutoAttack on thousands of images) restarts at the
   first unfinished batch, also under ``--force``. The file is keyed by every
   setting and a hash of the weights, and removed once the record is written.
+- **Shards.** Under ``torchrun`` each rank attacks whole batches of the
+  (seeded) subset, dealt round-robin (:mod:`ampt.engine.distributed`): every
+  batch is the batch of a one-process run, attacked with the same seed, and
+  the ranks' integer counts are summed, so the accuracy is exactly the
+  one-process accuracy. Each rank keeps its own progress file (resume with
+  the same number of processes); rank 0 writes the record.
+- **Precision.** Attacks run in fp32 unless ``EvalPlan.precision`` says
+  otherwise (:mod:`ampt.precision`); every record says its precision.
 """
 from __future__ import annotations
 
@@ -38,9 +46,11 @@ from torch.utils.data import DataLoader, Subset
 
 from .attacks import ATTACK_REGISTRY, build_attack, check_eps
 from .engine.checkpoint import weights_digest
+from .engine import distributed
 from .engine.progress import progress_bar
 from .models import FixedTextFeatures, template_text_features
 from .models.templates import check_template
+from .precision import at_precision, warn_reduced
 from .results import RunResults, same_weights
 from .utils.io import read_json, write_json
 
@@ -184,9 +194,12 @@ def accuracy_under_attack(
     worst case over the ball includes it (AutoAttack counts the same way),
     and robust accuracy never exceeds clean accuracy. One progress bar.
     With ``progress_file``, counts are saved after every batch and a
-    matching file from an interrupted call is resumed.
+    matching file from an interrupted call is resumed. Under torchrun each
+    rank evaluates its shard of ``loader`` (whole batches) and the counts are
+    summed over ranks; ``progress_file`` is then this rank's own.
     """
     model.eval()
+    loader = distributed.shard_loader(loader)
     attack = spec.build(model, num_classes, seed)
     if attack is not None:
         logger.info("Attack: %r", attack)
@@ -215,6 +228,8 @@ def accuracy_under_attack(
         if progress_file is not None:
             write_json({"state": state}, progress_file)
     bar.close()
+    correct, total = distributed.all_reduce_sum([state["correct"], state["total"]])
+    state = {**state, "correct": correct, "total": total, "seconds": distributed.all_reduce_max(state["seconds"])}
     if state["total"] == 0:
         raise RuntimeError("The evaluation saw no images: the test split (or subset) is empty")
     extra: Dict[str, Any] = {}
@@ -224,13 +239,15 @@ def accuracy_under_attack(
 
 
 def make_record(dataset: str, split: str, spec: AttackSpec, prompt: str, outcome: Outcome,
-                **extra: Any) -> Dict[str, Any]:
+                precision: str = "fp32", **extra: Any) -> Dict[str, Any]:
     """A results.json record (results.md fields first, then the optional ones)."""
     record: Dict[str, Any] = {
         "dataset": dataset, "split": split, "attack": spec.name, "eps": spec.eps, "steps": spec.steps,
         "n_samples": outcome.n_samples, "accuracy": round(outcome.accuracy, 4), "prompt": prompt,
-        "label": spec.label, "seconds": round(outcome.seconds, 2),
+        "precision": precision, "label": spec.label, "seconds": round(outcome.seconds, 2),
     }
+    if distributed.world_size() > 1:
+        record["world_size"] = distributed.world_size()  # "seconds" is the slowest rank's
     if spec.name != CLEAN:
         record["attack_prompt"] = prompt  # white-box: the attack sees the prompt it evaluates
         if spec.alpha is not None:
@@ -252,6 +269,7 @@ class EvalPlan:
     batch_size: Optional[int] = None
     force: bool = False
     split: str = "test"
+    precision: str = "fp32"  # of the forward passes and attack gradients: fp32 | bf16 | fp16
 
 
 def progress_path(run_dir: Path, key: Dict[str, Any]) -> Path:
@@ -284,7 +302,7 @@ def evaluate_trainer(trainer: Any, plan: EvalPlan, results: RunResults,
     for spec in plan.specs:
         key = {"dataset": dataset_name, "split": plan.split, "attack": spec.name, "eps": spec.eps,
                "steps": spec.steps, "n_samples": n_samples, "prompt": prompt, **subsample, "alpha": spec.alpha,
-               "seed": plan.seed}
+               "seed": plan.seed, "precision": plan.precision}
         existing = results.get(key)
         if existing is not None and not plan.force and same_weights(existing, extra):
             logger.info("Skipping %s on %s: already in %s (--force recomputes)", spec.label, dataset_name, results.path)
@@ -297,16 +315,19 @@ def evaluate_trainer(trainer: Any, plan: EvalPlan, results: RunResults,
     if not todo:
         return rows
     trainer.set_model_mode("eval")
-    model = prompt_model(trainer, plan.prompt).to(trainer.device).eval()
+    warn_reduced(plan.precision)
+    model = at_precision(prompt_model(trainer, plan.prompt).to(trainer.device).eval(), plan.precision)
     loader = subset_loader(base_loader, indices, plan.batch_size)
     for spec, key in todo:
-        progress_file = progress_path(results.run_dir, {**key, "batch_size": loader.batch_size, **extra})
+        progress_file = progress_path(results.run_dir, {**key, "batch_size": loader.batch_size, **extra,
+                                                        **distributed.shard_key()})
         outcome = accuracy_under_attack(model, loader, spec, trainer.num_classes, trainer.device,
                                         seed=plan.seed, desc=f"{spec.label} [{dataset_name}]",
                                         progress_file=progress_file)
-        record = make_record(dataset_name, plan.split, spec, prompt, outcome, seed=plan.seed, **subsample,
-                             **extra)
-        stored = results.add(record, force=plan.force)
+        record = make_record(dataset_name, plan.split, spec, prompt, outcome, precision=plan.precision,
+                             seed=plan.seed, **subsample, **extra)
+        stored = results.add(record, force=plan.force) if distributed.is_main() else True
+        distributed.barrier()  # the record is written before any rank drops its progress
         progress_file.unlink(missing_ok=True)
         logger.info("%s on %s (%d images, prompt %s): %.2f%% in %.1f s", spec.label, dataset_name,
                     outcome.n_samples, prompt, outcome.accuracy, outcome.seconds)

@@ -6,7 +6,7 @@ Format::
              "backbone": ..., "train_eps": ..., "engine": ..., "finished": bool,
              "final_weights": digest of the deployed model once finished},
      "records": [{"dataset", "split", "attack", "eps", "steps", "n_samples",
-                  "accuracy", ...optional "prompt", "subsample", "alpha", "seed",
+                  "accuracy", "precision", ...optional "prompt", "subsample", "alpha", "seed",
                   "checkpoint_epoch", "weights", ...}]}
 
 Every change takes ``.results.json.lock`` (``fcntl.flock``), re-reads the
@@ -18,7 +18,9 @@ The record key (:data:`RECORD_KEY_FIELDS`) holds every setting that changes
 the number. ``alpha`` and ``seed`` joined it later: a stored record without
 one of them (written by an older version; clean records carry no alpha)
 matches any value of that field. The other fields compare exactly, a
-missing one as ``None`` (``subsample``: as "all"). Numbers compare by value rounded to 4 decimals.
+missing one as ``None`` (``subsample``: as "all"; ``precision``, written by
+every record since the precision policy, stays ``None``: an older record's
+precision is unknown, so it answers no fp32 request). Numbers compare by value rounded to 4 decimals.
 
 A record also says which weights it measured (``weights``, a digest of the
 trained state dicts, and ``checkpoint_epoch``). :meth:`RunResults.add`
@@ -39,7 +41,8 @@ from .utils.locks import file_lock
 logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
-RECORD_KEY_FIELDS = ("dataset", "split", "attack", "eps", "steps", "n_samples", "prompt", "subsample", "alpha", "seed")
+RECORD_KEY_FIELDS = ("dataset", "split", "attack", "eps", "steps", "n_samples", "prompt", "subsample", "alpha", "seed",
+                     "precision")
 # What a key field a record lacks means: records written before base-to-new are of all classes.
 KEY_DEFAULTS = {"subsample": "all"}
 # Key fields added after the first format: absent from a stored record, they match any value.

@@ -30,6 +30,7 @@ from ampt.api import TRAINER_REGISTRY
 from ampt.models import PromptLearner
 from ampt.models.mixture import MIX_MODES, FixedRouting, MixturePromptedCLIP
 from ampt.models.router import ROUTER_KINDS, Router, weight_entropy
+from ampt.engine import distributed
 from ampt.optim import build_lr_scheduler, build_optimizer
 from ampt.utils.io import read_json, write_json
 
@@ -105,7 +106,7 @@ class AMPT(AdversarialClipTrainer):
         c.TRADES_KL_WEIGHT = 0.0  # weight (>= 0) of KL(p_clean || p_adv), batch mean (TRADES-style)
         c.BALANCE_WEIGHT = 0.0  # weight (>= 0) of log K - entropy of the batch-mean router weights
         c.ATTACK_ROUTER = "full"  # training attack's weights: full (through the router) | uniform | detached
-        c.PREC = "fp16"  # fp16 | fp32 | amp; on CPU fp16 and amp fall back to fp32
+        c.PREC = "fp16"  # training compute: fp32 | bf16 | fp16 (= amp: autocast + grad scaler; fp32 on CPU); weights stay fp32
 
     def check_cfg(self, cfg: Any) -> None:
         super().check_cfg(cfg)
@@ -210,7 +211,8 @@ class AMPT(AdversarialClipTrainer):
                 self.write_scalar(f"router/mean_weight_{k + 1}", w, stats["epoch"])
             self.write_scalar("router/entropy", stats["entropy"], stats["epoch"])
             self.write_scalar("router/entropy_of_mean", stats["entropy_of_mean"], stats["epoch"])
-            self._save_router_stats(stats)
+            if distributed.is_main():  # rank 0's share of the images under torchrun
+                self._save_router_stats(stats)
         super().after_epoch()
 
     def _save_router_stats(self, stats: Dict[str, Any]) -> None:

@@ -73,6 +73,7 @@ def pgd_linf(
     generator: Optional[torch.Generator] = None,
     random_start: Union[bool, str] = True,
     loss: Union[str, LossFn] = "ce",
+    start: Optional[Tensor] = None,
 ) -> Tensor:
     """L-inf PGD (Madry et al. 2018): maximise ``loss(forward(x_adv), labels)``.
 
@@ -83,7 +84,9 @@ def pgd_linf(
     ``loss`` is "ce", "cw" (margin) or a callable ``(logits, labels) -> scalar``
     summed over the batch. ``random_start``: True/"uniform" (uniform in
     [-eps, eps]), "normal" (TRADES' 0.001 * N(0, 1)) or False. ``generator``
-    seeds the start; None uses the global RNG. The model's train/eval mode is
+    seeds the start; None uses the global RNG. ``start`` (optional) is a given
+    starting point, e.g. :func:`~ampt.attacks.per_sample.uniform_start`, used
+    instead of ``random_start``. The model's train/eval mode is
     the caller's business. Returns detached images in the eps-ball and [0, 1].
     """
     if steps < 0 or eps < 0 or alpha < 0:
@@ -92,7 +95,7 @@ def pgd_linf(
     images = images.detach()
     if eps == 0:
         return images.clone()
-    adv = _project(_start(images, eps, random_start, generator), images, eps)
+    adv = _project(_start(images, eps, random_start, generator) if start is None else start.detach(), images, eps)
     for _ in range(steps):
         adv.requires_grad_(True)
         with torch.enable_grad():

@@ -63,6 +63,9 @@ _C.DATALOADER.RETURN_IMG0 = False
 _C.DATALOADER.TRAIN_X = CN()
 _C.DATALOADER.TRAIN_X.SAMPLER = "RandomSampler"
 _C.DATALOADER.TRAIN_X.BATCH_SIZE = 32
+# torchrun: False splits BATCH_SIZE across the processes (global batch = BATCH_SIZE; must divide);
+# True loads BATCH_SIZE per process (global batch = BATCH_SIZE x processes; OPTIM.LR is not scaled)
+_C.DATALOADER.TRAIN_X.PER_DEVICE = False
 _C.DATALOADER.TRAIN_X.N_DOMAIN = 0
 _C.DATALOADER.TRAIN_X.N_INS = 16
 _C.DATALOADER.TRAIN_U = CN()
@@ -127,6 +130,7 @@ _C.TEST.COMPUTE_CMAT = False
 _C.TEST.NO_TEST = False
 _C.TEST.SPLIT = "test"
 _C.TEST.FINAL_MODEL = "last_step"  # last_step | best_val
+_C.TEST.PRECISION = "fp32"  # precision of the run's own clean/robust tests: fp32 | bf16 | fp16 (recorded)
 
 # ---------------------------------------------------------------- adversarial (project)
 _C.ADV = CN()

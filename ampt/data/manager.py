@@ -7,7 +7,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Type, Union
 import torch
 import torchvision.transforms as T
 from tabulate import tabulate
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler, SequentialSampler
+
+from ..engine import distributed
 
 from .datum import Datum
 from .images import read_image
@@ -82,17 +84,40 @@ def build_sampler(sampler_type: str, data_source: List[Datum]) -> Sampler:
     )
 
 
+def build_distributed_sampler(cfg: Any, sampler_type: str, data_source: List[Datum]) -> DistributedSampler:
+    """Under torchrun: this rank's share of one permutation per epoch (seeded by SEED and the epoch).
+
+    Rank ``r`` takes positions ``r, r + N, ...`` of the permutation, so the
+    ranks' ``b``-th batches together are the permutation's ``b``-th global
+    batch whatever ``N`` is (``drop_last``: no sample is repeated to pad).
+    """
+    build_sampler(sampler_type, data_source)  # the same names are valid
+    return DistributedSampler(data_source, num_replicas=distributed.world_size(), rank=distributed.rank(),
+                              shuffle=sampler_type == "RandomSampler", seed=max(int(cfg.SEED), 0), drop_last=True)
+
+
 def build_data_loader(cfg: Any, sampler_type: str, data_source: List[Datum], batch_size: int,
                       tfm: Transform = None, is_train: bool = True,
                       dataset_wrapper: Optional[Type[Dataset]] = None) -> DataLoader:
-    """A loader over ``data_source``; drops the last partial batch when training on >= one batch (Dassl)."""
+    """A loader over ``data_source``; drops the last partial batch when training on >= one batch (Dassl).
+
+    Training under torchrun: a :class:`DistributedSampler` and this
+    process's share of ``batch_size`` (see :func:`ampt.engine.distributed.per_device_batch`).
+    Evaluation loaders are sharded when a test runs (whole batches per rank).
+    """
     wrapper = dataset_wrapper or DatasetWrapper
+    drop_last = is_train and len(data_source) >= batch_size
+    if is_train and distributed.is_distributed():
+        sampler: Sampler = build_distributed_sampler(cfg, sampler_type, data_source)
+        batch_size = distributed.per_device_batch(batch_size, bool(cfg.DATALOADER.TRAIN_X.PER_DEVICE))
+    else:
+        sampler = build_sampler(sampler_type, data_source)
     loader = DataLoader(
         wrapper(cfg, data_source, transform=tfm, is_train=is_train),
         batch_size=batch_size,
-        sampler=build_sampler(sampler_type, data_source),
+        sampler=sampler,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
-        drop_last=is_train and len(data_source) >= batch_size,
+        drop_last=drop_last,
         pin_memory=bool(cfg.USE_CUDA and torch.cuda.is_available()),
     )
     if len(loader) == 0:

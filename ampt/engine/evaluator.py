@@ -11,6 +11,7 @@ import torch
 from sklearn.metrics import confusion_matrix, f1_score
 
 from ..registry import Registry
+from . import distributed
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,22 @@ class Classification(EvaluatorBase):
             for label, match in zip(gt.tolist(), matches.tolist()):
                 self._per_class_res[label].append(int(match))
 
+    def state(self) -> Dict[str, Any]:
+        """What :meth:`merge` needs from another process's evaluator (a sharded test)."""
+        return {"correct": self._correct, "total": self._total, "y_true": self._y_true, "y_pred": self._y_pred,
+                "per_class": dict(self._per_class_res)}
+
+    def merge(self, states: List[Dict[str, Any]]) -> None:
+        """Become the evaluator of all shards: ``states`` of every rank, this one's included."""
+        self.reset()
+        for state in states:
+            self._correct += state["correct"]
+            self._total += state["total"]
+            self._y_true.extend(state["y_true"])
+            self._y_pred.extend(state["y_pred"])
+            for label, matches in state["per_class"].items():
+                self._per_class_res[label].extend(matches)
+
     def evaluate(self) -> Dict[str, float]:
         """Log Dassl's block and return accuracy first (what ``test()`` returns)."""
         if self._total == 0:
@@ -85,7 +102,7 @@ class Classification(EvaluatorBase):
         )
         if self._per_class:
             results["perclass_accuracy"] = self._log_per_class()
-        if self.cfg.TEST.COMPUTE_CMAT:
+        if self.cfg.TEST.COMPUTE_CMAT and distributed.is_main():
             cmat = confusion_matrix(self._y_true, self._y_pred, normalize="true")
             path = Path(self.cfg.OUTPUT_DIR) / "cmat.pt"
             torch.save(torch.from_numpy(cmat), path)

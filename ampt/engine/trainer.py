@@ -9,9 +9,15 @@ run aside), ``results.json``, the progress bar, and a test that records its
 result with the checkpoint it measured. Both
 engines mix it in: here over :class:`TrainerBase`, under ``--engine dassl``
 over Dassl's own ``TrainerX``.
+
+Under ``torchrun`` (:mod:`ampt.engine.distributed`) every rank trains on its
+share of each global batch, gradients are averaged before each optimizer
+step, tests are sharded and their counts summed, and rank 0 alone takes the
+run lock and writes results.json, config.yaml, checkpoints and tensorboard.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import time
@@ -28,6 +34,7 @@ from ..utils.locks import run_lock
 from .checkpoint import BEST_FILE, CheckpointMissingError, CheckpointMixin, load_checkpoint, weights_digest
 from .run_config import check_resume_config, write_run_config
 from ..models.backbone import backbone_label
+from . import distributed
 from .evaluator import build_evaluator
 from .progress import AverageMeter, MetricMeter, ScalarWriterMixin, format_eta, progress_bar, train_log_line
 
@@ -61,7 +68,19 @@ class RunMixin(CheckpointMixin, ScalarWriterMixin):
             "train_eps": cfg.ADV.TRAIN.EPS if getattr(self, "adversarial", False) else 0,
             "engine": self.engine_name,
             "finished": self.results.finished,
+            **self.batch_metadata(),
         }
+
+    def batch_metadata(self) -> Dict[str, Any]:
+        """World size, global batch and learning rate: what one optimizer step means in this run."""
+        node = self.cfg.DATALOADER.TRAIN_X
+        per_device = bool(node.get("PER_DEVICE", False))
+        return {"world_size": distributed.world_size(), "global_batch": distributed.global_batch(node.BATCH_SIZE, per_device),
+                "batch_per_device": distributed.per_device_batch(node.BATCH_SIZE, per_device), "lr": self.cfg.OPTIM.LR}
+
+    def test_precision(self) -> str:
+        """Precision of the run's own clean and robust tests (``TEST.PRECISION``; fp32 by default)."""
+        return str(self.cfg.TEST.get("PRECISION", "fp32"))
 
     def record_result(
         self, split: str, attack: str, eps: float, steps: int, n_samples: int, accuracy: float, **extra: Any
@@ -70,12 +89,12 @@ class RunMixin(CheckpointMixin, ScalarWriterMixin):
         record = {
             "dataset": self.cfg.DATASET.NAME, "split": split, "attack": attack, "eps": eps,
             "steps": steps, "n_samples": int(n_samples), "accuracy": round(float(accuracy), 4),
-            "prompt": "learned", **self.record_provenance(), **extra,
+            "prompt": "learned", "precision": self.test_precision(), **self.record_provenance(), **extra,
         }
         subsample = self.cfg.DATASET.get("SUBSAMPLE_CLASSES", "all")
         if subsample != "all":  # base-to-new: which half of the classes the test set holds
             record["subsample"] = subsample
-        if not self.results.add(record, force=self.record_force):
+        if distributed.is_main() and not self.results.add(record, force=self.record_force):
             logger.warning("Not written to %s: it holds the finished run's record of this setting "
                            "(pass --force to replace it)", self.results.path)
 
@@ -112,7 +131,7 @@ class RunMixin(CheckpointMixin, ScalarWriterMixin):
     # ------------------------------------------------------------ life cycle
     def train(self, *args: Any, **kwargs: Any) -> None:
         """The engine's loop, holding the run folder's lock: a second trainer into it is refused."""
-        with run_lock(self.output_dir):
+        with run_lock(self.output_dir) if distributed.is_main() else contextlib.nullcontext():
             super().train(*args, **kwargs)
 
     def _move_old_run_aside(self) -> None:
@@ -129,7 +148,8 @@ class RunMixin(CheckpointMixin, ScalarWriterMixin):
     def _choose_start(self) -> None:
         """Resume policy: --force, --resume, an unfinished run here, or from scratch."""
         if self.fresh_start:
-            self._move_old_run_aside()
+            if distributed.is_main():
+                self._move_old_run_aside()
             logger.warning("--force: training from scratch in %s", self.output_dir)
             self.start_epoch = 0
         elif self.cfg.RESUME:
@@ -156,13 +176,20 @@ class RunMixin(CheckpointMixin, ScalarWriterMixin):
         self._choose_start()
         if self.start_epoch > 0:
             self._restore_best_result(self.cfg.RESUME or self.output_dir)
-        write_run_config(self.cfg, self.output_dir)
-        self.results.set_run(**{**self.run_metadata(), "finished": False})
+        meta = self.run_metadata()
+        main = distributed.is_main()
+        if main:
+            write_run_config(self.cfg, self.output_dir)
+            self.results.set_run(**{**meta, "finished": False})
         if self.start_epoch < self.max_epoch:
             logger.info("Training epochs %d..%d of %d", self.start_epoch + 1, self.max_epoch, self.max_epoch)
-        writer_dir = Path(self.output_dir) / "tensorboard"
-        writer_dir.mkdir(parents=True, exist_ok=True)
-        self.init_writer(str(writer_dir))
+        logger.info("World size %d: global batch %d (%d per process), learning rate %g (OPTIM.LR, not scaled)",
+                    meta["world_size"], meta["global_batch"], meta["batch_per_device"], meta["lr"])
+        if main:
+            writer_dir = Path(self.output_dir) / "tensorboard"
+            writer_dir.mkdir(parents=True, exist_ok=True)
+            self.init_writer(str(writer_dir))
+        distributed.barrier()  # every rank has chosen where to start before rank 0 saves anything
         self.time_start = time.time()
 
     def after_epoch(self) -> None:
@@ -174,9 +201,11 @@ class RunMixin(CheckpointMixin, ScalarWriterMixin):
             curr_result = self.test(split="val", record=False)
             if curr_result > self.best_result:
                 self.best_result = curr_result
-                self.save_model(self.epoch, self.output_dir, val_result=curr_result, model_name=BEST_FILE)
-        if meet_checkpoint_freq or last_epoch:
+                if distributed.is_main():
+                    self.save_model(self.epoch, self.output_dir, val_result=curr_result, model_name=BEST_FILE)
+        if (meet_checkpoint_freq or last_epoch) and distributed.is_main():
             self.save_model(self.epoch, self.output_dir)
+        distributed.barrier()  # checkpoints are on disk before any rank reads them
 
     def after_train(self) -> None:
         logger.info("Finish training")
@@ -188,7 +217,8 @@ class RunMixin(CheckpointMixin, ScalarWriterMixin):
                 logger.info("Deploy the last-epoch model")
                 self.loaded_checkpoint = {"checkpoint_epoch": self.max_epoch}
             self.final_evaluation()
-        self.results.set_run(finished=True, final_weights=weights_digest(self))
+        if distributed.is_main():
+            self.results.set_run(finished=True, final_weights=weights_digest(self))
         elapsed = datetime.timedelta(seconds=round(time.time() - self.time_start))
         logger.info("Elapsed: %s", elapsed)
         self.close_writer()
@@ -200,6 +230,7 @@ class RunMixin(CheckpointMixin, ScalarWriterMixin):
         ``forward_backward``, so the last batch of an epoch shows the next epoch's).
         """
         self.set_model_mode("train")
+        distributed.set_sampler_epoch(self.train_loader_x, self.epoch)
         losses, batch_time, data_time = MetricMeter(), AverageMeter(), AverageMeter()
         self.num_batches = len(self.train_loader_x)
         print_freq = self.cfg.TRAIN.PRINT_FREQ
@@ -236,9 +267,12 @@ class RunMixin(CheckpointMixin, ScalarWriterMixin):
                 logger.warning("No validation set: evaluating on the test set instead (as Dassl does)")
             split, loader = "test", self.test_loader
         logger.info("Evaluate on the *%s* set", split)
+        loader = distributed.shard_loader(loader)
         for batch in progress_bar(loader, total=len(loader), desc=f"test ({split})"):
             inputs, labels = self.parse_batch_test(batch)
             self.evaluator.process(self.model_inference(inputs), labels)
+        if distributed.world_size() > 1:
+            self.evaluator.merge(distributed.all_gather_objects(self.evaluator.state()))
         results = self.evaluator.evaluate()
         for k, v in results.items():
             self.write_scalar(f"{split}/{k}", v, self.epoch)
@@ -352,7 +386,14 @@ class TrainerBase:
         self.detect_anomaly(loss)
         loss.backward()
 
+    def sync_gradients(self, names: Union[None, str, Sequence[str]] = None) -> None:
+        """Under torchrun: average the trainable gradients over ranks (one collective)."""
+        if distributed.is_distributed():
+            distributed.average_gradients(p for name in self.get_model_names(names)
+                                          for p in self._models[name].parameters())
+
     def model_update(self, names: Union[None, str, Sequence[str]] = None) -> None:
+        self.sync_gradients(names)
         for name in self.get_model_names(names):
             if self._optims[name] is not None:
                 self._optims[name].step()
@@ -370,14 +411,15 @@ class SimpleTrainer(RunMixin, TrainerBase):
     def __init__(self, cfg: Any) -> None:
         super().__init__()
         self.check_cfg(cfg)
-        use_cuda = bool(cfg.USE_CUDA) and torch.cuda.is_available()
-        self.device = torch.device("cuda" if use_cuda else "cpu")
+        self.device = distributed.device(bool(cfg.USE_CUDA))
         self.start_epoch = self.epoch = 0
         self.max_epoch = cfg.OPTIM.MAX_EPOCH
         self.output_dir = cfg.OUTPUT_DIR
         self.cfg = cfg
         self.build_data_loader()
         self.build_model()
+        distributed.broadcast_parameters(p for name in self.get_model_names()
+                                         for p in self._models[name].parameters())
         self.evaluator = build_evaluator(cfg, lab2cname=self.lab2cname)
         self.best_result = -np.inf
 

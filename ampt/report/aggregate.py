@@ -80,6 +80,9 @@ def column_id(record: Dict[str, Any], own_prompt: str) -> str:
     prompt = record.get("prompt")
     if prompt not in (None, "learned", own_prompt):
         name = f"{name} [{prompt}]"
+    precision = record.get("precision")
+    if precision not in (None, "fp32"):  # a reduced-precision evaluation never shares the fp32 column
+        name = f"{name} [{precision}]"
     return name
 
 
