@@ -8,8 +8,8 @@ What it adds to Dassl's ``TrainerX``:
 - :meth:`load_clip_model`: CLIP (``clip`` or open_clip) from ``MODEL.BACKBONE.{NAME,
   PRETRAINED, ROBUST_WEIGHTS, DOWNLOAD_ROOT}`` with the trainer's precision (``TRAINER.<node>.PREC``);
 - :meth:`setup_model`: freeze everything but an allow-list of parameter
-  names, log what trains, refuse anything else that requires grad, move to
-  the device;
+  names, log what trains, refuse anything else that requires grad, set the
+  text pass's options (``MODEL.TEXT_ENCODER``), move to the device;
 - precision: ``fp16`` weights, or ``amp`` autocast with a gradient scaler,
   used by ``model_inference`` and ``model_backward_and_update``.
 
@@ -29,6 +29,7 @@ from .api import TrainerX
 from .engine.checkpoint import load_checkpoint
 from .models.backbone import backbone_info, pretrained_setting
 from .models.clip_loader import apply_precision, load_clip, resolve_precision
+from .models.text_encoder import TextPassOptions, configure_text_encoders
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +114,7 @@ class ClipTrainer(TrainerX):
         count = sum(p.numel() for n, p in model.named_parameters() if n in names)
         logger.info("Trainable parameters (%d tensors, %d values): %s", len(names), count,
                     ", ".join(f"{n} {shapes[n]}" for n in names) or "none")
+        configure_text_encoders(model, TextPassOptions.from_cfg(self.cfg))
         return model.to(self.device)
 
     def check_trainable(self, model: Optional[nn.Module] = None) -> List[str]:
