@@ -84,6 +84,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--chunk-size", type=int, default=0, help="MODEL.TEXT_ENCODER.CHUNK_SIZE (default 0)")
     p.add_argument("--no-shared-prefix", action="store_true", help="MODEL.TEXT_ENCODER.SHARED_PREFIX False")
     p.add_argument("--json", default="", help="also write the numbers to this file")
+    p.add_argument("--markdown", default="", help="append one table row per trainer to this file")
     p.add_argument("opts", nargs="*", default=[], help="further config overrides, KEY VALUE ...")
     return p.parse_args(argv)
 
@@ -259,6 +260,23 @@ def report(result: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+MARKDOWN_HEADER = ("| backbone | precision | device | classes | batch | trainer | step ms | step x floor "
+                   "| PGD-N images/s | PGD-N x floor | peak MiB |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+
+
+def markdown_rows(result: Dict[str, Any]) -> str:
+    """One table row per trainer (:data:`MARKDOWN_HEADER`'s columns)."""
+    args, med = result["args"], result["median_s"]
+    rows = []
+    for name in result["trainers"]:
+        train, ev = med[f"{name} train"], med.get(f"{name} eval")
+        pgd = (f"{args['batch'] / ev:.1f} (N={args['eval_steps']})", f"{ev / med['floor eval']:.2f}") if ev else ("-", "-")
+        rows.append(f"| {args['backbone'] or args['arch']} | {args['precision']} | {result['device']} | {args['classes']} "
+                    f"| {args['batch']} | {name} | {1000 * train:.1f} | {train / med['floor train']:.2f} | {pgd[0]} "
+                    f"| {pgd[1]} | {result['peak_memory_mib'][name + ' train']:.0f} |\n")
+    return "".join(rows)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -269,6 +287,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(report(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    if args.markdown:
+        path = Path(args.markdown)
+        with path.open("a") as table:
+            table.write(("" if path.stat().st_size else MARKDOWN_HEADER) + markdown_rows(result))
     return 0
 
 
