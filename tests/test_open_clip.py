@@ -305,7 +305,7 @@ def test_trainers_train_two_steps_and_evaluate(open_clip_toy_env, tmp_path, monk
         assert tuple(trainer.model.normalizer.mean.flatten().tolist()) == pytest.approx(MEAN)
         start = trainer.model.prompt_learner.ctx.detach().clone()
         steps = []
-        trainer.model.prompt_learner.register_forward_hook(lambda *_: steps.append(1))
+        trainer.model.text_encoder.register_forward_hook(lambda *_: steps.append(1))  # one text pass per step
         trainer.train()
     finally:
         reset_logger()
