@@ -8,8 +8,8 @@ What it adds to Dassl's ``TrainerX``:
 - :meth:`load_clip_model`: CLIP (``clip`` or open_clip) from ``MODEL.BACKBONE.{NAME,
   PRETRAINED, ROBUST_WEIGHTS, DOWNLOAD_ROOT}`` with the trainer's precision (``TRAINER.<node>.PREC``);
 - :meth:`setup_model`: freeze everything but an allow-list of parameter
-  names, log what trains, refuse anything else that requires grad, move to
-  the device;
+  names, log what trains, refuse anything else that requires grad, set the
+  text pass's options (``MODEL.TEXT_ENCODER``), move to the device;
 - precision (:mod:`ampt.precision`): the weights stay fp32; ``TRAINER.<X>.PREC``
   ``bf16``/``fp16`` autocasts the training passes (fp16 with a gradient
   scaler, in ``model_backward_and_update``); the run's own tests use
@@ -31,6 +31,7 @@ from . import precision as precision_policy
 from .engine.checkpoint import load_checkpoint
 from .models.backbone import backbone_info, pretrained_setting
 from .models.clip_loader import load_clip
+from .models.text_encoder import TextPassOptions, configure_text_encoders
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +118,7 @@ class ClipTrainer(TrainerX):
         count = sum(p.numel() for n, p in model.named_parameters() if n in names)
         logger.info("Trainable parameters (%d tensors, %d values): %s", len(names), count,
                     ", ".join(f"{n} {shapes[n]}" for n in names) or "none")
+        configure_text_encoders(model, TextPassOptions.from_cfg(self.cfg))
         return model.to(self.device)
 
     def check_trainable(self, model: Optional[nn.Module] = None) -> List[str]:

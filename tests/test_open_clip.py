@@ -135,6 +135,28 @@ def test_prompted_model_gradients_reach_the_context(saved):
     assert model.prompt_learner.ctx.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_shared_prefix_pass_equals_the_plain_pass(saved, variant):
+    """open_clip towers (LayerScale, EOS pooling): the shared-prefix pass where the tower allows it."""
+    from ampt.models.text_encoder import TextPassOptions
+
+    loaded = load_clip(str(saved[variant][1]))
+    for p in loaded.parameters():
+        p.requires_grad_(False)
+    model = PromptedCLIP(loaded, PromptLearner(loaded, NAMES, n_ctx=3, n_prompts=2))
+    assert model.text_encoder.can_share_prefix == (variant != "custom_last_bidirectional")
+    results = []
+    for options in (TextPassOptions(shared_prefix=False), TextPassOptions(checkpoint=True, chunk_rows=2)):
+        model.text_encoder.options = options
+        model.prompt_learner.ctx.grad = None
+        features = model.text_features()
+        (features * torch.linspace(-1, 1, features.numel()).view_as(features)).sum().backward()
+        results.append((features.detach(), model.prompt_learner.ctx.grad.clone()))
+    (plain, plain_grad), (shared, shared_grad) = results
+    torch.testing.assert_close(shared, plain, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(shared_grad, plain_grad, rtol=1e-4, atol=1e-4 * plain_grad.abs().max().item())
+
+
 # ---------------------------------------------------------------- refusals
 
 def _folder_with(tmp_path, text_cfg_update, name="bad") -> Path:
@@ -283,7 +305,7 @@ def test_trainers_train_two_steps_and_evaluate(open_clip_toy_env, tmp_path, monk
         assert tuple(trainer.model.normalizer.mean.flatten().tolist()) == pytest.approx(MEAN)
         start = trainer.model.prompt_learner.ctx.detach().clone()
         steps = []
-        trainer.model.prompt_learner.register_forward_hook(lambda *_: steps.append(1))
+        trainer.model.text_encoder.register_forward_hook(lambda *_: steps.append(1))  # one text pass per step
         trainer.train()
     finally:
         reset_logger()

@@ -86,6 +86,10 @@ _C.MODEL.BACKBONE.NAME = ""  # OpenAI CLIP name (ViT-B/32, RN50, ...), a checkpo
 _C.MODEL.BACKBONE.PRETRAINED = ""  # open_clip:<arch> only: a pretrained tag (e.g. laion2b_s34b_b79k) or a weights file; "" otherwise
 _C.MODEL.BACKBONE.ROBUST_WEIGHTS = ""  # optional file of robust visual weights (APT/TeCoA, or a visual state dict in clip's or open_clip's naming)
 _C.MODEL.BACKBONE.DOWNLOAD_ROOT = ""  # download cache; "" = ~/.cache/clip (OpenAI, open_clip tags) or ~/.cache/huggingface (hf-hub)
+_C.MODEL.TEXT_ENCODER = CN()  # how prompt trainers run the text tower; every setting gives the same features
+_C.MODEL.TEXT_ENCODER.SHARED_PREFIX = True  # encode [SOS, ctx] once per prompt (unified context, class at the end)
+_C.MODEL.TEXT_ENCODER.CHECKPOINT = False  # recompute text-block activations in backward: less memory, ~1 more forward
+_C.MODEL.TEXT_ENCODER.CHUNK_SIZE = 0  # prompts (rows) per text-encoder chunk (>= 0; 0 = all at once)
 _C.MODEL.HEAD = CN()
 _C.MODEL.HEAD.NAME = ""
 _C.MODEL.HEAD.HIDDEN_LAYERS = ()

@@ -4,7 +4,7 @@ Resuming continues a run under the settings it started with; a changed
 setting would make ``config.yaml`` and ``results.json`` claim values the
 first epochs were not trained with. :func:`config_changes` lists the keys
 whose values differ, leaving out those that do not change what is trained:
-paths (:data:`IGNORED_KEYS`) and keys read only by evaluation or logging
+paths (:data:`IGNORED_KEYS`), the exact text-pass options, and keys read only by evaluation or logging
 (:data:`IGNORED_PREFIXES`). A key that only one side has (a config written
 by another version of the toolkit) is not a change.
 """
@@ -20,7 +20,7 @@ IGNORED_KEYS = frozenset({
     "OUTPUT_DIR", "RESUME", "DATASET.ROOT", "MODEL.BACKBONE.DOWNLOAD_ROOT", "USE_CUDA", "VERBOSE",
     "DATALOADER.NUM_WORKERS", "TRAIN.PRINT_FREQ", "TRAIN.CHECKPOINT_FREQ",
 })
-IGNORED_PREFIXES = ("TEST.", "ADV.TEST.", "DATALOADER.TEST.")
+IGNORED_PREFIXES = ("TEST.", "ADV.TEST.", "DATALOADER.TEST.", "MODEL.TEXT_ENCODER.")  # text-pass options are exact
 LEGACY_PRETRAINED = "MODEL.BACKBONE.PRETRAINED"
 
 

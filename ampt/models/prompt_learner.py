@@ -132,6 +132,24 @@ class PromptLearner(nn.Module):
             prompts = prompts.gather(2, index)
         return prompts.reshape(k * c, self.seq_len, -1), self.token_ids.repeat(k, 1)
 
+    def shared_prefix(self) -> Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """``(prefixes [K, 1 + n_ctx, d], suffixes [K*C, S, d], suffix token ids [K*C, S])``, or None.
+
+        With a unified context and the class token at the end, all C prompts
+        of prompt k start with the same tokens ``[SOS, ctx_k]``: ``prefixes[k]``
+        followed by ``suffixes[k*C + c]`` is row ``k*C + c`` of :meth:`forward`
+        (up to its trimmed length). None for class-specific contexts or a
+        class token in the middle or front, whose prompts share only SOS.
+        """
+        if self.csc or self.class_token_position != "end":
+            return None
+        k, c = self.n_prompts, self.n_cls
+        ctx = self.ctx
+        sos = self.token_prefix[:1].expand(k, -1, -1).to(ctx.dtype)  # [K, 1, d], the same for every class
+        suffixes = self.token_suffix.to(ctx.dtype).unsqueeze(0).expand(k, -1, -1, -1).reshape(k * c, -1, ctx.shape[-1])
+        suffix_ids = self.token_ids[:, 1 + self.n_ctx:].repeat(k, 1)
+        return torch.cat([sos, ctx], dim=1), suffixes, suffix_ids
+
     def _load_from_state_dict(
         self, state_dict: Dict[str, torch.Tensor], prefix: str, *args, **kwargs
     ) -> None:

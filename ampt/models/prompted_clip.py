@@ -59,10 +59,23 @@ class PromptedCLIP(nn.Module):
         """L2-normalized ``[K, C, D]`` features of all K x C prompts, from one batched text pass."""
         if self.prompt_learner is None:
             raise RuntimeError(f"{type(self).__name__} has no prompt learner")
-        embeddings, token_ids = self.prompt_learner()
-        features = self.text_encoder(embeddings, token_ids).float()
+        features = self.encode_prompts().float()
         k, c = self.prompt_learner.n_prompts, self.prompt_learner.n_cls
         return l2_normalize(features).view(k, c, -1)
+
+    def encode_prompts(self) -> torch.Tensor:
+        """Unnormalized ``[K*C, D]`` features of the learner's prompts (prompt-major rows).
+
+        When the prompts of each k share their first tokens (unified context,
+        class token at the end) and the text encoder's options allow it, the
+        shared prefixes are encoded once (exact); otherwise every prompt whole.
+        """
+        learner = self.prompt_learner
+        split = learner.shared_prefix() if self.text_encoder.can_share_prefix else None
+        if split is not None:
+            prefixes, suffixes, suffix_ids = split
+            return self.text_encoder(suffixes, suffix_ids, prefix=prefixes)
+        return self.text_encoder(*learner())
 
     def combine(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, C]``: CLIP's scaled cosine with the single prompt's features ``[1, C, D]``."""
