@@ -33,8 +33,8 @@ from torch import Tensor, nn
 
 from .attacks import ATTACK_REGISTRY, attack_mode, ce_loss, check_eps, pgd_linf
 from .clip_trainer import ClipTrainer
-from .evaluation import LEARNED, AttackSpec, accuracy_under_attack, prompt_count, prompt_model
-from .models import template_text_features
+from .evaluation import LEARNED, AttackSpec, accuracy_under_attack, prompt_model
+from .models.interface import check_attack_prompt
 from .models.templates import DEFAULT_TEMPLATE
 
 logger = logging.getLogger(__name__)
@@ -90,13 +90,17 @@ class AdversarialClipTrainer(ClipTrainer):
     adversarial = True
     # Template of the "constant" attack prompt (APT's "a photo of a {}").
     CONSTANT_TEMPLATE = DEFAULT_TEMPLATE
-    # Named --prompt modes of evaluate.py handled by eval_prompt_model ("learned" is built in).
-    eval_prompt_modes: Tuple[str, ...] = ()
 
     def check_cfg(self, cfg: Any) -> None:
         super().check_cfg(cfg)
         self.budget = TrainBudget.from_cfg(cfg)
         self.test_attack = test_spec(cfg)
+
+    def setup_model(self, model: nn.Module, trainable: Any) -> nn.Module:
+        """:meth:`ClipTrainer.setup_model`, then refuse an ``ADV.TRAIN.PROMPT`` the model does not support."""
+        model = super().setup_model(model, trainable)
+        check_attack_prompt(model, self.budget.prompt)
+        return model
 
     def run_metadata(self) -> Dict[str, Any]:
         b = TrainBudget.from_cfg(self.cfg)
@@ -108,9 +112,7 @@ class AdversarialClipTrainer(ClipTrainer):
         """The template's ``[K, C, D]`` features (K identical copies), computed once."""
         cached = getattr(self, "_constant_text_features", None)
         if cached is None:
-            features = template_text_features(self.model.text_encoder, self.dm.dataset.classnames,
-                                              self.CONSTANT_TEMPLATE)
-            cached = features.expand(prompt_count(self.model), -1, -1).detach()
+            cached = self.model.template_features(self.dm.dataset.classnames, self.CONSTANT_TEMPLATE).detach()
             self._constant_text_features = cached
         return cached
 
@@ -151,7 +153,7 @@ class AdversarialClipTrainer(ClipTrainer):
         images = images.detach()
         if eps == 0:
             return images.clone()
-        params = [p for p in self.model.prompt_learner.parameters() if p.requires_grad]
+        params = [p for p in self.model.prompt_parameters() if p.requires_grad]
         saved = [p.detach().clone() for p in params]
         scales = [b.prompt_alpha * p.detach().float().pow(2).mean().sqrt() for p in params]
         adv = (images + torch.empty_like(images).uniform_(-eps, eps)).clamp(0, 1)
@@ -204,15 +206,6 @@ class AdversarialClipTrainer(ClipTrainer):
         return summary
 
     # ------------------------------------------------------------ evaluation
-    def eval_prompt_model(self, prompt: str) -> Optional[nn.Module]:
-        """Hook of ``evaluate.py --prompt``: the module for a named mode, or None (not handled here).
-
-        Subclasses list their modes in ``eval_prompt_modes`` and build them
-        here (AMPT: "uniform"); "learned" and templates are built by
-        :func:`ampt.evaluation.prompt_model`.
-        """
-        return None
-
     def final_evaluation(self) -> None:
         """Clean accuracy (the engine's test), then robust accuracy under ``ADV.TEST``; both recorded."""
         split = "val" if self.cfg.TEST.SPLIT == "val" and self.val_loader is not None else "test"
