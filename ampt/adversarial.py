@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attacks import ATTACK_REGISTRY, attack_mode, ce_loss, check_eps, pgd_linf
 from .clip_trainer import ClipTrainer
+from .losses import TrainLoss
 from .evaluation import LEARNED, AttackSpec, accuracy_under_attack, prompt_model
 from .models.interface import check_attack_prompt
 from .models.templates import DEFAULT_TEMPLATE
@@ -94,6 +94,10 @@ class AdversarialClipTrainer(ClipTrainer):
     def check_cfg(self, cfg: Any) -> None:
         super().check_cfg(cfg)
         self.budget = TrainBudget.from_cfg(cfg)
+        self.train_loss = TrainLoss.from_cfg(cfg)
+        if self.train_loss.needs_clean and self.budget.prompt == "perturbed":
+            raise ValueError(f'ADV.TRAIN.PROMPT "perturbed" attacks with cross-entropy; with ADV.TRAIN.LOSS '
+                             f'"{self.train_loss.name}" use PROMPT onfly or constant')
         self.test_attack = test_spec(cfg)
 
     def setup_model(self, model: nn.Module, trainable: Any) -> nn.Module:
@@ -105,7 +109,7 @@ class AdversarialClipTrainer(ClipTrainer):
     def run_metadata(self) -> Dict[str, Any]:
         b = TrainBudget.from_cfg(self.cfg)
         return {**super().run_metadata(), "train_alpha": round(b.alpha, 4), "train_steps": b.steps,
-                "train_attack_prompt": b.prompt}
+                "train_attack_prompt": b.prompt, **TrainLoss.from_cfg(self.cfg).metadata()}
 
     # ------------------------------------------------------------ training attack
     def constant_text_features(self) -> Tensor:
@@ -134,8 +138,13 @@ class AdversarialClipTrainer(ClipTrainer):
                 raise ValueError('the "onfly" attack needs the current text features')
             fixed = text_features.detach()
         with attack_mode(self.model):
-            return pgd_linf(lambda x: self.model(x, text_features=fixed), images, labels,
-                            b.eps / 255, b.alpha / 255, b.steps)
+            forward = lambda x: self.model(x, text_features=fixed)  # noqa: E731
+            clean = None
+            if self.train_loss.needs_clean:
+                with torch.no_grad():
+                    clean = forward(images)
+            return pgd_linf(forward, images, labels, b.eps / 255, b.alpha / 255, b.steps,
+                            loss=self.train_loss.attack_loss(clean))
 
     def _perturbed_attack(self, images: Tensor, labels: Tensor) -> Tensor:
         """PGD on the images while the prompts are pushed adversarially too, then restored.
@@ -178,14 +187,19 @@ class AdversarialClipTrainer(ClipTrainer):
 
     # ------------------------------------------------------------ training step
     def adversarial_loss(self, logits: Tensor, labels: Tensor, images: Tensor, adv_images: Tensor,
-                         text_features: Tensor) -> Tuple[Tensor, Dict[str, float]]:
-        """The loss on the adversarial ``logits`` (APT: cross-entropy) and extra scalars to log.
+                         text_features: Tensor, adv_features: Optional[Tensor] = None
+                         ) -> Tuple[Tensor, Dict[str, float]]:
+        """``ADV.TRAIN.LOSS`` on the adversarial ``logits`` (and the clean images' when it needs them).
 
         Subclasses add terms (AMPT: clean CE, TRADES KL, router balance);
         ``text_features`` (with gradient) let them do so without another
-        text pass.
+        text pass; ``adv_features`` are the adversarial images' features.
         """
-        return F.cross_entropy(logits, labels), {}
+        if not self.train_loss.needs_clean:
+            return self.train_loss.outer(logits, labels)
+        clean_features = self.model.encode_image(images)
+        clean_logits = self.model.combine(clean_features, text_features)
+        return self.train_loss.outer(logits, labels, clean_logits, clean_features, adv_features)
 
     def forward_backward(self, batch: Dict[str, Any]) -> Dict[str, float]:
         images, labels = self.parse_batch_train(batch)[:2]
@@ -196,8 +210,9 @@ class AdversarialClipTrainer(ClipTrainer):
             else:
                 text_features = self.model.text_features()  # the step's only text-encoder pass
                 adv = self.adversarial_images(images, labels, text_features)
-            logits = self.model(adv, text_features=text_features)
-            loss, extra = self.adversarial_loss(logits, labels, images, adv, text_features)
+            adv_features = self.model.encode_image(adv)
+            logits = self.model.combine(adv_features, text_features)
+            loss, extra = self.adversarial_loss(logits, labels, images, adv, text_features, adv_features)
         self.model_backward_and_update(loss)
         summary = {"loss": loss.item(), "adv_acc": 100.0 * (logits.argmax(1) == labels).float().mean().item(),
                    **extra}

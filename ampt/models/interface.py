@@ -11,7 +11,9 @@ never looks for attributes such as ``prompt_learner`` or ``template``.
   template's features). It is computed once per training step or evaluation
   and passed back as ``forward(x, text_features=...)``, so every attack step
   reuses it.
-- ``forward(x, text_features=None)``: pixels in [0, 1] -> logits ``[B, C]``.
+- ``forward(x, text_features=None)``: pixels in [0, 1] -> logits ``[B, C]``,
+  equal to ``combine(encode_image(x), text_features)`` (normalized image
+  features, then logits; losses that need the features use the two parts).
 - ``prompt_parameters()``: the learnable prompt tensors (what the
   ``perturbed`` training attack pushes); may be empty.
 - ``word_prompts()``: learned vectors that live in the token-embedding space,
@@ -34,7 +36,7 @@ from torch import nn
 
 LEARNED = "learned"
 ATTACK_PROMPT_MODES = ("onfly", "constant", "perturbed")
-REQUIRED = ("text_features", "forward", "prompt_parameters", "word_prompts", "prompt_label",
+REQUIRED = ("text_features", "encode_image", "combine", "forward", "prompt_parameters", "word_prompts", "prompt_label",
             "attack_prompt_modes", "template_features", "n_prompts")
 
 
