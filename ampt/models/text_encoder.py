@@ -12,7 +12,7 @@ position is pooled and how far a sequence may be cut.
 """
 from __future__ import annotations
 
-from typing import List
+from typing import List, Sequence
 
 import torch
 from torch import nn
@@ -49,17 +49,30 @@ class TextEncoder(nn.Module):
     def context_length(self) -> int:
         return self.positional_embedding.shape[0]
 
-    def forward(self, embeddings: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, embeddings: torch.Tensor, token_ids: torch.Tensor,
+                deep_prompts: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+        """``deep_prompts[j - 1]`` (``[n, d]``) replaces positions 1..n at the input of block j >= 1 (MaPLe)."""
         dtype = self.dtype
         pooled = self.tower.pool_index(token_ids)
         n = self.tower.kept_length(token_ids)
         x = embeddings[:, :n].type(dtype) + self.positional_embedding[:n].type(dtype)
         mask = None if self.causal_mask is None else self.causal_mask[:n, :n].to(dtype)
         *blocks, last = self.transformer.resblocks
-        for block in blocks:
+        for index, block in enumerate(blocks):
+            x = self._insert_deep_prompt(x, deep_prompts, index)
             x = self.tower.run_block(block, x, mask)
+        x = self._insert_deep_prompt(x, deep_prompts, len(blocks))
         x = self.tower.run_block_at(last, x, pooled)
         return self.tower.project(x)
+
+    @staticmethod
+    def _insert_deep_prompt(x: torch.Tensor, deep_prompts: Sequence[torch.Tensor], index: int) -> torch.Tensor:
+        """``x`` ``[N, L, d]`` with positions 1..n replaced by ``deep_prompts[index - 1]`` (block 0: unchanged)."""
+        if index == 0 or index > len(deep_prompts):
+            return x
+        prompt = deep_prompts[index - 1].to(x.dtype)
+        tokens = prompt.unsqueeze(0).expand(x.shape[0], -1, -1)
+        return torch.cat([x[:, :1], tokens, x[:, 1 + prompt.shape[0]:]], dim=1)
 
     def encode_token_ids(self, token_ids: torch.Tensor) -> torch.Tensor:
         """Features of hand-written prompts given as tokenizer ids ``[N, context_length]``."""
