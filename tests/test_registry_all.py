@@ -57,7 +57,10 @@ def runs(env):
                 "OPTIM.MAX_EPOCH", "1", "DATALOADER.TRAIN_X.BATCH_SIZE", "8", "DATALOADER.TEST.BATCH_SIZE", "6"]
         if getattr(TRAINER_REGISTRY.get(name), "adversarial", False):
             argv += ["ADV.TEST.STEPS", "1"]
-        done[name] = (train.main(argv) if config.is_file() else None, out)
+        try:
+            done[name] = (train.main(argv) if config.is_file() else None, out)
+        except Exception as err:  # reported by that trainer's test, not as an error of every test
+            done[name] = (err, out)
     return done
 
 
@@ -72,7 +75,8 @@ def test_trains_saves_reloads_and_every_attack_evaluates(runs, name):
     import evaluate
 
     code, out = runs[name]
-    assert code == 0 and RunResults(out).finished
+    assert code == 0, f"train.py {name}: {code!r}"
+    assert RunResults(out).finished
     own_clean = next(r["accuracy"] for r in RunResults(out).records if r["attack"] == "clean")
     iterative = [a for a in ATTACKS if not _parameter_free(a)]
     assert evaluate.main([str(out), "--attack", "clean", *iterative, "--eps", "4", "--steps", "1", "--force"]) == 0
@@ -83,9 +87,9 @@ def test_trains_saves_reloads_and_every_attack_evaluates(runs, name):
     assert {r["attack"] for r in records} >= {"clean", *ATTACKS}
     reloaded_clean = next(r["accuracy"] for r in records if r["attack"] == "clean" and r["n_samples"] == 12)
     assert reloaded_clean == own_clean  # the checkpoint restored what was trained
-    for record in records:
-        assert record["prompt"] == ("learned" if name != "ZeroshotCLIP" else record["prompt"])
-        assert 0 <= record["accuracy"] <= 100
+    # one prompt label for the run's own records and evaluate.py's (no record duplicated under a second name)
+    assert len({r["prompt"] for r in records}) == 1
+    assert all(0 <= r["accuracy"] <= 100 for r in records)
 
 
 @pytest.fixture(scope="module")
@@ -104,9 +108,10 @@ def deep_model():
 def test_every_attack_keeps_the_invariants_on_deep_prompts(deep_model, name):
     g = torch.Generator().manual_seed(0)
     images, labels = torch.rand(4, 3, 32, 32, generator=g), torch.tensor([0, 1, 2, 3])
+    eps = 64 if _parameter_free(name) else 8  # AutoAttack: a budget that ends it in its first sub-attack
     kwargs = {} if _parameter_free(name) else {"steps": 2}
-    adv = build_attack(name, deep_model, 8, num_classes=4, **kwargs)(images, labels)
+    adv = build_attack(name, deep_model, eps, num_classes=4, **kwargs)(images, labels)
     assert adv.shape == images.shape and adv.min() >= 0 and adv.max() <= 1
-    assert (adv - images).abs().max() <= 8 / 255 + 1e-6
+    assert (adv - images).abs().max() <= eps / 255 + 1e-6
     assert torch.equal(build_attack(name, deep_model, 0, num_classes=4, **kwargs)(images, labels), images)
     assert all(p.grad is None for p in deep_model.parameters())
