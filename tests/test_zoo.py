@@ -79,3 +79,19 @@ def test_fap_protocol_configs_merge(config):
     assert (cfg.ADV.TRAIN.EPS, cfg.ADV.TRAIN.ALPHA, cfg.ADV.TRAIN.STEPS) == (1.0, 1.0, 2)
     assert (cfg.DATALOADER.TRAIN_X.BATCH_SIZE, cfg.OPTIM.NAME, cfg.ADV.TEST.STEPS) == (4, "sgd", 100)
     assert cfg.ADV.TRAIN.LOSS == ("fap" if config.parent.name == "FAP" else "ce")
+
+
+@pytest.mark.parametrize("sweep", sorted((REPO / "configs" / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
+def test_sweep_files_name_registered_trainers_and_valid_configs(sweep):
+    import yaml
+
+    spec = yaml.safe_load(sweep.read_text())
+    assert {"name", "data_root", "output_root", "grid", "methods", "evaluate"} <= set(spec)
+    for label, method in spec["methods"].items():
+        opts = [str(v) for v in [*spec.get("opts", []), *method.get("opts", [])]]
+        args = argparse.Namespace(config_file=str(REPO / method["config"]), dataset_config_file="",
+                                  trainer=method["trainer"], opts=opts)
+        cfg = setup_cfg(args, TRAINER_REGISTRY.get(method["trainer"]))
+        assert cfg.TRAINER.NAME == method["trainer"], label
+    for dataset in spec["grid"]["dataset"]:
+        assert (REPO / "configs" / "datasets" / f"{dataset}.yaml").is_file(), dataset
