@@ -5,6 +5,8 @@
 - the training attack from ``ADV.TRAIN`` (APT's L-inf PGD through the whole
   model: uniform random start, ``STEPS`` sign-gradient steps of ``ALPHA``,
   projection to the eps-ball and [0, 1]), with APT's three attack prompts;
+- the training objective from ``ADV.TRAIN.LOSS`` (:mod:`ampt.losses`: ``ce``,
+  ``trades``, ``fap``), which also sets what the attack maximises;
 - a training step that runs the text encoder **once**: the prompts' text
   features are computed with gradient, the attack reuses them detached at
   every step, and the loss on the adversarial images uses them again;
@@ -32,8 +34,8 @@ from torch import Tensor, nn
 
 from .attacks import ATTACK_REGISTRY, attack_mode, ce_loss, check_eps, pgd_linf
 from .clip_trainer import ClipTrainer
-from .losses import TrainLoss
 from .evaluation import LEARNED, AttackSpec, accuracy_under_attack, prompt_model
+from .losses import TrainLoss
 from .models.interface import check_attack_prompt
 from .models.templates import DEFAULT_TEMPLATE
 
