@@ -10,7 +10,7 @@ from ampt.models.interface import LEARNED, PromptModel, check_attack_prompt, che
 
 
 def test_check_names_what_is_missing():
-    with pytest.raises(TypeError, match=r"Linear does not implement .*missing text_features, prompt_parameters"):
+    with pytest.raises(TypeError, match=r"Linear does not implement .*missing text_features, encode_image, combine, prompt_parameters"):
         check_prompt_model(nn.Linear(2, 2))
 
 
