@@ -5,6 +5,8 @@
 - the training attack from ``ADV.TRAIN`` (APT's L-inf PGD through the whole
   model: uniform random start, ``STEPS`` sign-gradient steps of ``ALPHA``,
   projection to the eps-ball and [0, 1]), with APT's three attack prompts;
+- the training objective from ``ADV.TRAIN.LOSS`` (:mod:`ampt.losses`: ``ce``,
+  ``trades``, ``fap``), which also sets what the attack maximises;
 - a training step that runs the text encoder **once**: the prompts' text
   features are computed with gradient, the attack reuses them detached at
   every step, and the loss on the adversarial images uses them again;
@@ -28,16 +30,16 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attacks import ATTACK_REGISTRY, attack_mode, ce_loss, check_eps, pgd_linf
 from .attacks.per_sample import uniform_start
 from .clip_trainer import ClipTrainer
 from .engine import distributed
+from .evaluation import LEARNED, AttackSpec, accuracy_under_attack, prompt_model
+from .losses import TrainLoss
+from .models.interface import check_attack_prompt
 from .precision import at_precision, warn_reduced
-from .evaluation import LEARNED, AttackSpec, accuracy_under_attack, prompt_count, prompt_model
-from .models import template_text_features
 from .models.templates import DEFAULT_TEMPLATE
 
 logger = logging.getLogger(__name__)
@@ -93,27 +95,33 @@ class AdversarialClipTrainer(ClipTrainer):
     adversarial = True
     # Template of the "constant" attack prompt (APT's "a photo of a {}").
     CONSTANT_TEMPLATE = DEFAULT_TEMPLATE
-    # Named --prompt modes of evaluate.py handled by eval_prompt_model ("learned" is built in).
-    eval_prompt_modes: Tuple[str, ...] = ()
 
     def check_cfg(self, cfg: Any) -> None:
         super().check_cfg(cfg)
         self.budget = TrainBudget.from_cfg(cfg)
+        self.train_loss = TrainLoss.from_cfg(cfg)
+        if self.train_loss.needs_clean and self.budget.prompt == "perturbed":
+            raise ValueError(f'ADV.TRAIN.PROMPT "perturbed" attacks with cross-entropy; with ADV.TRAIN.LOSS '
+                             f'"{self.train_loss.name}" use PROMPT onfly or constant')
         self.test_attack = test_spec(cfg)
+
+    def setup_model(self, model: nn.Module, trainable: Any) -> nn.Module:
+        """:meth:`ClipTrainer.setup_model`, then refuse an ``ADV.TRAIN.PROMPT`` the model does not support."""
+        model = super().setup_model(model, trainable)
+        check_attack_prompt(model, self.budget.prompt)
+        return model
 
     def run_metadata(self) -> Dict[str, Any]:
         b = TrainBudget.from_cfg(self.cfg)
         return {**super().run_metadata(), "train_alpha": round(b.alpha, 4), "train_steps": b.steps,
-                "train_attack_prompt": b.prompt}
+                "train_attack_prompt": b.prompt, **TrainLoss.from_cfg(self.cfg).metadata()}
 
     # ------------------------------------------------------------ training attack
     def constant_text_features(self) -> Tensor:
         """The template's ``[K, C, D]`` features (K identical copies), computed once."""
         cached = getattr(self, "_constant_text_features", None)
         if cached is None:
-            features = template_text_features(self.model.text_encoder, self.dm.dataset.classnames,
-                                              self.CONSTANT_TEMPLATE)
-            cached = features.expand(prompt_count(self.model), -1, -1).detach()
+            cached = self.model.template_features(self.dm.dataset.classnames, self.CONSTANT_TEMPLATE).detach()
             self._constant_text_features = cached
         return cached
 
@@ -135,8 +143,13 @@ class AdversarialClipTrainer(ClipTrainer):
                 raise ValueError('the "onfly" attack needs the current text features')
             fixed = text_features.detach()
         with attack_mode(self.model):
-            return pgd_linf(lambda x: self.model(x, text_features=fixed), images, labels,
-                            b.eps / 255, b.alpha / 255, b.steps, start=self.attack_start(images))
+            forward = lambda x: self.model(x, text_features=fixed)  # noqa: E731
+            clean = None
+            if self.train_loss.needs_clean:
+                with torch.no_grad():
+                    clean = forward(images)
+            return pgd_linf(forward, images, labels, b.eps / 255, b.alpha / 255, b.steps,
+                            loss=self.train_loss.attack_loss(clean), start=self.attack_start(images))
 
     def attack_start(self, images: Tensor) -> Optional[Tensor]:
         """The training attack's random start: None (PGD draws it from the global RNG) in one process.
@@ -169,7 +182,7 @@ class AdversarialClipTrainer(ClipTrainer):
         images = images.detach()
         if eps == 0:
             return images.clone()
-        params = [p for p in self.model.prompt_learner.parameters() if p.requires_grad]
+        params = [p for p in self.model.prompt_parameters() if p.requires_grad]
         saved = [p.detach().clone() for p in params]
         scales = [b.prompt_alpha * p.detach().float().pow(2).mean().sqrt() for p in params]
         start = self.attack_start(images)
@@ -195,14 +208,19 @@ class AdversarialClipTrainer(ClipTrainer):
 
     # ------------------------------------------------------------ training step
     def adversarial_loss(self, logits: Tensor, labels: Tensor, images: Tensor, adv_images: Tensor,
-                         text_features: Tensor) -> Tuple[Tensor, Dict[str, float]]:
-        """The loss on the adversarial ``logits`` (APT: cross-entropy) and extra scalars to log.
+                         text_features: Tensor, adv_features: Optional[Tensor] = None
+                         ) -> Tuple[Tensor, Dict[str, float]]:
+        """``ADV.TRAIN.LOSS`` on the adversarial ``logits`` (and the clean images' when it needs them).
 
         Subclasses add terms (AMPT: clean CE, TRADES KL, router balance);
         ``text_features`` (with gradient) let them do so without another
-        text pass.
+        text pass; ``adv_features`` are the adversarial images' features.
         """
-        return F.cross_entropy(logits, labels), {}
+        if not self.train_loss.needs_clean:
+            return self.train_loss.outer(logits, labels)
+        clean_features = self.model.encode_image(images)
+        clean_logits = self.model.combine(clean_features, text_features)
+        return self.train_loss.outer(logits, labels, clean_logits, clean_features, adv_features)
 
     def forward_backward(self, batch: Dict[str, Any]) -> Dict[str, float]:
         images, labels = self.parse_batch_train(batch)[:2]
@@ -214,8 +232,9 @@ class AdversarialClipTrainer(ClipTrainer):
             else:
                 text_features = self.model.text_features()  # the step's only text-encoder pass
                 adv = self.adversarial_images(images, labels, text_features)
-            logits = self.model(adv, text_features=text_features)
-            loss, extra = self.adversarial_loss(logits, labels, images, adv, text_features)
+            adv_features = self.model.encode_image(adv)
+            logits = self.model.combine(adv_features, text_features)
+            loss, extra = self.adversarial_loss(logits, labels, images, adv, text_features, adv_features)
         self.model_backward_and_update(loss)
         summary = {"loss": loss.item(), "adv_acc": 100.0 * (logits.argmax(1) == labels).float().mean().item(),
                    **extra}
@@ -224,15 +243,6 @@ class AdversarialClipTrainer(ClipTrainer):
         return summary
 
     # ------------------------------------------------------------ evaluation
-    def eval_prompt_model(self, prompt: str) -> Optional[nn.Module]:
-        """Hook of ``evaluate.py --prompt``: the module for a named mode, or None (not handled here).
-
-        Subclasses list their modes in ``eval_prompt_modes`` and build them
-        here (AMPT: "uniform"); "learned" and templates are built by
-        :func:`ampt.evaluation.prompt_model`.
-        """
-        return None
-
     def final_evaluation(self) -> None:
         """Clean accuracy (the engine's test), then robust accuracy under ``ADV.TEST``; both recorded."""
         split = "val" if self.cfg.TEST.SPLIT == "val" and self.val_loader is not None else "test"

@@ -31,6 +31,7 @@ from . import precision as precision_policy
 from .engine.checkpoint import load_checkpoint
 from .models.backbone import backbone_info, pretrained_setting
 from .models.clip_loader import load_clip
+from .models.interface import check_prompt_model
 from .models.text_encoder import TextPassOptions, configure_text_encoders
 
 logger = logging.getLogger(__name__)
@@ -70,6 +71,8 @@ class ClipTrainer(TrainerX):
     """Base trainer for CLIP models; see the module docstring."""
 
     cfg_node: str = ""  # the trainer's node under TRAINER, read for PREC; "" = the class name upper-cased
+    # Named --prompt modes of evaluate.py handled by eval_prompt_model ("learned" and templates are built in).
+    eval_prompt_modes: Tuple[str, ...] = ()
 
     # ------------------------------------------------------------ config
     def check_cfg(self, cfg: Any) -> None:
@@ -107,9 +110,11 @@ class ClipTrainer(TrainerX):
     def setup_model(self, model: nn.Module, trainable: Sequence[str]) -> nn.Module:
         """Freeze all of ``model`` but ``trainable`` (parameter names or module prefixes).
 
-        Logs the trainable names and counts, raises if an allow-list entry
+        Checks that ``model`` implements :class:`~ampt.models.interface.PromptModel`,
+        logs the trainable names and counts, raises if an allow-list entry
         matches nothing, and moves the model to the device.
         """
+        check_prompt_model(model)
         self._trainable = tuple(trainable)
         for name, param in model.named_parameters():
             param.requires_grad_(any(_matches(name, allowed) for allowed in self._trainable))
@@ -143,6 +148,21 @@ class ClipTrainer(TrainerX):
         state_dict = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else checkpoint
         module.load_state_dict(state_dict)
         logger.info("Initial weights of %s loaded from %s", type(module).__name__, path)
+
+    # ------------------------------------------------------------ evaluation hooks
+    def eval_prompt_model(self, prompt: str) -> Optional[nn.Module]:
+        """Hook of ``evaluate.py --prompt``: the module for a named mode, or None (not handled here).
+
+        Subclasses list their modes in ``eval_prompt_modes`` and build them
+        here (AMPT: "uniform"); "learned" and templates are built by
+        :func:`ampt.evaluation.prompt_model`.
+        """
+        return None
+
+    def record_result(self, *args: Any, **extra: Any) -> None:
+        """A record whose ``prompt`` is the model's own label ("learned", or a zero-shot template)."""
+        extra.setdefault("prompt", self.model.prompt_label())
+        super().record_result(*args, **extra)
 
     # ------------------------------------------------------------ precision-aware hooks
     def autocast(self) -> ContextManager:

@@ -48,7 +48,8 @@ from .attacks import ATTACK_REGISTRY, build_attack, check_eps
 from .engine.checkpoint import weights_digest
 from .engine import distributed
 from .engine.progress import progress_bar
-from .models import FixedTextFeatures, template_text_features
+from .models import FixedTextFeatures
+from .models.interface import LEARNED
 from .models.templates import check_template
 from .precision import at_precision, warn_reduced
 from .results import RunResults, same_weights
@@ -56,7 +57,6 @@ from .utils.io import read_json, write_json
 
 logger = logging.getLogger(__name__)
 
-LEARNED = "learned"
 PROGRESS_DIR = "eval_progress"
 # Clean accuracy is a record like the attacks' (results.md): attack "clean", eps 0, steps 0.
 CLEAN = "clean"
@@ -64,21 +64,18 @@ CLEAN = "clean"
 
 # ---------------------------------------------------------------- prompt modes
 def prompt_count(model: nn.Module) -> int:
-    """K, the number of prompts of ``model`` (1 without a prompt learner)."""
-    learner = getattr(model, "prompt_learner", None)
-    return int(getattr(learner, "n_prompts", 1)) if learner is not None else 1
+    """K, the number of prompts of ``model`` (the interface's ``n_prompts``)."""
+    return int(model.n_prompts)
 
 
 def named_prompt_modes(trainer: Any) -> Tuple[str, ...]:
     """The prompt names ``trainer`` understands, besides templates: "learned" plus its own."""
-    return (LEARNED, *getattr(trainer, "eval_prompt_modes", ()))
+    return (LEARNED, *trainer.eval_prompt_modes)
 
 
 def record_prompt(trainer: Any, prompt: str) -> str:
-    """The ``prompt`` field of a record: a prompt-free model's "learned" is its template (ZeroshotCLIP)."""
-    if prompt == LEARNED and getattr(trainer.model, "prompt_learner", None) is None:
-        return str(getattr(trainer, "template", prompt))
-    return prompt
+    """The ``prompt`` field of a record: "learned" is the model's own label (its template when nothing is learned)."""
+    return trainer.model.prompt_label() if prompt == LEARNED else prompt
 
 
 @torch.no_grad()
@@ -86,20 +83,17 @@ def prompt_model(trainer: Any, prompt: str = LEARNED) -> nn.Module:
     """The module (pixels in [0, 1] -> logits) that ``prompt`` evaluates, text features fixed.
 
     The trainer's ``eval_prompt_model(prompt)`` hook is asked first (None
-    means "not mine"); then "learned" and templates are handled here.
+    means "not mine"); then "learned" and templates are handled here through
+    the model's interface (:class:`~ampt.models.interface.PromptModel`).
     """
-    hook = getattr(trainer, "eval_prompt_model", None)
-    if hook is not None:
-        module = hook(prompt)
-        if module is not None:
-            return module
+    module = trainer.eval_prompt_model(prompt)
+    if module is not None:
+        return module
     model = trainer.model
     if prompt == LEARNED:
         return FixedTextFeatures(model, model.text_features())
     if "{" in prompt:
-        features = template_text_features(model.text_encoder, trainer.dm.dataset.classnames, check_template(prompt))
-        # K identical prompts: any mixture of them is the template's feature.
-        return FixedTextFeatures(model, features.expand(prompt_count(model), -1, -1))
+        return FixedTextFeatures(model, model.template_features(trainer.dm.dataset.classnames, check_template(prompt)))
     raise ValueError(
         f'Unknown --prompt "{prompt}" for {type(trainer).__name__}; valid: '
         f'{", ".join(named_prompt_modes(trainer))}, or a template with one "{{}}" such as "a photo of a {{}}."'

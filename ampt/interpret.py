@@ -2,11 +2,15 @@
 
 ``python -m ampt.interpret RUN_DIR [--topk 5] [--epoch N] [--backbone NAME_OR_PATH]``
 
-For each learned prompt of a run (CoOp, APT or AMPT: the ``prompt_learner``
-checkpoint's ``ctx``), prints, per context position, the ``topk`` vocabulary
-tokens whose embeddings are nearest in Euclidean distance, decoded with the
-``clip`` tokenizer. Learned vectors rarely sit on a word embedding: the
-distances say how far they are.
+The run is rebuilt from its folder (``config.yaml`` and checkpoints; the
+dataset named there must be readable, ``--root`` moves it) and its model is
+asked, through the declared interface, for its learned vectors in the
+token-embedding space (``word_prompts()``: CoOp/APT/AMPT's ``ctx``, the
+first-layer text tokens of deep prompts; none for visual-only prompts). For
+each prompt, per context position, prints the ``topk`` vocabulary tokens
+whose embeddings are nearest in Euclidean distance, decoded with the ``clip``
+tokenizer. Learned vectors rarely sit on a word embedding: the distances say
+how far they are.
 """
 from __future__ import annotations
 
@@ -19,14 +23,12 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from yacs.config import CfgNode as CN
 
-from .engine.checkpoint import BEST_FILE, epoch_file, latest_checkpoint, load_checkpoint
 from .models.clip_loader import clip, load_clip
 from .models.backbone import pretrained_setting
 from .models.text_tower import text_tower
 
 logger = logging.getLogger(__name__)
 
-PROMPT_MODEL_NAME = "prompt_learner"
 CONFIG_FILE = "config.yaml"
 
 Neighbours = List[List[Tuple[str, float]]]  # per context position: (token, distance) pairs
@@ -66,25 +68,6 @@ def interpret_ctx(ctx: torch.Tensor, token_embedding: torch.Tensor, topk: int = 
     ]
 
 
-def find_prompt_checkpoint(run_dir: Path, epoch: Optional[int] = None) -> Path:
-    """The prompt learner's checkpoint of a run: a given epoch, else the latest, else the best."""
-    model_dir = run_dir / PROMPT_MODEL_NAME
-    if epoch is not None:
-        path = model_dir / epoch_file(epoch)
-        if not path.is_file():
-            raise FileNotFoundError(f"No checkpoint {path}")
-        return path
-    path = latest_checkpoint(model_dir)
-    if path is None and (model_dir / BEST_FILE).is_file():
-        path = model_dir / BEST_FILE
-    if path is None:
-        raise FileNotFoundError(
-            f"No prompt-learner checkpoint in {model_dir} (expected the 'checkpoint' file or {BEST_FILE}); "
-            "is RUN_DIR the output folder of a CoOp/APT/AMPT training run?"
-        )
-    return path
-
-
 def run_backbone(run_dir: Path) -> CN:
     """``MODEL.BACKBONE`` of the run's saved config."""
     path = run_dir / CONFIG_FILE
@@ -112,15 +95,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--topk", type=int, default=5, help="nearest tokens per context vector (default 5)")
     parser.add_argument("--epoch", type=int, default=None, help="checkpoint epoch (default: the latest)")
     parser.add_argument("--backbone", default="", help="CLIP name or file (default: the run's config)")
+    parser.add_argument("--root", default="", help="data root (default: the run's DATASET.ROOT)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if args.topk < 1:
         parser.error("--topk must be >= 1")
 
-    path = find_prompt_checkpoint(args.run_dir, args.epoch)
-    state = load_checkpoint(path)["state_dict"]
-    if "ctx" not in state:
-        raise KeyError(f"{path} has no 'ctx' tensor (keys: {sorted(state)})")
+    from .evaluation import load_run
+
+    run = load_run(args.run_dir, root=args.root, load_epoch=args.epoch)
+    model = run.trainer.model
+    prompts = model.word_prompts()
+    if not prompts:
+        raise ValueError(f"{type(model).__name__} (run {args.run_dir}) has no learned vectors in the "
+                         "token-embedding space to interpret (visual prompts have no words)")
     if args.backbone:
         clip_model = load_clip(args.backbone)
     else:
@@ -128,8 +116,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         clip_model = load_clip(backbone.NAME, download_root=backbone.DOWNLOAD_ROOT,
                                pretrained=pretrained_setting(backbone))
     token_embedding = text_tower(clip_model).token_embedding.weight.detach()
-    neighbours = interpret_ctx(state["ctx"].detach(), token_embedding, args.topk)
-    sys.stdout.write(f"{path}\n{format_report(neighbours)}\n")
+    for name, vectors in prompts.items():
+        neighbours = interpret_ctx(vectors.detach().cpu(), token_embedding, args.topk)
+        sys.stdout.write(f"[{name}] {args.run_dir}\n{format_report(neighbours)}\n")
     return 0
 
 

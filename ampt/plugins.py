@@ -1,13 +1,22 @@
-"""Load the repository's plug-in folders ``trainers/`` and ``datasets/``.
+"""Load the plug-in folders ``trainers/`` and ``datasets/``: the repository's, then ``$AMPT_PLUGIN_PATH``'s.
 
 Each ``*.py`` file in those folders is imported as
 ``ampt_plugins.<folder>.<file>``; its ``@register()`` decorators fill the
 active engine's registries. The folders are never put on ``sys.path`` under
 their own names, so this repository's ``datasets/`` cannot shadow Hugging
 Face's ``datasets`` package, in this process or any other.
+
+``AMPT_PLUGIN_PATH`` (folders separated by ``:``, ``;`` on Windows) adds
+methods and datasets that live elsewhere, e.g. in their own repository: each
+folder has the repository's layout, a ``trainers/`` and/or a ``datasets/``
+subfolder of ``*.py`` files (an ``__init__.py`` is optional; files starting
+with ``_`` are skipped). Their files are imported after the repository's, as
+``ampt_plugins.ext_<hash of the folder>.<trainers|datasets>.<file>``, and
+register next to the built-in ones (a name registered twice is an error).
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import os
@@ -20,6 +29,7 @@ from .engine.select import use_engine
 
 PLUGIN_FOLDERS = ("datasets", "trainers")
 PLUGIN_PACKAGE = "ampt_plugins"
+PLUGIN_PATH_ENV = "AMPT_PLUGIN_PATH"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -47,8 +57,47 @@ def _package(name: str, path: Optional[Path]) -> types.ModuleType:
     return module
 
 
+def plugin_path() -> List[Path]:
+    """The folders of ``$AMPT_PLUGIN_PATH`` (empty entries skipped); each must hold trainers/ or datasets/."""
+    roots = []
+    for entry in os.environ.get(PLUGIN_PATH_ENV, "").split(os.pathsep):
+        if not entry.strip():
+            continue
+        root = Path(entry).expanduser().resolve()
+        if not any((root / folder).is_dir() for folder in PLUGIN_FOLDERS):
+            raise FileNotFoundError(
+                f"{PLUGIN_PATH_ENV} entry {root} has no trainers/ or datasets/ folder: put the plug-in files "
+                "in <folder>/trainers/*.py and <folder>/datasets/*.py, or remove the entry"
+            )
+        roots.append(root)
+    return roots
+
+
+def _namespace(name: str, path: Path) -> None:
+    """A package ``name`` whose submodules are the ``*.py`` files of ``path`` (no ``__init__.py`` needed)."""
+    if name not in sys.modules:
+        module = types.ModuleType(name)
+        module.__path__ = [str(path)]
+        sys.modules[name] = module
+
+
+def _load_external(root: Path) -> List[str]:
+    tag = "ext_" + hashlib.sha1(str(root).encode()).hexdigest()[:10]
+    _namespace(f"{PLUGIN_PACKAGE}.{tag}", root)
+    loaded = []
+    for folder in PLUGIN_FOLDERS:
+        path = root / folder
+        if not path.is_dir():
+            continue
+        _namespace(f"{PLUGIN_PACKAGE}.{tag}.{folder}", path)
+        for file in sorted(path.glob("*.py")):
+            if not file.name.startswith("_"):
+                loaded.append(importlib.import_module(f"{PLUGIN_PACKAGE}.{tag}.{folder}.{file.stem}").__name__)
+    return loaded
+
+
 def load_plugins(engine: str = "builtin", root: Optional[Path] = None) -> List[str]:
-    """Select ``engine`` and import every plug-in file once; returns the module names."""
+    """Select ``engine`` and import every plug-in file once (``$AMPT_PLUGIN_PATH``'s too); returns the module names."""
     use_engine(engine)
     root = Path(root) if root is not None else plugin_root()
     _package(PLUGIN_PACKAGE, None)
@@ -64,4 +113,6 @@ def load_plugins(engine: str = "builtin", root: Optional[Path] = None) -> List[s
             name = f"{PLUGIN_PACKAGE}.{folder}.{file.stem}"
             importlib.import_module(name)
             loaded.append(name)
+    for external in plugin_path():
+        loaded += _load_external(external)
     return loaded

@@ -111,6 +111,9 @@ class AMPT(AdversarialClipTrainer):
     def check_cfg(self, cfg: Any) -> None:
         super().check_cfg(cfg)
         check_ampt_cfg(cfg.TRAINER.AMPT)
+        if cfg.ADV.TRAIN.LOSS != "ce":
+            raise ValueError(f'AMPT trains with ADV.TRAIN.LOSS "ce" plus its own TRAINER.AMPT.CLEAN_CE_WEIGHT and '
+                             f'TRADES_KL_WEIGHT terms (got LOSS "{cfg.ADV.TRAIN.LOSS}")')
 
     def run_metadata(self) -> Dict[str, Any]:
         node = self.cfg.TRAINER.AMPT
@@ -149,7 +152,8 @@ class AMPT(AdversarialClipTrainer):
             return super().adversarial_images(images, labels, text_features)
 
     def adversarial_loss(self, logits: Tensor, labels: Tensor, images: Tensor, adv_images: Tensor,
-                         text_features: Tensor) -> Tuple[Tensor, Dict[str, float]]:
+                         text_features: Tensor, adv_features: Optional[Tensor] = None
+                         ) -> Tuple[Tensor, Dict[str, float]]:
         """CE on the adversarial logits, plus the optional clean CE, TRADES KL and balance terms."""
         node = self.cfg.TRAINER.AMPT
         weights = self.model.routed_weights  # of the adversarial forward that gave ``logits``

@@ -48,7 +48,3 @@ class ZeroshotCLIP(ClipTrainer):
 
     def forward_backward(self, batch: Dict[str, Any]) -> Dict[str, float]:
         raise RuntimeError("ZeroshotCLIP has nothing to train")
-
-    def record_result(self, *args: Any, **extra: Any) -> None:
-        extra.setdefault("prompt", self.template)
-        super().record_result(*args, **extra)

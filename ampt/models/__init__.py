@@ -1,5 +1,8 @@
 """CLIP loading and the shared prompt-learning modules (see docs/architecture.md)."""
 from .clip_loader import apply_precision, load_clip, load_robust_visual_weights, resolve_precision
+from .deep_prompted_clip import DeepPromptCLIP, VisualPrompt, VisualPromptCLIP
+from .deep_prompts import COUPLINGS, DeepPromptLearner, DeepTextLayout, encode_image_with_prompts
+from .interface import LEARNED, PromptModel, check_prompt_model
 from .normalizer import CLIP_MEAN, CLIP_STD, ImageNormalizer
 from .prompt_learner import CLASS_TOKEN_POSITIONS, PromptLearner
 from .prompted_clip import (
@@ -14,6 +17,16 @@ from .text_encoder import TextEncoder
 from .tiny import build_tiny_clip, save_clip_state_dict
 
 __all__ = [
+    "COUPLINGS",
+    "DeepPromptCLIP",
+    "DeepPromptLearner",
+    "DeepTextLayout",
+    "LEARNED",
+    "PromptModel",
+    "VisualPrompt",
+    "VisualPromptCLIP",
+    "check_prompt_model",
+    "encode_image_with_prompts",
     "CLASS_TOKEN_POSITIONS",
     "CLIP_MEAN",
     "CLIP_STD",

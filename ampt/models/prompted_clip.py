@@ -8,11 +8,12 @@ attack does not re-run the text encoder at every step.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
+from .interface import PromptModel
 from .normalizer import ImageNormalizer
 from .prompt_learner import PromptLearner
 from .text_encoder import TextEncoder
@@ -23,7 +24,7 @@ def l2_normalize(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True)
 
 
-class PromptedCLIP(nn.Module):
+class PromptedCLIP(PromptModel, nn.Module):
     """CLIP's image encoder, text encoder and logit scale around a :class:`PromptLearner`.
 
     ``dtype``: what inputs of the encoders are cast to; None = the weights'
@@ -76,6 +77,20 @@ class PromptedCLIP(nn.Module):
             prefixes, suffixes, suffix_ids = split
             return self.text_encoder(suffixes, suffix_ids, prefix=prefixes)
         return self.text_encoder(*learner())
+
+    # ------------------------------------------------------------ the PromptModel interface
+    @property
+    def n_prompts(self) -> int:
+        return self.prompt_learner.n_prompts if self.prompt_learner is not None else 1
+
+    def prompt_parameters(self) -> List[nn.Parameter]:
+        return list(self.prompt_learner.parameters()) if self.prompt_learner is not None else []
+
+    def word_prompts(self) -> Dict[str, torch.Tensor]:
+        return {"ctx": self.prompt_learner.ctx} if self.prompt_learner is not None else {}
+
+    def template_features(self, classnames: Sequence[str], template: str) -> torch.Tensor:
+        return template_text_features(self.text_encoder, classnames, template).expand(self.n_prompts, -1, -1)
 
     def combine(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, C]``: CLIP's scaled cosine with the single prompt's features ``[1, C, D]``."""
@@ -152,3 +167,7 @@ class FixedPromptCLIP(PromptedCLIP):
 
     def text_features(self) -> torch.Tensor:
         return self.fixed_text_features
+
+    def prompt_label(self) -> str:
+        """The template (templates joined by " | " when ensembled): nothing here is learned."""
+        return " | ".join(self.templates)

@@ -27,7 +27,7 @@ runs the sequences in chunks of that many rows. Both exact.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -104,11 +104,16 @@ class TextEncoder(nn.Module):
         return (self.options.shared_prefix and self.causal_mask is not None
                 and self.tower.pool_type in ("argmax", "eos"))
 
-    def forward(self, embeddings: Tensor, token_ids: Tensor, prefix: Optional[Tensor] = None) -> Tensor:
+    def forward(self, embeddings: Tensor, token_ids: Tensor, prefix: Optional[Tensor] = None,
+                deep_prompts: Sequence[Tensor] = ()) -> Tensor:
+        """Features of ``embeddings``; ``prefix`` selects the shared-prefix pass, and
+        ``deep_prompts[j - 1]`` (``[n, d]``) replaces positions 1..n at the input of block j >= 1 (MaPLe)."""
         if prefix is not None:
+            if len(deep_prompts):
+                raise ValueError("deep prompts change every block's input: they cannot share a cached prefix")
             return self._encode_after_prefix(prefix, embeddings, token_ids)
         rows = self.options.chunk_rows or embeddings.shape[0]
-        return torch.cat([self._encode(embeddings[i:i + rows], token_ids[i:i + rows])
+        return torch.cat([self._encode(embeddings[i:i + rows], token_ids[i:i + rows], deep_prompts)
                           for i in range(0, embeddings.shape[0], rows)])
 
     def _run(self, fn: Callable[..., Tensor], *args: Any) -> Tensor:
@@ -118,16 +123,27 @@ class TextEncoder(nn.Module):
         return fn(*args)
 
     # ------------------------------------------------------------ plain (trimmed) pass
-    def _encode(self, embeddings: Tensor, token_ids: Tensor) -> Tensor:
+    def _encode(self, embeddings: Tensor, token_ids: Tensor, deep_prompts: Sequence[Tensor] = ()) -> Tensor:
         dtype = self.dtype
         pooled = self.tower.pool_index(token_ids)
         n = self.tower.kept_length(token_ids)
         x = embeddings[:, :n].type(dtype) + self.positional_embedding[:n].type(dtype)
         mask = None if self.causal_mask is None else self.causal_mask[:n, :n].to(dtype)
         *blocks, last = self.transformer.resblocks
-        for block in blocks:
+        for index, block in enumerate(blocks):
+            x = self._insert_deep_prompt(x, deep_prompts, index)
             x = self._run(self.tower.run_block, block, x, mask)
+        x = self._insert_deep_prompt(x, deep_prompts, len(blocks))
         return self.tower.project(self._run(self.tower.run_block_at, last, x, pooled))
+
+    @staticmethod
+    def _insert_deep_prompt(x: Tensor, deep_prompts: Sequence[Tensor], index: int) -> Tensor:
+        """``x`` ``[N, L, d]`` with positions 1..n replaced by ``deep_prompts[index - 1]`` (block 0: unchanged)."""
+        if index == 0 or index > len(deep_prompts):
+            return x
+        prompt = deep_prompts[index - 1].to(x.dtype)
+        tokens = prompt.unsqueeze(0).expand(x.shape[0], -1, -1)
+        return torch.cat([x[:, :1], tokens, x[:, 1 + prompt.shape[0]:]], dim=1)
 
     # ------------------------------------------------------------ shared-prefix pass
     def finish_block(self, block: nn.Module, x: Tensor, attended: Tensor) -> Tensor:

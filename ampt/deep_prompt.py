@@ -1,0 +1,66 @@
+"""Deep prompts for trainers: config keys and the model builder shared by FAP, AdvMaPLe and AdvVLP.
+
+``add_coupled_keys`` / ``add_independent_keys`` fill a ``TRAINER.<NAME>``
+node; ``build_deep_prompt_model`` builds a
+:class:`~ampt.models.DeepPromptCLIP` on the trainer's CLIP, freezes all but
+the learner (prompt tokens and coupling layers, fp32), and registers it with
+its optimizer and LR schedule as model ``"prompt_learner"``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+from yacs.config import CfgNode as CN
+
+from .models import DeepPromptCLIP, DeepPromptLearner, DeepTextLayout
+from .models.clip_loader import clip
+from .optim import build_lr_scheduler, build_optimizer
+
+
+def add_coupled_keys(node: CN) -> None:
+    """MaPLe's keys (one token count and depth for both towers), with MaPLe's/FAP's values."""
+    node.N_CTX = 2  # learned tokens per block in each tower (>= 1)
+    node.CTX_INIT = "a photo of a"  # text prompt words; the first N_CTX tokens are learned ("" = N(0, 0.02))
+    node.PROMPT_DEPTH = 9  # J, blocks of each tower that read learned tokens (1..number of blocks)
+    node.PREC = "fp16"  # fp16 | fp32 | amp; on CPU fp16 and amp fall back to fp32
+
+
+def add_independent_keys(node: CN) -> None:
+    """IVLP's keys (each tower its own token count and depth)."""
+    node.N_CTX_TEXT = 2  # learned text tokens per block (>= 0)
+    node.N_CTX_VISION = 2  # learned image tokens per block (>= 0)
+    node.PROMPT_DEPTH_TEXT = 9  # text blocks that read learned tokens (0..text blocks)
+    node.PROMPT_DEPTH_VISION = 9  # image blocks that read learned tokens (0..image blocks)
+    node.CTX_INIT = "a photo of a"  # text prompt words; the first N_CTX_TEXT tokens are learned
+    node.PREC = "fp16"  # fp16 | fp32 | amp; on CPU fp16 and amp fall back to fp32
+
+
+def _check_depths(clip_model: nn.Module, node_name: str, depth_text: int, depth_vision: int) -> None:
+    text_blocks = len(clip_model.transformer.resblocks)
+    visual = clip_model.visual
+    vision_blocks = len(visual.transformer.resblocks) if isinstance(visual, clip.model.VisionTransformer) else 0
+    if depth_text < 0 or depth_text > text_blocks or depth_vision < 0 or depth_vision > vision_blocks:
+        raise ValueError(
+            f"TRAINER.{node_name} prompt depths text {depth_text} / image {depth_vision} do not fit the backbone "
+            f"({text_blocks} text blocks, {vision_blocks} image blocks{'' if vision_blocks else ': not a ViT'})"
+        )
+    if depth_text == 0 and depth_vision == 0:
+        raise ValueError(f"TRAINER.{node_name}: both prompt depths are 0, nothing to learn")
+
+
+def build_deep_prompt_model(trainer: Any, node_name: str, coupling: str, n_ctx_text: int, n_ctx_vision: int,
+                            depth_text: int, depth_vision: int, ctx_init: str) -> None:
+    """Set ``trainer.model``, ``optim`` and ``sched`` for deep prompts with ``coupling``."""
+    cfg = trainer.cfg
+    clip_model = trainer.load_clip_model()
+    _check_depths(clip_model, node_name, depth_text if n_ctx_text else 0, depth_vision if n_ctx_vision else 0)
+    layout = DeepTextLayout(clip_model, trainer.classnames, n_ctx_text if depth_text else 0, ctx_init)
+    learner = DeepPromptLearner(clip_model.ln_final.weight.shape[0], clip_model.visual.conv1.weight.shape[0],
+                                coupling, n_ctx_text, n_ctx_vision, depth_text, depth_vision, layout.initial_ctx())
+    trainer.model = trainer.setup_model(DeepPromptCLIP(clip_model, learner, layout), trainable=["prompt_learner"])
+    if cfg.MODEL.INIT_WEIGHTS:
+        trainer.load_init_weights(trainer.model.prompt_learner, cfg.MODEL.INIT_WEIGHTS)
+    trainer.optim = build_optimizer(trainer.model.prompt_learner, cfg.OPTIM)
+    trainer.sched = build_lr_scheduler(trainer.optim, cfg.OPTIM)
+    trainer.register_model("prompt_learner", trainer.model.prompt_learner, trainer.optim, trainer.sched)

@@ -1,0 +1,106 @@
+"""CLIP with deep prompts (:mod:`ampt.models.deep_prompts`) or a visual prompt, as prompt models.
+
+- :class:`DeepPromptCLIP`: learned tokens in the first J blocks of one or
+  both towers (AdvVLP, AdvMaPLe, FAP). ``text_features()`` runs the text
+  tower with its deep prompts (no image needed: computed once per step or
+  evaluation, reused by every attack step); ``encode_image`` builds the image
+  tokens from the learner (a few small matrix products) and runs the image
+  tower with them.
+- :class:`VisualPromptCLIP`: a hand-written, frozen text prompt and a learned
+  visual prompt (AdvVP, TeCoA's visual prompting as FAP ships it): a padding
+  of learned pixels around the normalized image and learned tokens appended
+  to the image tokens at the input of the first block.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from .interface import LEARNED
+from .deep_prompts import DeepPromptLearner, DeepTextLayout, encode_image_with_prompts
+from .prompted_clip import FixedPromptCLIP, PromptedCLIP, l2_normalize
+
+
+class DeepPromptCLIP(PromptedCLIP):
+    """A :class:`PromptedCLIP` whose ``prompt_learner`` is a :class:`DeepPromptLearner` (one prompt, K = 1)."""
+
+    def __init__(self, clip_model: nn.Module, learner: DeepPromptLearner, layout: DeepTextLayout,
+                 dtype: Optional[torch.dtype] = None) -> None:
+        super().__init__(clip_model, prompt_learner=None, dtype=dtype)
+        self.prompt_learner = learner
+        self.text_layout = layout
+
+    def text_features(self) -> torch.Tensor:
+        """Normalized ``[1, C, D]`` features of the class prompts with the text tower's deep prompts."""
+        tokens = self.prompt_learner.text_tokens()
+        embeddings, token_ids = self.text_layout.embeddings(tokens[0] if tokens else None)
+        features = self.text_encoder(embeddings, token_ids, deep_prompts=tokens[1:]).float()
+        return l2_normalize(features).unsqueeze(0)
+
+    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+        pixels = self.normalizer(x).type(self.dtype)
+        features = encode_image_with_prompts(self.image_encoder, pixels, self.prompt_learner.vision_tokens())
+        return l2_normalize(features.float())
+
+    def word_prompts(self) -> Dict[str, torch.Tensor]:
+        """The text prompt's first-block tokens (deeper tokens are not word embeddings)."""
+        ctx = self.prompt_learner.ctx
+        return {"ctx": ctx.unsqueeze(0)} if ctx is not None else {}
+
+
+class VisualPrompt(nn.Module):
+    """FAP's AdvVP prompt: a learned ``pad``-pixel frame added to the normalized image, and ``n_tokens`` tokens.
+
+    Both start from N(0, 1), as FAP's ``PadPrompter`` and ``TokenPrompter``.
+    """
+
+    def __init__(self, image_size: int, pad: int, n_tokens: int, width: int) -> None:
+        super().__init__()
+        if pad < 0 or 2 * pad >= image_size or n_tokens < 0 or (pad == 0 and n_tokens == 0):
+            raise ValueError(f"A visual prompt needs 0 <= PAD_SIZE < {image_size / 2:g} and N_TOKENS >= 0, "
+                             f"not both 0 (got {pad}, {n_tokens})")
+        inner = image_size - 2 * pad
+        self.pad = pad
+        self.pad_up = nn.Parameter(torch.randn(1, 3, pad, image_size))
+        self.pad_down = nn.Parameter(torch.randn(1, 3, pad, image_size))
+        self.pad_left = nn.Parameter(torch.randn(1, 3, inner, pad))
+        self.pad_right = nn.Parameter(torch.randn(1, 3, inner, pad))
+        self.tokens = nn.Parameter(torch.randn(n_tokens, width))
+
+    def frame(self) -> torch.Tensor:
+        """``[1, 3, S, S]``: the learned border, zeros inside."""
+        inner = self.pad_left.shape[2]
+        middle = torch.cat([self.pad_left, self.pad_left.new_zeros(1, 3, inner, inner), self.pad_right], dim=3)
+        return torch.cat([self.pad_up, middle, self.pad_down], dim=2)
+
+    def token_prompts(self) -> List[torch.Tensor]:
+        return [self.tokens] if self.tokens.shape[0] else []
+
+
+class VisualPromptCLIP(FixedPromptCLIP):
+    """Hand-written, frozen text features and a learned :class:`VisualPrompt` on the image side."""
+
+    def __init__(self, clip_model: nn.Module, classnames: Sequence[str], templates: Union[str, Sequence[str]],
+                 prompt: VisualPrompt, dtype: Optional[torch.dtype] = None) -> None:
+        super().__init__(clip_model, classnames, templates, dtype=dtype)
+        self.visual_prompt = prompt
+
+    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+        pixels = self.normalizer(x) + self.visual_prompt.frame().to(x.dtype)
+        features = encode_image_with_prompts(self.image_encoder, pixels.type(self.dtype),
+                                             self.visual_prompt.token_prompts())
+        return l2_normalize(features.float())
+
+    def prompt_parameters(self) -> List[nn.Parameter]:
+        return list(self.visual_prompt.parameters())
+
+    def prompt_label(self) -> str:
+        """"learned": the visual prompt is learned, whatever the text template."""
+        return LEARNED
+
+    def attack_prompt_modes(self):
+        """``onfly`` (its own template) and ``perturbed`` (the visual prompt pushed); ``constant`` would
+        only swap one hand-written template for another."""
+        return ("onfly", "perturbed")

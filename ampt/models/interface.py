@@ -1,0 +1,92 @@
+"""The declared interface between a trainer's model and the core.
+
+Every CLIP trainer's ``self.model`` implements :class:`PromptModel`; the core
+(``evaluate.py`` / :mod:`ampt.evaluation`, the training attack in
+:mod:`ampt.adversarial`, :mod:`ampt.interpret`) asks only these methods and
+never looks for attributes such as ``prompt_learner`` or ``template``.
+:func:`check_prompt_model` runs once, when a trainer sets its model up.
+
+- ``text_features()``: what does not depend on the input image, ``[K, C, D]``
+  normalized (the text side of a text-prompt or deep-prompt model, a fixed
+  template's features). It is computed once per training step or evaluation
+  and passed back as ``forward(x, text_features=...)``, so every attack step
+  reuses it.
+- ``forward(x, text_features=None)``: pixels in [0, 1] -> logits ``[B, C]``,
+  equal to ``combine(encode_image(x), text_features)`` (normalized image
+  features, then logits; losses that need the features use the two parts).
+- ``prompt_parameters()``: the learnable prompt tensors (what the
+  ``perturbed`` training attack pushes); may be empty.
+- ``word_prompts()``: learned vectors that live in the token-embedding space,
+  by name (what ``ampt.interpret`` decodes); may be empty.
+- ``prompt_label()``: how a record names the model's own prompt: ``learned``
+  for anything learned, the template for a hand-written prompt.
+- ``attack_prompt_modes()``: the ``ADV.TRAIN.PROMPT`` modes the model
+  supports; an adversarial trainer refuses any other before training.
+- ``template_features(classnames, template)``: ``[K, C, D]`` features of a
+  hand-written template on this backbone (``--prompt TEMPLATE`` and the
+  ``constant`` attack prompt).
+"""
+from __future__ import annotations
+
+import abc
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+from torch import nn
+
+LEARNED = "learned"
+ATTACK_PROMPT_MODES = ("onfly", "constant", "perturbed")
+REQUIRED = ("text_features", "encode_image", "combine", "forward", "prompt_parameters", "word_prompts", "prompt_label",
+            "attack_prompt_modes", "template_features", "n_prompts")
+
+
+class PromptModel(abc.ABC):
+    """Mix-in declaring the interface; subclass it together with ``nn.Module``."""
+
+    @abc.abstractmethod
+    def text_features(self) -> torch.Tensor:
+        """Input-independent, normalized ``[K, C, D]`` features, computed once and passed to ``forward``."""
+
+    @abc.abstractmethod
+    def prompt_parameters(self) -> List[nn.Parameter]:
+        """The learnable prompt tensors (empty for a hand-written prompt)."""
+
+    @property
+    def n_prompts(self) -> int:
+        """K, the number of prompts ``text_features`` stacks."""
+        return 1
+
+    def word_prompts(self) -> Dict[str, torch.Tensor]:
+        """Learned ``[..., L, d]`` vectors in the token-embedding space, by name (default: none)."""
+        return {}
+
+    def prompt_label(self) -> str:
+        """The ``prompt`` field of the model's own records."""
+        return LEARNED
+
+    def attack_prompt_modes(self) -> Tuple[str, ...]:
+        """``ADV.TRAIN.PROMPT`` modes this model supports (``perturbed`` needs prompt parameters)."""
+        return ATTACK_PROMPT_MODES if self.prompt_parameters() else ATTACK_PROMPT_MODES[:2]
+
+    @abc.abstractmethod
+    def template_features(self, classnames: Sequence[str], template: str) -> torch.Tensor:
+        """``[K, C, D]`` features of ``template`` (K identical copies: any mixture of them is the template)."""
+
+
+def check_prompt_model(model: nn.Module) -> None:
+    """Raise a one-line ``TypeError`` naming what ``model`` lacks of the interface."""
+    missing = [name for name in REQUIRED if not hasattr(model, name)]
+    if missing or not isinstance(model, nn.Module):
+        raise TypeError(
+            f"{type(model).__name__} does not implement the prompt-model interface "
+            f"(ampt.models.interface.PromptModel): missing {', '.join(missing) or 'nn.Module'}"
+        )
+
+
+def check_attack_prompt(model: nn.Module, mode: str) -> None:
+    """Refuse an ``ADV.TRAIN.PROMPT`` the model does not support, with the valid choices."""
+    valid = tuple(model.attack_prompt_modes())
+    if mode not in valid:
+        raise ValueError(
+            f'ADV.TRAIN.PROMPT "{mode}" is not supported by {type(model).__name__}; valid: {", ".join(valid)}'
+        )

@@ -1,0 +1,12 @@
+#!/bin/bash
+# AdvMaPLe cross-dataset (FAP's protocol): ImageNet 16 shots (configs/trainers/AdvMaPLe/vit_b32_ep5.yaml),
+# then evaluate.py --dataset on the 10 other datasets, PGD-100 at the training eps, over seeds 1 2 3.
+#
+#   DATA=/path/to/datasets bash scripts/advmaple/cross_dataset.sh [CFG]
+source "$(dirname "$0")/../common.sh"
+source "$(dirname "$0")/../zoo.sh"
+
+if [ $# -gt 1 ]; then
+    die "usage: bash $0 [CFG]"
+fi
+zoo_cross_dataset AdvMaPLe "${1:-vit_b32_ep5}"

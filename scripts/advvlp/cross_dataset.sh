@@ -1,0 +1,12 @@
+#!/bin/bash
+# AdvVLP cross-dataset (FAP's protocol): ImageNet 16 shots (configs/trainers/AdvVLP/vit_b32_ep5.yaml),
+# then evaluate.py --dataset on the 10 other datasets, PGD-100 at the training eps, over seeds 1 2 3.
+#
+#   DATA=/path/to/datasets bash scripts/advvlp/cross_dataset.sh [CFG]
+source "$(dirname "$0")/../common.sh"
+source "$(dirname "$0")/../zoo.sh"
+
+if [ $# -gt 1 ]; then
+    die "usage: bash $0 [CFG]"
+fi
+zoo_cross_dataset AdvVLP "${1:-vit_b32_ep5}"

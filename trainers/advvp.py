@@ -1,0 +1,58 @@
+"""AdvVP: adversarial visual prompting (TeCoA's visual prompt, Mao et al., ICLR 2023), as FAP's code
+ships it (lionel-w2/FAP, ``trainers/zsrobust.py``, ``zsrobust/models/prompters.py``).
+
+The text side is the dataset's hand-written template, frozen (its features
+computed once). The image side learns a prompt: a frame of PAD_SIZE pixels
+added to the normalized image (FAP's ``PadPrompter``) and N_TOKENS tokens
+appended to the image tokens at the input of the first block (FAP's
+``TokenPrompter``, zero positional embedding), both from N(0, 1). Trained with
+``ADV.TRAIN.LOSS`` (default ``ce``). Records of the learned prompt read
+``learned``: the template is not what was trained.
+"""
+from __future__ import annotations
+
+import logging
+
+from yacs.config import CfgNode as CN
+
+from ampt.adversarial import AdversarialClipTrainer
+from ampt.api import TRAINER_REGISTRY
+from ampt.models import VisualPrompt, VisualPromptCLIP
+from ampt.models.clip_loader import clip
+from ampt.models.templates import check_template, get_template
+from ampt.optim import build_lr_scheduler, build_optimizer
+
+logger = logging.getLogger(__name__)
+
+
+@TRAINER_REGISTRY.register()
+class AdvVP(AdversarialClipTrainer):
+    """Adversarial visual prompt: learned pixel frame + image tokens, frozen text template."""
+
+    cfg_node = "ADVVP"
+
+    @staticmethod
+    def add_config(cfg: CN) -> None:
+        cfg.TRAINER.ADVVP = CN()
+        cfg.TRAINER.ADVVP.PAD_SIZE = 30  # width in pixels (>= 0, < half the input size) of the learned frame
+        cfg.TRAINER.ADVVP.N_TOKENS = 5  # learned image tokens at the first block (>= 0; ViT backbones)
+        cfg.TRAINER.ADVVP.TEMPLATE = ""  # text prompt with one "{}"; "" = the dataset's CoOp template
+        cfg.TRAINER.ADVVP.PREC = "fp16"  # fp16 | fp32 | amp; on CPU fp16 and amp fall back to fp32
+
+    def build_model(self) -> None:
+        cfg, node = self.cfg, self.cfg.TRAINER.ADVVP
+        clip_model = self.load_clip_model()
+        visual = clip_model.visual
+        if node.N_TOKENS and not isinstance(visual, clip.model.VisionTransformer):
+            raise ValueError(f"TRAINER.ADVVP.N_TOKENS {node.N_TOKENS} needs a ViT backbone; set it to 0 for "
+                             f"{cfg.MODEL.BACKBONE.NAME}")
+        template = check_template(node.TEMPLATE or get_template(cfg.DATASET.NAME))
+        logger.info('Text prompt (frozen): "%s"', template)
+        prompt = VisualPrompt(visual.input_resolution, node.PAD_SIZE, node.N_TOKENS, visual.conv1.weight.shape[0])
+        self.model = self.setup_model(VisualPromptCLIP(clip_model, self.classnames, template, prompt),
+                                      trainable=["visual_prompt"])
+        if cfg.MODEL.INIT_WEIGHTS:
+            self.load_init_weights(self.model.visual_prompt, cfg.MODEL.INIT_WEIGHTS)
+        self.optim = build_optimizer(self.model.visual_prompt, cfg.OPTIM)
+        self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
+        self.register_model("visual_prompt", self.model.visual_prompt, self.optim, self.sched)
