@@ -17,7 +17,9 @@ from typing import List
 import torch
 from torch import nn
 
-from .prompt_learner import _tokenizer, _word_embeddings
+from .backbone import backbone_info
+from .prompt_learner import _word_embeddings
+from .text_tower import text_tower
 
 TEMPLATE_SEPARATOR = "|"
 
@@ -25,11 +27,6 @@ TEMPLATE_SEPARATOR = "|"
 def split_templates(text: str) -> List[str]:
     """The phrases of a ``|``-separated ``CTX_INIT`` (empty phrases dropped)."""
     return [p.strip() for p in text.split(TEMPLATE_SEPARATOR) if p.strip()]
-
-
-def template_token_counts(text: str) -> List[int]:
-    """BPE token count of each phrase of a ``|``-separated ``CTX_INIT``."""
-    return [len(_tokenizer.encode(p.replace("_", " "))) for p in split_templates(text)]
 
 
 def orthogonal_contexts(shape: torch.Size, std: float = 0.02) -> torch.Tensor:
@@ -48,10 +45,10 @@ def template_contexts(clip_model: nn.Module, text: str, n_prompts: int, n_ctx: i
     phrases = split_templates(text)
     if len(phrases) != n_prompts:
         raise ValueError(f'CTX_INIT "{text}" has {len(phrases)} "|"-separated phrases for {n_prompts} prompts')
-    width = clip_model.ln_final.weight.shape[0]
-    ctx = torch.empty(n_prompts, n_ctx, width).normal_(std=std)
+    tower, tokenizer = text_tower(clip_model), backbone_info(clip_model).tokenizer
+    ctx = torch.empty(n_prompts, n_ctx, tower.width).normal_(std=std)
     for k, phrase in enumerate(phrases):
-        words = _word_embeddings(clip_model, phrase)
+        words = _word_embeddings(tower.token_embedding, tokenizer, phrase)
         if words.shape[0] > n_ctx:
             raise ValueError(f'CTX_INIT phrase "{phrase}" has {words.shape[0]} tokens, more than N_CTX {n_ctx}')
         ctx[k, n_ctx - words.shape[0]:] = words
