@@ -472,3 +472,25 @@ def test_diagnostics_of_a_tiny_run_are_in_range(toy_env, tmp_path):
     assert 0 <= test["mi_clean_vs_attacked"] <= np.log(2) and 0 <= test["tv_clean_to_attacked"] <= 1
     log = (out / "log.txt").read_text()
     assert "TV from the batch mean" in log and "MI(weights; label)" in log
+
+
+def test_router_study_sweep_methods_build_valid_ampt_configs():
+    """Each method of configs/sweeps/ampt-router-study.yaml merges and passes AMPT's checks.
+
+    (Expansion by the sweep runner itself is tested where the runner lives.)
+    """
+    import yaml
+
+    study = yaml.safe_load((REPO / "configs" / "sweeps" / "ampt-router-study.yaml").read_text())
+    assert study["grid"]["seed"] == [1, 2, 3] and study["grid"]["dataset"] == ["digits"]
+    tokens = {}
+    for label, method in study["methods"].items():
+        args = argparse.Namespace(config_file=str(REPO / method["config"]), dataset_config_file="",
+                                  trainer=method["trainer"], opts=[str(v) for v in method.get("opts", [])])
+        cfg = setup_cfg(args, TRAINER_REGISTRY.get(method["trainer"]))
+        sys.modules[TRAINER_REGISTRY.get("AMPT").__module__].check_ampt_cfg(cfg.TRAINER.AMPT)
+        tokens[label] = cfg.TRAINER.AMPT.N_PROMPTS * cfg.TRAINER.AMPT.N_CTX
+    assert set(tokens.values()) == {16}  # every cell has 16 context tokens in all
+    attacks = {(e["attack"], e.get("eps"), e.get("steps"), e.get("n_samples")) for e in study["evaluate"]}
+    assert {("clean", None, None, None), ("pgd", 4, 100, None), ("cw", 4, 100, None), ("aa", 4, None, 200),
+            ("pgd", 8, 100, None)} <= attacks
