@@ -27,7 +27,7 @@ def _fmt(values: List[float], digits: int) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def _run_numbers(run: Path, split: str) -> Optional[Dict[str, float]]:
+def _run_numbers(run: Path, split: str, prompt: str = "learned") -> Optional[Dict[str, float]]:
     try:
         results = json.loads((run / "results.json").read_text())
     except FileNotFoundError:
@@ -36,6 +36,8 @@ def _run_numbers(run: Path, split: str) -> Optional[Dict[str, float]]:
         return None
     out: Dict[str, float] = {}
     for r in results["records"]:
+        if r.get("prompt", "learned") != prompt:
+            continue
         if r["split"] == split and r["attack"] == "clean":
             out["clean"] = r["accuracy"]
         if r["split"] == split and r["attack"] == "pgd" and r["steps"] == 10:
@@ -48,7 +50,7 @@ def _run_numbers(run: Path, split: str) -> Optional[Dict[str, float]]:
         if last.get("bank_cosine") is not None:
             out["bank"] = last["bank_cosine"]
         test = stats.get("test")
-        if test:
+        if test and test.get("split") == split:
             out["mi_label"] = test["clean"]["mi_label"]
             if "tv_clean_to_attacked" in test:
                 out["tv_attack"] = test["tv_clean_to_attacked"]
@@ -62,12 +64,14 @@ COLUMNS = [("clean", "clean %", 1), ("pgd10", "PGD-10 %", 1), ("entropy", "entro
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("out", type=Path)
-    p.add_argument("--split", default="val")
+    p.add_argument("--split", default="val", help="split of the accuracy records (val: train.py's final test with "
+                   "TEST.SPLIT val; test: evaluate.py records)")
+    p.add_argument("--prompt", default="learned", help='prompt of the records ("uniform": the same prompts mixed 1/K)')
     args = p.parse_args()
     print("| setting | seeds | " + " | ".join(c[1] for c in COLUMNS) + " |")
     print("|---|---|" + "---|" * len(COLUMNS))
     for setting in sorted(d for d in args.out.iterdir() if d.is_dir()):
-        runs = [n for n in (_run_numbers(r, args.split) for r in sorted(setting.glob("seed*"))) if n]
+        runs = [n for n in (_run_numbers(r, args.split, args.prompt) for r in sorted(setting.glob("seed*"))) if n]
         if not runs:
             continue
         cells = [_fmt([r[key] for r in runs if key in r], digits) for key, _, digits in COLUMNS]
