@@ -19,12 +19,15 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 
-def _fmt(values: List[float], digits: int) -> str:
+def _fmt(values: List[float], digits: int, n_runs: int) -> str:
+    """mean ± sample std; ``(n=k)`` when only k of the runs have the number."""
     if not values:
         return "-"
     mean = statistics.mean(values)
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    if len(values) == 1:
+        return f"{mean:.{digits}f} (n=1)"
+    text = f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+    return text + (f" (n={len(values)})" if len(values) < n_runs else "")
 
 
 def _run_numbers(run: Path, split: str, prompt: str = "learned") -> Optional[Dict[str, float]]:
@@ -74,7 +77,7 @@ def main() -> int:
         runs = [n for n in (_run_numbers(r, args.split, args.prompt) for r in sorted(setting.glob("seed*"))) if n]
         if not runs:
             continue
-        cells = [_fmt([r[key] for r in runs if key in r], digits) for key, _, digits in COLUMNS]
+        cells = [_fmt([r[key] for r in runs if key in r], digits, len(runs)) for key, _, digits in COLUMNS]
         print(f"| {setting.name} | {len(runs)} | " + " | ".join(cells) + " |")
     return 0
 
