@@ -28,15 +28,20 @@ from yacs.config import CfgNode as CN
 from ampt.adversarial import AdversarialClipTrainer
 from ampt.api import TRAINER_REGISTRY
 from ampt.models import PromptLearner
+from ampt.evaluation import LEARNED, prompt_model
 from ampt.models.mixture import MIX_MODES, FixedRouting, MixturePromptedCLIP
+from ampt.models.prompt_init import orthogonal_contexts, split_templates, template_contexts
 from ampt.models.router import ROUTER_KINDS, Router, weight_entropy
 from ampt.engine import distributed
+from ampt.models.router_stats import EpochAccumulator, bank_summary, eval_split_stats
 from ampt.optim import build_lr_scheduler, build_optimizer
 from ampt.utils.io import read_json, write_json
 
 logger = logging.getLogger(__name__)
 
-INIT_MODES = ("random", "first", "all")
+INIT_MODES = ("random", "first", "all", "orthogonal", "templates")
+WORDLESS_INITS = ("random", "orthogonal")
+ROUTER_INPUTS = ("adversarial", "clean")
 # ATTACK_ROUTER -> the model's route mode during the training attack
 ATTACK_ROUTES = {"full": "learned", "uniform": "uniform", "detached": "detached"}
 ROUTER_STATS_FILE = "router_stats.json"
@@ -46,24 +51,32 @@ def check_ampt_cfg(node: CN) -> None:
     """Refuse invalid or unused ``TRAINER.AMPT`` settings before anything is built."""
     if node.N_PROMPTS < 1 or node.N_CTX < 1:
         raise ValueError(f"TRAINER.AMPT.N_PROMPTS and N_CTX must be >= 1 (got {node.N_PROMPTS}, {node.N_CTX})")
-    checks = (("INIT", INIT_MODES), ("ROUTER", ROUTER_KINDS), ("MIX", MIX_MODES), ("ATTACK_ROUTER", tuple(ATTACK_ROUTES)))
+    checks = (("INIT", INIT_MODES), ("ROUTER", ROUTER_KINDS), ("MIX", MIX_MODES), ("ATTACK_ROUTER", tuple(ATTACK_ROUTES)),
+              ("ROUTER_INPUT", ROUTER_INPUTS))
     for key, valid in checks:
         if node[key] not in valid:
             raise ValueError(f'TRAINER.AMPT.{key} "{node[key]}" is not one of {", ".join(valid)}')
-    if (node.INIT == "random") != (node.CTX_INIT == ""):
+    if (node.INIT in WORDLESS_INITS) != (node.CTX_INIT == ""):
         raise ValueError(
-            f'TRAINER.AMPT.INIT "{node.INIT}" with CTX_INIT "{node.CTX_INIT}": INIT first/all needs '
-            'CTX_INIT words (e.g. "a photo of a"), and CTX_INIT words need INIT first or all'
+            f'TRAINER.AMPT.INIT "{node.INIT}" with CTX_INIT "{node.CTX_INIT}": INIT first/all/templates needs '
+            'CTX_INIT words (e.g. "a photo of a"), and CTX_INIT words need INIT first, all or templates'
         )
+    if node.INIT == "templates" and len(split_templates(node.CTX_INIT)) != node.N_PROMPTS:
+        raise ValueError(f'TRAINER.AMPT.INIT templates needs N_PROMPTS ({node.N_PROMPTS}) "|"-separated phrases '
+                         f'in CTX_INIT (got "{node.CTX_INIT}")')
+    if node.INIT in ("orthogonal", "templates") and node.CSC:
+        raise ValueError(f"TRAINER.AMPT.INIT {node.INIT} is for unified contexts: set CSC False or INIT random")
     if node.N_PROMPTS == 1 and node.ROUTER != "uniform":
         raise ValueError("TRAINER.AMPT.N_PROMPTS 1 leaves the router nothing to weigh: set ROUTER uniform")
     if node.ROUTER == "uniform":
-        defaults = (("TEMPERATURE", 1.0), ("TOP_K", 0), ("ATTACK_ROUTER", "full"), ("ROUTER_LR_MULT", 1.0))
+        defaults = (("TEMPERATURE", 1.0), ("TOP_K", 0), ("ATTACK_ROUTER", "full"), ("ROUTER_LR_MULT", 1.0),
+                    ("ROUTER_INPUT_SCALE", 1.0), ("ROUTER_INPUT", "adversarial"))
         unused = [k for k, default in defaults if node[k] != default]
         if unused:
             raise ValueError(f"TRAINER.AMPT.ROUTER uniform does not use {unused}: leave them at their defaults")
-    if node.ROUTER_LR_MULT <= 0:
-        raise ValueError(f"TRAINER.AMPT.ROUTER_LR_MULT must be > 0 (got {node.ROUTER_LR_MULT})")
+    for key in ("ROUTER_LR_MULT", "ROUTER_INPUT_SCALE"):
+        if node[key] <= 0:
+            raise ValueError(f"TRAINER.AMPT.{key} must be > 0 (got {node[key]})")
     for key in ("CLEAN_CE_WEIGHT", "TRADES_KL_WEIGHT", "BALANCE_WEIGHT"):
         if node[key] < 0:
             raise ValueError(f"TRAINER.AMPT.{key} must be >= 0 (got {node[key]})")
@@ -93,12 +106,16 @@ class AMPT(AdversarialClipTrainer):
         c.N_PROMPTS = 4  # K, number of prompts (>= 1; 1 with ROUTER uniform is one long prompt, i.e. APT)
         c.N_CTX = 4  # L, context tokens per prompt (>= 1); CTX_INIT's token count overrides it
         c.CTX_INIT = ""  # words to start from, e.g. "a photo of a"; "" with INIT random
-        c.INIT = "random"  # random (N(0, 0.02) per prompt) | first (CTX_INIT for prompt 1) | all
+        # random (N(0, 0.02) per prompt) | first (CTX_INIT for prompt 1) | all (CTX_INIT for every prompt)
+        # | orthogonal (random, mutually orthogonal) | templates (CTX_INIT: N_PROMPTS phrases "a|b|..", <= N_CTX tokens)
+        c.INIT = "random"
         c.CSC = False  # class-specific contexts (K x C of them) instead of unified ones
         c.CLASS_TOKEN_POSITION = "end"  # end | middle | front
         c.ROUTER = "linear"  # linear | mlp | uniform (no router: weights 1/K)
         c.ROUTER_HIDDEN = 0  # mlp hidden width (>= 0; 0 = the image feature size); only with ROUTER mlp
         c.TEMPERATURE = 1.0  # softmax temperature of the router (> 0; lower is sharper)
+        c.ROUTER_INPUT_SCALE = 1.0  # the router reads this x the unit-norm image feature (> 0; e.g. 100 = CLIP's scale)
+        c.ROUTER_INPUT = "adversarial"  # training: router reads the attacked (adversarial) or the clean image's feature
         c.ROUTER_LR_MULT = 1.0  # router learning rate (and warm-up LR) = OPTIM's x this (> 0); prompts use OPTIM's
         c.TOP_K = 0  # keep the TOP_K largest router weights per image, renormalized (0 = dense; <= N_PROMPTS)
         c.MIX = "features"  # features (mix normalized text features) | logits (mix per-prompt logits)
@@ -124,12 +141,13 @@ class AMPT(AdversarialClipTrainer):
         cfg, node = self.cfg, self.cfg.TRAINER.AMPT
         clip_model = self.load_clip_model()
         learner = PromptLearner(
-            clip_model, self.classnames, n_ctx=node.N_CTX, ctx_init=node.CTX_INIT, csc=node.CSC,
-            class_token_position=node.CLASS_TOKEN_POSITION, n_prompts=node.N_PROMPTS,
+            clip_model, self.classnames, n_ctx=node.N_CTX, ctx_init=node.CTX_INIT if node.INIT in ("first", "all") else "",
+            csc=node.CSC, class_token_position=node.CLASS_TOKEN_POSITION, n_prompts=node.N_PROMPTS,
             init_all=node.INIT == "all",
         )
+        self._init_contexts_apart(clip_model, learner)
         router = Router(clip_model.visual.output_dim, node.N_PROMPTS, kind=node.ROUTER, hidden=node.ROUTER_HIDDEN,
-                        temperature=node.TEMPERATURE, top_k=node.TOP_K)
+                        temperature=node.TEMPERATURE, top_k=node.TOP_K, input_scale=node.ROUTER_INPUT_SCALE)
         model = MixturePromptedCLIP(clip_model, learner, router, mix=node.MIX)
         has_router = any(True for _ in router.parameters())
         trainable = ["prompt_learner.ctx"] + (["router"] if has_router else [])
@@ -143,9 +161,46 @@ class AMPT(AdversarialClipTrainer):
             router_optim_cfg = scaled_lr(cfg.OPTIM, node.ROUTER_LR_MULT)
             optim = build_optimizer(self.model.router, router_optim_cfg)
             self.register_model("router", self.model.router, optim, build_lr_scheduler(optim, router_optim_cfg))
-        logger.info("Router: %s; mixing %s; training attack weights: %s", router, node.MIX, node.ATTACK_ROUTER)
+        logger.info("Router: %s; mixing %s; training attack weights: %s; training router input: %s image",
+                    router, node.MIX, node.ATTACK_ROUTER, node.ROUTER_INPUT)
+
+    def _init_contexts_apart(self, clip_model: nn.Module, learner: PromptLearner) -> None:
+        """``INIT orthogonal | templates``: replace the random contexts so the K prompts start apart."""
+        node = self.cfg.TRAINER.AMPT
+        if node.INIT not in ("orthogonal", "templates"):
+            return
+        with torch.random.fork_rng(devices=[]):  # the router's initialisation stays what it is without this key
+            if node.INIT == "orthogonal":
+                ctx = orthogonal_contexts(learner.ctx.shape)
+            else:
+                ctx = template_contexts(clip_model, node.CTX_INIT, node.N_PROMPTS, learner.n_ctx)
+        with torch.no_grad():
+            learner.ctx.copy_(ctx)
+        logger.info("Prompt contexts initialised %s", "orthogonal" if node.INIT == "orthogonal"
+                    else f"from the templates {split_templates(node.CTX_INIT)}")
 
     # ------------------------------------------------------------ training
+    def forward_backward(self, batch: Dict[str, Any]) -> Dict[str, float]:
+        """APT's step; with ``ROUTER_INPUT clean`` every forward of the step routes on the clean images."""
+        if self.cfg.TRAINER.AMPT.ROUTER_INPUT != "clean":
+            return super().forward_backward(batch)
+        images = self.parse_batch_train(batch)[0]
+        with torch.no_grad(), self.autocast():
+            clean_features = self.model.encode_image(images)
+        with self.model.router_reads(clean_features):
+            return super().forward_backward(batch)
+
+    def model_backward_and_update(self, loss: Tensor, names: Any = None) -> None:
+        """The engine's update; the step's gradient norms (prompts, router) go into the epoch's statistics."""
+        super().model_backward_and_update(loss, names)
+        scale = float(self.scaler.get_scale()) if getattr(self, "scaler", None) is not None else 1.0
+        norms = {}
+        for name in self.get_model_names():
+            grads = [p.grad.detach().float().norm() for p in self._models[name].parameters() if p.grad is not None]
+            if grads:
+                norms[name] = float(torch.stack(grads).norm()) / scale
+        self._epoch_stats().add_grad_norms(norms)
+
     def adversarial_images(self, images: Tensor, labels: Tensor, text_features: Optional[Tensor]) -> Tensor:
         """APT's attack, with the router weights chosen by ``TRAINER.AMPT.ATTACK_ROUTER``."""
         with self.model.routing(ATTACK_ROUTES[self.cfg.TRAINER.AMPT.ATTACK_ROUTER]):
@@ -178,56 +233,104 @@ class AMPT(AdversarialClipTrainer):
         return loss, extra
 
     # ------------------------------------------------------------ router statistics
+    def _epoch_stats(self) -> EpochAccumulator:
+        if getattr(self, "_router_epoch", None) is None:
+            self._router_epoch = EpochAccumulator(self.cfg.TRAINER.AMPT.N_PROMPTS)
+        return self._router_epoch
+
+    def before_train(self) -> None:
+        super().before_train()
+        if self.start_epoch == 0 and self.start_epoch < self.max_epoch:
+            self._update_router_stats_file(init={"epoch": 0, **self._bank_stats()})
+
     def before_epoch(self) -> None:
         super().before_epoch()
-        self._weight_sum: Optional[Tensor] = None
-        self._entropy_sum = 0.0
-        self._routed = 0
+        self._router_epoch = EpochAccumulator(self.cfg.TRAINER.AMPT.N_PROMPTS)
 
     def _accumulate_router_stats(self, weights: Tensor) -> None:
-        if getattr(self, "_weight_sum", None) is None:
-            self._weight_sum, self._entropy_sum, self._routed = torch.zeros(weights.shape[1]), 0.0, 0
-        self._weight_sum += weights.float().sum(dim=0).cpu()
-        self._entropy_sum += float(weight_entropy(weights.float()).sum())
-        self._routed += weights.shape[0]
+        self._epoch_stats().add_weights(weights)
+
+    @torch.no_grad()
+    def _bank_stats(self) -> Dict[str, Any]:
+        """Pairwise cosine of the K prompts' text features (mean over classes), now."""
+        with self.autocast():
+            return bank_summary(self.model.text_features())
 
     def router_stats(self) -> Optional[Dict[str, Any]]:
-        """This epoch's mean weight per prompt and mean per-image entropy (nats) on the adversarial images."""
-        if getattr(self, "_weight_sum", None) is None or not self._routed:
-            return None
-        mean = self._weight_sum / self._routed
-        return {
-            "epoch": self.epoch + 1,
-            "mean_weights": [round(float(w), 5) for w in mean],
-            "entropy": round(self._entropy_sum / self._routed, 5),  # mean over images; log K = uniform
-            "entropy_of_mean": round(float(weight_entropy(mean[None])[0]), 5),  # low = a collapsed router
-            "max_entropy": round(math.log(len(mean)), 5),
-            "n_images": self._routed,
-        }
+        """This epoch's router statistics on the training forward's images (the adversarial ones)."""
+        summary = self._epoch_stats().summary()
+        return None if summary is None else {"epoch": self.epoch + 1, **summary, **self._bank_stats()}
 
     def after_epoch(self) -> None:
         stats = self.router_stats()
         if stats is not None:
+            grads = stats.get("grad_norm", {})
             logger.info("router (epoch %d, %d adversarial images): mean weights %s, entropy %.3f "
-                        "(uniform %.3f), entropy of the mean %.3f", stats["epoch"], stats["n_images"],
-                        stats["mean_weights"], stats["entropy"], stats["max_entropy"], stats["entropy_of_mean"])
+                        "(uniform %.3f), entropy of the mean %.3f, TV from the batch mean %.4f, logit std %.2e, "
+                        "prompt-bank cosine %s, grad norm %s", stats["epoch"], stats["n_images"],
+                        stats["mean_weights"], stats["entropy"], stats["max_entropy"], stats["entropy_of_mean"],
+                        stats["tv_from_batch_mean"], stats["router_logit_std"], stats["bank_cosine"], grads)
             for k, w in enumerate(stats["mean_weights"]):
                 self.write_scalar(f"router/mean_weight_{k + 1}", w, stats["epoch"])
-            self.write_scalar("router/entropy", stats["entropy"], stats["epoch"])
-            self.write_scalar("router/entropy_of_mean", stats["entropy_of_mean"], stats["epoch"])
+            for key in ("entropy", "entropy_of_mean", "tv_from_batch_mean", "router_logit_std", "bank_cosine"):
+                if stats[key] is not None:
+                    self.write_scalar(f"router/{key}", stats[key], stats["epoch"])
+            for name, value in grads.items():
+                self.write_scalar(f"router/grad_norm_{name}", value, stats["epoch"])
             if distributed.is_main():  # rank 0's share of the images under torchrun
-                self._save_router_stats(stats)
+                self._update_router_stats_file(epoch=stats)
         super().after_epoch()
 
-    def _save_router_stats(self, stats: Dict[str, Any]) -> None:
-        """Append ``stats`` to ``OUTPUT_DIR/router_stats.json`` (one entry per epoch, replaced on resume)."""
+    def _update_router_stats_file(self, epoch: Optional[Dict[str, Any]] = None, **sections: Any) -> None:
+        """Update ``OUTPUT_DIR/router_stats.json``: ``epochs`` (one entry each, replaced on resume), ``init``, ``test``.
+
+        Written by rank 0 only under torchrun (its share of the images).
+        """
+        if not distributed.is_main():
+            return
         path = f"{self.output_dir}/{ROUTER_STATS_FILE}"
         try:
-            history = read_json(path)["epochs"]
+            data = read_json(path)
         except FileNotFoundError:
-            history = []
-        history = [h for h in history if h["epoch"] < stats["epoch"]] + [stats]
-        write_json({"epochs": history}, path)
+            data = {"epochs": []}
+        if epoch is not None:
+            data["epochs"] = [h for h in data["epochs"] if h["epoch"] < epoch["epoch"]] + [epoch]
+        data.update(sections)
+        write_json(data, path)
+
+    def final_evaluation(self) -> None:
+        """The clean and robust test, then the router's weights on that split, clean and attacked."""
+        super().final_evaluation()
+        if self.cfg.TRAINER.AMPT.ROUTER == "uniform":
+            return
+        split = "val" if self.cfg.TEST.SPLIT == "val" and self.val_loader is not None else "test"
+        stats = self.router_eval_stats(self.val_loader if split == "val" else self.test_loader)
+        stats = {"split": split, "attack": self.test_attack.label if self.test_attack else None, **stats}
+        logger.info("router on %s (%d images): MI(weights; label) clean %.4f, attacked %s; "
+                    "MI(weights; clean vs attacked) %s nats", split, stats["n_images"], stats["clean"]["mi_label"],
+                    stats.get("attacked", {}).get("mi_label"), stats.get("mi_clean_vs_attacked"))
+        self._update_router_stats_file(test=stats)
+
+    def router_eval_stats(self, loader: Any) -> Dict[str, Any]:
+        """Router weights on ``loader``'s clean images and under ``ADV.TEST`` (the learned router, white-box)."""
+        self.set_model_mode("eval")
+        model = prompt_model(self, LEARNED)
+        spec = self.test_attack
+        attack = spec.build(model, self.num_classes, seed=max(self.cfg.SEED, 0)) if spec is not None else None
+        clean, attacked, labels = [], [], []
+        for batch in loader:
+            images, target = batch["img"].to(self.device), batch["label"].to(self.device)
+            with torch.no_grad():
+                model(images)
+                clean.append(self.model.last_weights.float().cpu())
+            if attack is not None:
+                adv = attack(images, target)
+                with torch.no_grad():
+                    model(adv)
+                    attacked.append(self.model.last_weights.float().cpu())
+            labels.append(target.cpu())
+        return {**eval_split_stats(torch.cat(clean), torch.cat(attacked) if attacked else None, torch.cat(labels)),
+                "bank": self._bank_stats()}
 
     # ------------------------------------------------------------ evaluation
     def eval_prompt_model(self, prompt: str) -> Optional[nn.Module]:

@@ -62,6 +62,7 @@ class MixturePromptedCLIP(PromptedCLIP):
         self.mix = mix
         self.route = "learned"
         self.routed_weights: Optional[torch.Tensor] = None
+        self._router_input: Optional[torch.Tensor] = None
 
     @property
     def last_weights(self) -> Optional[torch.Tensor]:
@@ -79,8 +80,26 @@ class MixturePromptedCLIP(PromptedCLIP):
         finally:
             self.route = previous
 
+    @contextmanager
+    def router_reads(self, image_features: torch.Tensor) -> Iterator["MixturePromptedCLIP"]:
+        """Temporarily route on ``image_features [B, D]`` (e.g. the clean images') instead of the input's.
+
+        Every forward inside must have batch size ``B``; the router's weights
+        then do not depend on the input pixels (no gradient reaches them).
+        """
+        previous, self._router_input = self._router_input, image_features.detach()
+        try:
+            yield self
+        finally:
+            self._router_input = previous
+
     def mixture_weights(self, image_features: torch.Tensor) -> torch.Tensor:
         """Weights ``[B, K]`` for normalized image features, under the current route mode."""
+        if self._router_input is not None:
+            if self._router_input.shape[0] != image_features.shape[0]:
+                raise ValueError(f"router_reads got {self._router_input.shape[0]} features for a batch of "
+                                 f"{image_features.shape[0]} images")
+            image_features = self._router_input
         if self.route == "uniform":
             n = self.router.n_prompts
             return image_features.new_full((image_features.shape[0], n), 1.0 / n)

@@ -27,6 +27,12 @@ class Router(nn.Module):
     - ``mlp``: ``Linear(D, hidden) -> ReLU -> Linear(hidden, K)`` before the softmax.
     - ``uniform``: no parameters, every weight is ``1 / K`` (the "no router" ablation).
 
+    ``input_scale`` multiplies the (unit-norm) input before the network: a
+    default-initialised ``Linear`` on a unit vector gives logits of order
+    ``1/sqrt(D)``, so the weights start (and, at small learning rates, stay)
+    uniform; a scale like CLIP's logit scale (100) gives the router logits of
+    order 1 from the start.
+
     ``top_k > 0`` keeps the ``top_k`` largest logits per sample and renormalizes
     over them, so exactly ``top_k`` weights are non-zero; 0 means dense.
     """
@@ -39,6 +45,7 @@ class Router(nn.Module):
         hidden: int = 0,
         temperature: float = 1.0,
         top_k: int = 0,
+        input_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if kind not in ROUTER_KINDS:
@@ -47,6 +54,8 @@ class Router(nn.Module):
             raise ValueError(f"The router needs at least one prompt (got n_prompts={n_prompts})")
         if temperature <= 0:
             raise ValueError(f"The router temperature must be > 0 (got {temperature})")
+        if input_scale <= 0:
+            raise ValueError(f"The router input scale must be > 0 (got {input_scale})")
         if not 0 <= top_k <= n_prompts:
             raise ValueError(f"top_k must be in [0, {n_prompts}] (0 = dense), got {top_k}")
         if kind == "uniform" and top_k:
@@ -58,6 +67,7 @@ class Router(nn.Module):
         self.n_prompts = int(n_prompts)
         self.temperature = float(temperature)
         self.top_k = int(top_k)
+        self.input_scale = float(input_scale)
         self.net: Optional[nn.Module]
         if kind == "linear":
             self.net = nn.Linear(in_dim, n_prompts)
@@ -76,6 +86,8 @@ class Router(nn.Module):
         """Router logits ``[B, K]`` before temperature and top-k (not for the uniform router)."""
         if self.net is None:
             raise RuntimeError("The uniform router has no logits")
+        if self.input_scale != 1.0:  # 1: today's logits, bit for bit
+            image_features = image_features * self.input_scale
         return self.net(image_features)
 
     def forward(self, image_features: torch.Tensor) -> torch.Tensor:
@@ -92,7 +104,7 @@ class Router(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"kind={self.kind}, in_dim={self.in_dim}, n_prompts={self.n_prompts}, "
-            f"temperature={self.temperature}, top_k={self.top_k}"
+            f"temperature={self.temperature}, top_k={self.top_k}, input_scale={self.input_scale:g}"
         )
 
 

@@ -9,7 +9,9 @@
   mean's attack (same attack and steps) against its eps; eps 0 is clean.
 - ``router_<method>_<dataset>_<S>shot_eps<E>.png``: AMPT's mean router
   weight per prompt and the mean entropy of the weights per epoch, one line
-  style per seed (from ``router_stats.json``).
+  style per seed (from ``router_stats.json``), and where recorded the mean
+  total-variation distance of an image's weights to the batch mean and the
+  mean cosine between the K prompts' text features.
 """
 from __future__ import annotations
 
@@ -186,7 +188,7 @@ def plot_router(report: Report, out: Path) -> List[Path]:
             groups[(run.method, run.dataset, run.shots, run.train_eps)].append(run)
     files = []
     for (method, dataset, shots, eps), runs in sorted(groups.items()):
-        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+        fig, (left, right, third) = plt.subplots(1, 3, figsize=(15, 3.8))
         for i, run in enumerate(sorted(runs, key=lambda r: r.seed or 0)):
             epochs = read_json(run.router_stats)["epochs"]
             x = [e["epoch"] for e in epochs]
@@ -199,9 +201,11 @@ def plot_router(report: Report, out: Path) -> List[Path]:
                        label=f"entropy of the mean, seed {run.seed}")
             if epochs:
                 right.axhline(epochs[0]["max_entropy"], color="grey", lw=0.8, label="uniform (log K)")
+            _plot_spread(third, epochs, style, run.seed)
         left.set(title="mean router weight per prompt", xlabel="epoch", ylabel="weight")
         right.set(title="entropy of the weights (nats)", xlabel="epoch", ylabel="entropy")
-        for ax in (left, right):
+        third.set(title="per-image variation and bank similarity", xlabel="epoch", ylabel="value")
+        for ax in (left, right, third):
             ax.grid(alpha=0.3)
             handles, labels = ax.get_legend_handles_labels()
             unique = dict(zip(labels, handles))
@@ -209,6 +213,15 @@ def plot_router(report: Report, out: Path) -> List[Path]:
         fig.suptitle(f"{method} router, {dataset}, {shots} shots, train eps {eps:g}")
         files.append(_save(plt, fig, out / f"router_{_safe(method)}_{_safe(dataset)}_{shots}shot_eps{eps:g}.png"))
     return files
+
+
+def _plot_spread(ax, epochs: List[Dict], style: str, seed) -> None:
+    """TV distance to the batch mean (0: weights ignore the image) and mean prompt-bank cosine, if recorded."""
+    for key, colour, label in (("tv_from_batch_mean", "C2", "TV from batch mean"),
+                               ("bank_cosine", "C3", "prompt-bank cosine")):
+        points = [(e["epoch"], e[key]) for e in epochs if e.get(key) is not None]
+        if points:
+            ax.plot(*zip(*points), style, color=colour, label=f"{label}, seed {seed}")
 
 
 def write_plots(report: Report, out: Path) -> List[Path]:
