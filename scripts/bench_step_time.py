@@ -49,14 +49,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from ampt.attacks import build_attack  # noqa: E402
-from ampt.config import get_cfg_default, merge_from_list  # noqa: E402
+from ampt.config import get_cfg_default, merge_from_file, merge_from_list  # noqa: E402
 from ampt.engine.select import active_api  # noqa: E402
 from ampt.evaluation import prompt_model  # noqa: E402
 from ampt.models import ImageNormalizer, build_tiny_clip, load_clip, save_clip_state_dict  # noqa: E402
 from ampt.plugins import load_plugins  # noqa: E402
 
 ARCHS = {  # build_tiny_clip arguments
-    "tiny": {},
+    "tiny": dict(vision_width=96, vision_layers=3),  # the demo's tiny CLIP, which trainers' digits.yaml fit
     "vit-b32": dict(image_resolution=224, vision_width=768, vision_layers=12, vision_patch_size=32,
                     text_width=512, text_layers=12, embed_dim=512),
     "vit-b16": dict(image_resolution=224, vision_width=768, vision_layers=12, vision_patch_size=16,
@@ -102,6 +102,9 @@ def build_trainer(name: str, args: argparse.Namespace, backbone: str, image_size
     cls.add_config(cfg)
     node_name = getattr(cls, "cfg_node", "") or name.upper()
     node = cfg.TRAINER.get(node_name)
+    tiny_config = REPO_ROOT / "configs" / "trainers" / name / "digits.yaml"
+    if args.arch == "tiny" and tiny_config.is_file():  # settings sized for the tiny CLIP (e.g. prompt depths)
+        merge_from_file(cfg, str(tiny_config))
     overrides = [
         "MODEL.BACKBONE.NAME", backbone, "INPUT.SIZE", f"({image_size}, {image_size})",
         "ADV.TRAIN.EPS", "4.0", "ADV.TRAIN.STEPS", str(args.steps), "ADV.TEST.ATTACK", "",
