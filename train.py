@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="training attack steps (ADV.TRAIN.STEPS)")
     p.add_argument("--adv-prompt", type=str, default=None, help="prompt of the training attack (ADV.TRAIN.PROMPT)")
     p.add_argument("--prompt-alpha", type=float, default=None,
-                   help="perturbed prompt's relative step (ADV.TRAIN.PROMPT_ALPHA)")
+                   help="prompt step of the perturbed modes (ADV.TRAIN.PROMPT_ALPHA)")
     p.add_argument("opts", default=None, nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return p
 

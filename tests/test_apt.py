@@ -23,7 +23,7 @@ from PIL import Image
 
 from ampt.api import DATASET_REGISTRY, TRAINER_REGISTRY, DatasetBase, Datum, build_trainer
 from ampt.config import setup_cfg
-from ampt.models import ImageNormalizer, save_clip_state_dict
+from ampt.models import ImageNormalizer, save_clip_state_dict, template_text_features
 from ampt.models.tiny import build_tiny_clip
 from ampt.plugins import load_plugins
 from ampt.results import RunResults
@@ -202,6 +202,91 @@ def test_apt_loss_finite_and_decreasing(toy_env, tmp_path):
     losses = [trainer.forward_backward(batch)["loss"] for _ in range(12)]
     assert all(np.isfinite(losses))
     assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.03, losses
+
+
+# ---------------------------------------------------------------- APT exactly as published
+
+def saturated_batch(trainer):
+    """A training batch whose first rows and columns are black (0) and white (1) pixels."""
+    images, labels = trainer.parse_batch_train(one_batch(trainer))
+    images = images.clone()
+    images[:, :, :8] = 0.0
+    images[:, :, -8:] = 1.0
+    return images, labels
+
+
+def apt_restated(model, images, labels, eps, alpha, steps, prompt_optim=None):
+    """APT's published training PGD, re-stated: an unclamped delta, only x + delta is clamped.
+
+    ``prompt_optim`` (APT's "perturbed" mode): SGD on the prompt, stepped on
+    the same (negated) loss after each image step.
+    """
+    delta = torch.zeros_like(images).uniform_(-eps, eps)
+    for _ in range(steps):
+        adv = torch.clamp(images + delta, 0, 1).requires_grad_(True)
+        loss = -F.cross_entropy(model(adv), labels)
+        if prompt_optim is not None:
+            prompt_optim.zero_grad()
+        loss.backward()
+        delta -= alpha * torch.sign(adv.grad)
+        delta = torch.clamp(delta, -eps, eps).detach()
+        if prompt_optim is not None:
+            prompt_optim.step()
+    return torch.clamp(images + delta, 0, 1).detach()
+
+
+def test_training_attack_bit_identical_to_apt_update_on_saturated_pixels(toy_env, tmp_path):
+    trainer = make_trainer(toy_env, tmp_path, eps=8, alpha=3, steps=4)
+    images, labels = saturated_batch(trainer)
+    features = trainer.model.text_features().detach()
+    torch.manual_seed(3)
+    ours = trainer.adversarial_images(images, labels, features)
+    trainer.model.eval()
+    torch.manual_seed(3)
+    theirs = apt_restated(lambda x: trainer.model(x, text_features=features), images, labels, 8 / 255, 3 / 255, 4)
+    assert torch.equal(ours, theirs)
+    edge = (images == 0) | (images == 1)
+    assert not torch.equal(ours[edge], images[edge])  # the saturated pixels were attacked too
+
+
+def ctx_at_each_text_pass(trainer, run) -> List[torch.Tensor]:
+    """The prompt context seen by every text-encoder pass during ``run()``."""
+    seen: List[torch.Tensor] = []
+    handle = trainer.model.text_encoder.register_forward_pre_hook(
+        lambda *_: seen.append(trainer.model.prompt_learner.ctx.detach().clone()))
+    try:
+        return run(), seen
+    finally:
+        handle.remove()
+
+
+def test_perturbed_mode_is_apts_plain_gradient_step(toy_env, tmp_path):
+    trainer = make_trainer(toy_env, tmp_path, adv_prompt="perturbed", eps=4, steps=3,
+                           opts=["ADV.TRAIN.PROMPT_ALPHA", "2.0"])
+    images, labels = saturated_batch(trainer)
+    learner = trainer.model.prompt_learner
+    start = learner.ctx.detach().clone()
+    torch.manual_seed(4)
+    ours, ours_ctx = ctx_at_each_text_pass(trainer, lambda: trainer.adversarial_images(images, labels, None))
+    assert torch.equal(learner.ctx.detach(), start)  # restored
+
+    trainer.model.eval()
+    optim = torch.optim.SGD(learner.parameters(), lr=2.0, momentum=0, weight_decay=0)
+    torch.manual_seed(4)
+    theirs, theirs_ctx = ctx_at_each_text_pass(trainer, lambda: apt_restated(
+        trainer.model, images, labels, 4 / 255, trainer.budget.alpha / 255, 3, prompt_optim=optim))
+    assert len(ours_ctx) == len(theirs_ctx) == 3
+    assert not torch.equal(ours_ctx[1], ours_ctx[0])  # the prompt moved between attack steps
+    for a, b in zip(ours_ctx, theirs_ctx):
+        assert torch.equal(a, b)
+    assert torch.equal(ours, theirs)
+
+
+def test_constant_attack_prompt_is_apts_template(toy_env, tmp_path):
+    trainer = make_trainer(toy_env, tmp_path, adv_prompt="constant")
+    assert trainer.CONSTANT_TEMPLATE == "a photo of a {}"
+    expected = template_text_features(trainer.model.text_encoder, trainer.classnames, "a photo of a {}")
+    assert torch.equal(trainer.constant_text_features()[0], expected[0])
 
 
 # ---------------------------------------------------------------- config and guards

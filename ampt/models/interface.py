@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 LEARNED = "learned"
-ATTACK_PROMPT_MODES = ("onfly", "constant", "perturbed")
+ATTACK_PROMPT_MODES = ("onfly", "constant", "perturbed", "perturbed_rms")
 REQUIRED = ("text_features", "encode_image", "combine", "forward", "prompt_parameters", "word_prompts", "prompt_label",
             "attack_prompt_modes", "template_features", "n_prompts")
 
