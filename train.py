@@ -125,21 +125,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     load_plugins(args.engine)
     trainer_cls = resolve_trainer_class(args)
     base_cfg = active_api().get_cfg_default() if args.engine == "dassl" else None
-    cfg = setup_cfg(args, trainer_cls, base_cfg=base_cfg)
+    notes: List[str] = []
+    cfg = setup_cfg(args, trainer_cls, base_cfg=base_cfg, notes=notes)
     _start_processes(args, cfg)
     if not cfg.OUTPUT_DIR or not distributed.is_main():  # rank 0 alone holds the run folder's lock
-        return _run(args, cfg)
+        return _run(args, cfg, notes)
     with run_lock(cfg.OUTPUT_DIR):  # refused at once while another trainer writes this folder
-        return _run(args, cfg)
+        return _run(args, cfg, notes)
 
 
-def _run(args: argparse.Namespace, cfg) -> int:
+def _run(args: argparse.Namespace, cfg, notes: List[str]) -> int:
     training = not args.eval_only and not args.no_train
     if training:
         check_not_finished(cfg.OUTPUT_DIR, force=args.force)
 
     main_rank = distributed.is_main()
     setup_logger(cfg.OUTPUT_DIR if main_rank else None, level=logging.INFO if main_rank else logging.WARNING)
+    for note in notes:
+        logger.info(note)
     if cfg.SEED >= 0:
         logger.info("Setting fixed seed: %d", cfg.SEED)
         set_random_seed(cfg.SEED)

@@ -73,6 +73,8 @@ class ClipTrainer(TrainerX):
     cfg_node: str = ""  # the trainer's node under TRAINER, read for PREC; "" = the class name upper-cased
     # Named --prompt modes of evaluate.py handled by eval_prompt_model ("learned" and templates are built in).
     eval_prompt_modes: Tuple[str, ...] = ()
+    # Config nodes read as another (old dotted node -> new), e.g. {"TRAINER.COOP": "TRAINER.APT"}; see ampt.config.aliases
+    config_aliases: Dict[str, str] = {}
 
     # ------------------------------------------------------------ config
     def check_cfg(self, cfg: Any) -> None:

@@ -305,6 +305,29 @@ def test_apt_keys_from_yaml_overrides_and_aliases(toy_env, tmp_path):
     assert default.budget.alpha == pytest.approx(8 / 3)  # APT: 2/3 eps
 
 
+def test_coop_keys_accepted_by_apt_as_aliases(toy_env, tmp_path, caplog):
+    """APT's scripts pass TRAINER.COOP.* to its APT trainer: read as TRAINER.APT.*, noted once."""
+    yaml = tmp_path / "apt_style.yaml"
+    yaml.write_text(APT_DIGITS.read_text() + "\n" + "\n".join([
+        "TRAINER:", "  COOP:", "    PREC: fp32", "    CTX_INIT: ''"]) + "\n", encoding="utf-8")
+    notes: List[str] = []
+    root, backbone = toy_env
+    args = argparse.Namespace(root=str(root), output_dir=str(tmp_path / "run"), trainer="APT", config_file=str(yaml),
+                              dataset_config_file="", seed=1, eps=None, alpha=None, steps=None, adv_prompt=None,
+                              opts=["TRAINER.COOP.N_CTX", "8", "TRAINER.COOP.CSC", "True",
+                                    "TRAINER.COOP.CLASS_TOKEN_POSITION", "middle", "DATASET.NAME", "AptToy",
+                                    "MODEL.BACKBONE.NAME", str(backbone)])
+    cfg = setup_cfg(args, TRAINER_REGISTRY.get("APT"), notes=notes)
+    node = cfg.TRAINER.APT
+    assert (node.N_CTX, node.CSC, node.CLASS_TOKEN_POSITION, node.PREC) == (8, True, "middle", "fp32")
+    assert "COOP" not in cfg.TRAINER
+    assert notes == ["TRAINER.COOP.* read as TRAINER.APT.* (the trainer's alias for APT-style command lines)"]
+    with pytest.raises(KeyError, match="TRAINER.APT.N_CTXX"):  # an alias still checks the key
+        make_cfg(toy_env, tmp_path, opts=["TRAINER.COOP.N_CTXX", "4"])
+    coop = make_cfg(toy_env, tmp_path, trainer="CoOp", config=COOP_DIGITS, opts=["TRAINER.COOP.N_CTX", "4"])
+    assert coop.TRAINER.COOP.N_CTX == 4  # CoOp owns its node: no alias
+
+
 def test_guards(toy_env, tmp_path):
     with pytest.raises(ValueError, match="normalize"):
         make_trainer(toy_env, tmp_path, opts=["INPUT.TRANSFORMS", "['random_crop', 'normalize']"])
