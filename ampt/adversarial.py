@@ -39,6 +39,7 @@ from .attacks.apt_pgd import apt_pgd
 from .attacks.per_sample import uniform_noise
 from .clip_trainer import ClipTrainer
 from .engine import distributed
+from .errors import UserError
 from .evaluation import LEARNED, AttackSpec, accuracy_under_attack, prompt_model
 from .losses import TrainLoss
 from .models.interface import check_attack_prompt
@@ -69,15 +70,15 @@ class TrainBudget:
         eps = check_eps(node.EPS, "ADV.TRAIN.EPS")
         alpha = 2.0 * eps / 3.0 if float(node.ALPHA) == -1 else float(node.ALPHA)
         if alpha < 0 or alpha > 255:
-            raise ValueError(f"ADV.TRAIN.ALPHA must be -1 (2/3 EPS) or in [0, 255] in 1/255 units (got {node.ALPHA})")
+            raise UserError(f"ADV.TRAIN.ALPHA must be -1 (2/3 EPS) or in [0, 255] in 1/255 units (got {node.ALPHA})")
         steps = int(node.STEPS)
         if steps < 1 and eps > 0:
-            raise ValueError(f"ADV.TRAIN.STEPS must be >= 1 (got {steps}); ADV.TRAIN.EPS 0 trains on clean images")
+            raise UserError(f"ADV.TRAIN.STEPS must be >= 1 (got {steps}); ADV.TRAIN.EPS 0 trains on clean images")
         if node.PROMPT not in PROMPT_MODES:
-            raise ValueError(f'ADV.TRAIN.PROMPT "{node.PROMPT}" is not one of {", ".join(PROMPT_MODES)}')
+            raise UserError(f'ADV.TRAIN.PROMPT "{node.PROMPT}" is not one of {", ".join(PROMPT_MODES)}')
         prompt_alpha = float(node.PROMPT_ALPHA)
         if prompt_alpha < 0:
-            raise ValueError(f"ADV.TRAIN.PROMPT_ALPHA must be >= 0 (got {prompt_alpha})")
+            raise UserError(f"ADV.TRAIN.PROMPT_ALPHA must be >= 0 (got {prompt_alpha})")
         return cls(eps, alpha, steps, node.PROMPT, prompt_alpha)
 
 
@@ -90,7 +91,7 @@ def test_spec(cfg: Any) -> Optional[AttackSpec]:
     eps = float(cfg.ADV.TRAIN.EPS) if float(node.EPS) == -1 else float(node.EPS)
     alpha = None if float(node.ALPHA) == -1 else float(node.ALPHA)
     if int(node.STEPS) < 0:
-        raise ValueError(f"ADV.TEST.STEPS must be >= 0 (got {node.STEPS})")
+        raise UserError(f"ADV.TEST.STEPS must be >= 0 (got {node.STEPS})")
     return AttackSpec(node.ATTACK, eps=check_eps(eps, "ADV.TEST.EPS"), steps=int(node.STEPS), alpha=alpha)
 
 
@@ -105,8 +106,8 @@ class AdversarialClipTrainer(ClipTrainer):
         super().check_cfg(cfg)
         self.budget = TrainBudget.from_cfg(cfg)
         self.train_loss = TrainLoss.from_cfg(cfg)
-        if self.train_loss.needs_clean and self.budget.prompt == "perturbed":
-            raise ValueError(f'ADV.TRAIN.PROMPT "perturbed" attacks with cross-entropy; with ADV.TRAIN.LOSS '
+        if self.train_loss.needs_clean and self.budget.prompt in PERTURBED_MODES:
+            raise UserError(f'ADV.TRAIN.PROMPT "{self.budget.prompt}" attacks with cross-entropy; with ADV.TRAIN.LOSS '
                              f'"{self.train_loss.name}" use PROMPT onfly or constant')
         self.test_attack = test_spec(cfg)
 
@@ -247,6 +248,16 @@ class AdversarialClipTrainer(ClipTrainer):
         if (self.batch_idx + 1) == self.num_batches:
             self.update_lr()
         return summary
+
+    def before_train(self) -> None:
+        """Check the configured robust test against the task before any epoch runs."""
+        spec = self.test_attack
+        if spec is not None:
+            try:
+                ATTACK_REGISTRY.get(spec.name).check_num_classes(self.num_classes)
+            except UserError as err:
+                raise UserError(f"ADV.TEST.ATTACK {spec.name} cannot test {self.cfg.DATASET.NAME}: {err}") from None
+        super().before_train()
 
     # ------------------------------------------------------------ evaluation
     def final_evaluation(self) -> None:

@@ -23,6 +23,8 @@ from PIL import Image
 
 from ampt.api import DATASET_REGISTRY, TRAINER_REGISTRY, DatasetBase, Datum, build_trainer
 from ampt.config import setup_cfg
+from ampt.errors import NonFiniteError, UserError
+from ampt.evaluation import AttackSpec, accuracy_under_attack
 from ampt.models import ImageNormalizer, save_clip_state_dict, template_text_features
 from ampt.models.tiny import build_tiny_clip
 from ampt.plugins import load_plugins
@@ -337,6 +339,32 @@ def test_guards(toy_env, tmp_path):
         make_trainer(toy_env, tmp_path, adv_prompt="onfy")
     with pytest.raises(ValueError, match="STEPS"):
         make_trainer(toy_env, tmp_path, steps=0)
+
+
+# ---------------------------------------------------------------- silent outcomes made visible
+
+def test_autoattack_with_fewer_than_4_classes_refused_before_training(toy_env, tmp_path, monkeypatch):
+    trainer = make_trainer(toy_env, tmp_path, dataset="AptToyShapes", opts=["ADV.TEST.ATTACK", "aa"])
+    assert trainer.num_classes == 3
+    monkeypatch.setattr(trainer, "run_epoch", lambda: pytest.fail("an epoch ran before the check"))
+    with pytest.raises(UserError, match="ADV.TEST.ATTACK aa cannot test AptToyShapes.*at least 4 classes"):
+        trainer.train()
+    assert not (Path(trainer.output_dir) / "prompt_learner").exists()
+
+
+def test_nan_weights_refused_not_scored_as_chance(toy_env, tmp_path):
+    trainer = make_trainer(toy_env, tmp_path)
+    with torch.no_grad():
+        trainer.model.prompt_learner.ctx.fill_(float("nan"))
+    trainer.save_model(0, trainer.output_dir)
+    with pytest.raises(NonFiniteError, match="prompt_learner.*NaN or Inf.*ctx"):
+        trainer.load_model(trainer.output_dir, epoch=1)
+    images, _ = trainer.parse_batch_train(one_batch(trainer))
+    with pytest.raises(NonFiniteError, match="logits"):
+        trainer.model_inference(images)
+    spec = AttackSpec("pgd", eps=4, steps=1)
+    with pytest.raises(NonFiniteError, match="logits"):
+        accuracy_under_attack(trainer.model, trainer.test_loader, spec, trainer.num_classes, trainer.device)
 
 
 # ---------------------------------------------------------------- final evaluation

@@ -1,7 +1,7 @@
 """Adversarial attacks behind one registry and one contract (see :mod:`ampt.attacks.base`).
 
 ``build_attack("pgd", model, eps=4)`` gives the evaluation defaults of the
-protocol (method.md section 5): 100 steps, ``alpha = eps / 4``, random start.
+protocol (docs/method.md section 5): 100 steps, ``alpha = eps / 4``, random start.
 eps and alpha are in 1/255 units; pixels are in [0, 1] in and out.
 Adversarial trainers use APT's training update, :func:`apt_pgd` (pixel units);
 :func:`pgd_linf` is the evaluation attacks' loop (torchattacks' semantics).
@@ -26,7 +26,7 @@ ATTACK_REGISTRY.register(CW, name="cw")
 ATTACK_REGISTRY.register(TPGD, name="tpgd")
 ATTACK_REGISTRY.register(AutoAttack, name="aa")
 
-# Evaluation default (method.md section 5): PGD-100, CW-100, TPGD-100.
+# Evaluation default (docs/method.md section 5): PGD-100, CW-100, TPGD-100.
 DEFAULT_STEPS = 100
 
 

@@ -12,8 +12,10 @@ import logging
 from pathlib import Path
 from typing import Any, Iterable, List, Optional, Sequence, Set
 
+import yaml
 from yacs.config import CfgNode as CN
 
+from ..errors import UserError, UserFileNotFoundError
 from ..registry import unknown_name_message
 from .aliases import Aliases, active_aliases, alias_note, rename_nodes, rename_opts
 from .defaults import get_cfg_default
@@ -43,7 +45,7 @@ _ADV_FLAG_KEYS = (
 )
 
 
-class ConfigKeyError(KeyError):
+class ConfigKeyError(UserError, KeyError):
     """A config key that the config does not have; the message names the valid keys."""
 
     def __str__(self) -> str:
@@ -83,17 +85,24 @@ def merge_from_file(cfg: CN, path: str, aliases: Optional[Aliases] = None) -> Se
     """
     file = Path(path)
     if not file.is_file():
-        raise FileNotFoundError(f"Config file not found: {path}")
+        raise UserFileNotFoundError(f"Config file not found: {path}")
     with open(file, "r", encoding="utf-8") as f:
-        new = cfg.load_cfg(f)
+        try:
+            new = cfg.load_cfg(f)
+        except yaml.YAMLError as err:
+            raise UserError(f"{path} is not valid YAML: {_one_line(err)}") from None
     _upgrade_legacy_values(new)
     used = rename_nodes(new, aliases or {})
     check_keys(new, cfg, source=str(path))
     try:
         cfg.merge_from_other_cfg(new)
     except ValueError as err:
-        raise ValueError(f"{err} (in {path})") from None
+        raise UserError(f"{err} (in {path})") from None
     return used
+
+
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split())
 
 
 def merge_from_list(cfg: CN, opts: Sequence[str], source: str = "command line", aliases: Optional[Aliases] = None) -> Set[str]:
@@ -107,7 +116,7 @@ def merge_from_list(cfg: CN, opts: Sequence[str], source: str = "command line", 
         opts = opts[1:]
     opts, used = rename_opts(opts, aliases or {})
     if len(opts) % 2:
-        raise ValueError(
+        raise UserError(
             f"Config overrides come in KEY VALUE pairs; got {len(opts)} items "
             f"(the last one, {opts[-1]!r}, has no value)"
         )
@@ -119,7 +128,10 @@ def merge_from_list(cfg: CN, opts: Sequence[str], source: str = "command line", 
                 raise _unknown_key(f"{prefix}{part}", parent, prefix, source)
             node, prefix = node[part], f"{prefix}{part}."
     values = [_float_if_float_key(_get(cfg, key), value) for key, value in zip(opts[0::2], opts[1::2])]
-    cfg.merge_from_list([item for pair in zip(opts[0::2], values) for item in pair])
+    try:
+        cfg.merge_from_list([item for pair in zip(opts[0::2], values) for item in pair])
+    except ValueError as err:  # yacs: a value of the wrong type for its key
+        raise UserError(f"{err} (from {source})") from None
     return used
 
 
