@@ -407,10 +407,10 @@ def _set_subsample(cfg: Any, subsample: str) -> None:
     from .data.splits import SUBSAMPLE_CHOICES
 
     if subsample not in SUBSAMPLE_CHOICES:
-        raise ValueError(f'--subsample "{subsample}" is not valid; valid: {", ".join(SUBSAMPLE_CHOICES)}')
+        raise UserError(f'--subsample "{subsample}" is not valid; valid: {", ".join(SUBSAMPLE_CHOICES)}')
     trained = cfg.DATASET.SUBSAMPLE_CLASSES
     if subsample != trained and _class_specific(cfg):
-        raise ValueError(
+        raise UserError(
             f"This run learned a class-specific prompt (TRAINER.{cfg.TRAINER.NAME.upper()}.CSC True) for its "
             f'"{trained}" classes; it has no context for the "{subsample}" classes. Only a unified prompt '
             "(CSC False) is evaluated on other classes."

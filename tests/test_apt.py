@@ -30,6 +30,7 @@ from ampt.models.tiny import build_tiny_clip
 from ampt.plugins import load_plugins
 from ampt.results import RunResults
 from ampt.utils.logger import reset_logger
+from ampt.utils.seed import set_random_seed
 
 REPO = Path(__file__).resolve().parent.parent
 APT_DIGITS = REPO / "configs" / "trainers" / "APT" / "digits.yaml"
@@ -365,6 +366,21 @@ def test_nan_weights_refused_not_scored_as_chance(toy_env, tmp_path):
     spec = AttackSpec("pgd", eps=4, steps=1)
     with pytest.raises(NonFiniteError, match="logits"):
         accuracy_under_attack(trainer.model, trainer.test_loader, spec, trainer.num_classes, trainer.device)
+
+
+# ---------------------------------------------------------------- run-to-run reproducibility
+
+def test_two_seeded_runs_are_bit_identical(toy_env, tmp_path):
+    """The demo's promise on one machine: the same seed gives the same weights and the same numbers."""
+    outcomes = []
+    for name in ("a", "b"):
+        set_random_seed(1)
+        trainer = build_trainer(make_cfg(toy_env, tmp_path / name, opts=["OPTIM.MAX_EPOCH", "1", "ADV.TEST.STEPS", "2"]))
+        trainer.train()
+        records = [(r["attack"], r["accuracy"]) for r in RunResults(trainer.output_dir).records]
+        outcomes.append((trainer.model.prompt_learner.ctx.detach().clone(), records))
+    assert torch.equal(outcomes[0][0], outcomes[1][0])
+    assert outcomes[0][1] == outcomes[1][1]
 
 
 # ---------------------------------------------------------------- final evaluation
