@@ -31,11 +31,12 @@ from ampt.config import peek_trainer_name, setup_cfg
 from ampt.engine import distributed
 from ampt.engine.run_config import CONFIG_FILE, write_run_config
 from ampt.engine.select import ENGINES, active_api
+from ampt.errors import UserError
 from ampt.plugins import load_plugins
 from ampt.results import RunResults, check_not_finished
 from ampt.utils import collect_env_info, set_random_seed, setup_logger
 from ampt.utils.cli import DEBUG_FLAG, DEBUG_HELP, OneLineArgumentParser, run_cli
-from ampt.utils.locks import run_lock
+from ampt.utils.locks import RunLockedError, acquire_run_lock, release_run_lock
 
 logger = logging.getLogger("ampt.train")
 
@@ -131,8 +132,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     _start_processes(args, cfg)
     if not cfg.OUTPUT_DIR or not distributed.is_main():  # rank 0 alone holds the run folder's lock
         return _run(args, cfg, notes)
-    with run_lock(cfg.OUTPUT_DIR):  # refused at once while another trainer writes this folder
+    try:  # refused at once while another trainer writes this folder
+        acquire_run_lock(cfg.OUTPUT_DIR)
+    except RunLockedError as err:  # locks.py stays stdlib-only, so its error is not a UserError itself
+        raise UserError(str(err)) from None
+    try:
         return _run(args, cfg, notes)
+    finally:
+        release_run_lock(cfg.OUTPUT_DIR)
 
 
 def _run(args: argparse.Namespace, cfg, notes: List[str]) -> int:

@@ -23,8 +23,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, Iterator, Tuple, Union
 
-from ..errors import UserError
-
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
@@ -33,7 +31,7 @@ _UNSUPPORTED = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
 _BUSY = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
 
 
-class RunLockedError(UserError, RuntimeError):
+class RunLockedError(RuntimeError):
     """The run folder is locked by another live process (a trainer)."""
 
 
