@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Tuple, Type
 
 from ..errors import UserError
 
@@ -24,21 +24,23 @@ class OneLineArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
-def run_cli(main: Callable[[], int], argv: Optional[Sequence[str]] = None) -> int:
+def run_cli(main: Callable[[], int], user_errors: Tuple[Type[BaseException], ...] = (), *,
+            argv: Optional[Sequence[str]] = None) -> int:
     """Run ``main``; a user error prints one line and returns 2 (unless ``--debug`` is in ``argv``).
 
-    ``argv`` defaults to ``sys.argv[1:]``. Besides :class:`UserError`, the
-    ``ImportError`` that says how to install Dassl is a user error.
+    ``argv`` defaults to ``sys.argv[1:]``. User errors are :class:`UserError`,
+    the ``ImportError`` that says how to install Dassl, and ``user_errors``
+    (extra types a tool has not yet moved to :class:`UserError`).
     """
     from ..engine.dassl_api import INSTALL_HINT
 
     debug = DEBUG_FLAG in (sys.argv[1:] if argv is None else argv)
     try:
         return main()
-    except UserError as err:
+    except (UserError, *user_errors) as err:
         if debug:
             raise
-        message = str(err)
+        message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
     except ImportError as err:
         if debug or INSTALL_HINT not in str(err):
             raise
