@@ -33,11 +33,12 @@ import torch
 from ampt.attacks import DEFAULT_STEPS, check_eps
 from ampt.data.splits import SUBSAMPLE_CHOICES
 from ampt.engine import distributed
+from ampt.errors import UserError, UserFileNotFoundError
 from ampt.evaluation import CLEAN, LEARNED, AttackSpec, EvalPlan, evaluate_trainer, load_run, results_table
 from ampt.precision import EVAL_PRECISIONS
 from ampt.results import RunResults
 from ampt.utils import setup_logger
-from ampt.utils.cli import run_cli
+from ampt.utils.cli import DEBUG_FLAG, DEBUG_HELP, OneLineArgumentParser, run_cli
 
 logger = logging.getLogger("ampt.evaluate")
 
@@ -45,7 +46,7 @@ LOG_FILE = "evaluate_log.txt"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+    p = OneLineArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", type=Path, help="a run folder written by train.py (config.yaml, checkpoints)")
     p.add_argument("--attack", nargs="+", default=[CLEAN, "pgd"],
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=EVAL_PRECISIONS, default="fp32",
                    help="precision of the forward passes and attack gradients (default fp32; bf16/fp16 are "
                         "recorded and can overstate robustness)")
+    p.add_argument(DEBUG_FLAG, action="store_true", help=DEBUG_HELP)
     return p
 
 
@@ -77,9 +79,9 @@ def _specs(args: argparse.Namespace, train_eps: Optional[float]) -> List[AttackS
     needs_eps = any(a != CLEAN for a in attacks)
     eps = args.eps if args.eps is not None else train_eps
     if needs_eps and eps is None:
-        raise ValueError("This run was not trained adversarially: give the attack budget with --eps (1/255 units)")
+        raise UserError("This run was not trained adversarially: give the attack budget with --eps (1/255 units)")
     if args.steps < 0:
-        raise ValueError(f"--steps must be >= 0 (got {args.steps})")
+        raise UserError(f"--steps must be >= 0 (got {args.steps})")
     return [AttackSpec(a, eps=eps or 0.0, steps=args.steps, alpha=args.alpha) for a in attacks]
 
 
@@ -88,11 +90,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.eps is not None:
         check_eps(args.eps, "--eps")
     if args.seed < 0:
-        raise ValueError(f"--seed must be >= 0 (got {args.seed})")
+        raise UserError(f"--seed must be >= 0 (got {args.seed})")
     run_dir = args.run_dir
     if not (run_dir / "config.yaml").is_file():  # before anything is created there
         what = "does not exist" if not run_dir.exists() else "has no config.yaml"
-        raise FileNotFoundError(f"{run_dir} {what}: RUN_DIR must be a run folder written by train.py")
+        raise UserFileNotFoundError(f"{run_dir} {what}: RUN_DIR must be a run folder written by train.py")
     distributed.init_from_env(use_cuda=torch.cuda.is_available())
     main_rank = distributed.is_main()
     setup_logger(run_dir / LOG_FILE if main_rank else None, level=logging.INFO if main_rank else logging.WARNING)
@@ -118,7 +120,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 def cli() -> int:
     """``main`` with a one-line message (no traceback) for errors the user can fix."""
     try:
-        return run_cli(main, (ValueError, FileNotFoundError))  # checkpoint file errors are ValueErrors
+        return run_cli(main)
     finally:
         distributed.shutdown()
 

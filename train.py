@@ -27,24 +27,22 @@ from typing import List, Optional
 
 import torch
 
-from ampt.config import ConfigKeyError, peek_trainer_name, setup_cfg
+from ampt.config import peek_trainer_name, setup_cfg
 from ampt.engine import distributed
-from ampt.engine.checkpoint import UnsafeCheckpointError
-from ampt.engine.run_config import CONFIG_FILE, ConfigChangedError, write_run_config
+from ampt.engine.run_config import CONFIG_FILE, write_run_config
 from ampt.engine.select import ENGINES, active_api
-from ampt.models.backbone import BackboneError
+from ampt.errors import UserError
 from ampt.plugins import load_plugins
-from ampt.results import FinishedRunError, RunResults, check_not_finished
+from ampt.results import RunResults, check_not_finished
 from ampt.utils import collect_env_info, set_random_seed, setup_logger
-from ampt.utils.cli import run_cli
-from ampt.utils.locks import RunLockedError, run_lock
-from ampt.utils.torchfile import CheckpointFileError, CheckpointWriteError
+from ampt.utils.cli import DEBUG_FLAG, DEBUG_HELP, OneLineArgumentParser, run_cli
+from ampt.utils.locks import RunLockedError, acquire_run_lock, release_run_lock
 
 logger = logging.getLogger("ampt.train")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", type=str, default="", help="path to dataset")
     p.add_argument("--output-dir", type=str, default="", help="output directory")
     p.add_argument("--resume", type=str, default="", help="checkpoint directory (from which the training resumes)")
@@ -70,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="training attack steps (ADV.TRAIN.STEPS)")
     p.add_argument("--adv-prompt", type=str, default=None, help="prompt of the training attack (ADV.TRAIN.PROMPT)")
     p.add_argument("--prompt-alpha", type=float, default=None,
-                   help="perturbed prompt's relative step (ADV.TRAIN.PROMPT_ALPHA)")
+                   help="prompt step of the perturbed modes (ADV.TRAIN.PROMPT_ALPHA)")
+    p.add_argument(DEBUG_FLAG, action="store_true", help=DEBUG_HELP)
     p.add_argument("opts", default=None, nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return p
 
@@ -122,24 +121,36 @@ def _start_processes(args: argparse.Namespace, cfg) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.opts and DEBUG_FLAG in args.opts:  # given after the KEY VALUE overrides
+        args.opts.remove(DEBUG_FLAG)
+        args.debug = True
     load_plugins(args.engine)
     trainer_cls = resolve_trainer_class(args)
     base_cfg = active_api().get_cfg_default() if args.engine == "dassl" else None
-    cfg = setup_cfg(args, trainer_cls, base_cfg=base_cfg)
+    notes: List[str] = []
+    cfg = setup_cfg(args, trainer_cls, base_cfg=base_cfg, notes=notes)
     _start_processes(args, cfg)
     if not cfg.OUTPUT_DIR or not distributed.is_main():  # rank 0 alone holds the run folder's lock
-        return _run(args, cfg)
-    with run_lock(cfg.OUTPUT_DIR):  # refused at once while another trainer writes this folder
-        return _run(args, cfg)
+        return _run(args, cfg, notes)
+    try:  # refused at once while another trainer writes this folder
+        acquire_run_lock(cfg.OUTPUT_DIR)
+    except RunLockedError as err:  # locks.py stays stdlib-only, so its error is not a UserError itself
+        raise UserError(str(err)) from None
+    try:
+        return _run(args, cfg, notes)
+    finally:
+        release_run_lock(cfg.OUTPUT_DIR)
 
 
-def _run(args: argparse.Namespace, cfg) -> int:
+def _run(args: argparse.Namespace, cfg, notes: List[str]) -> int:
     training = not args.eval_only and not args.no_train
     if training:
         check_not_finished(cfg.OUTPUT_DIR, force=args.force)
 
     main_rank = distributed.is_main()
     setup_logger(cfg.OUTPUT_DIR if main_rank else None, level=logging.INFO if main_rank else logging.WARNING)
+    for note in notes:
+        logger.info(note)
     if cfg.SEED >= 0:
         logger.info("Setting fixed seed: %d", cfg.SEED)
         set_random_seed(cfg.SEED)
@@ -162,11 +173,9 @@ def _run(args: argparse.Namespace, cfg) -> int:
 
 
 def cli() -> int:
-    """``main`` with a one-line message (no traceback) for errors the user can fix."""
+    """``main`` with a one-line message (no traceback) for errors the user can fix (``--debug``: traceback)."""
     try:
-        return run_cli(main, (ConfigKeyError, FinishedRunError, UnsafeCheckpointError, FileNotFoundError,
-                              RunLockedError, ConfigChangedError, CheckpointFileError, CheckpointWriteError,
-                              BackboneError, distributed.DistributedSetupError))
+        return run_cli(main, (distributed.DistributedSetupError,))
     finally:
         distributed.shutdown()
 

@@ -2,9 +2,11 @@
 
 :class:`AdversarialClipTrainer` adds to :class:`~ampt.clip_trainer.ClipTrainer`:
 
-- the training attack from ``ADV.TRAIN`` (APT's L-inf PGD through the whole
-  model: uniform random start, ``STEPS`` sign-gradient steps of ``ALPHA``,
-  projection to the eps-ball and [0, 1]), with APT's three attack prompts;
+- the training attack from ``ADV.TRAIN``: APT's L-inf PGD through the whole
+  model, exactly as APT's trainer updates it (an unclamped perturbation in
+  the eps-ball; only ``x + delta`` is clamped to [0, 1]; see
+  :mod:`ampt.attacks.apt_pgd`), with APT's three attack prompts (and
+  ``perturbed_rms``, ours);
 - the training objective from ``ADV.TRAIN.LOSS`` (:mod:`ampt.losses`: ``ce``,
   ``trades``, ``fap``), which also sets what the attack maximises;
 - a training step that runs the text encoder **once**: the prompts' text
@@ -19,8 +21,8 @@ subclass) in ``build_model`` and may override :meth:`adversarial_loss` (extra
 loss terms) and the evaluation prompt hook (:meth:`eval_prompt_model`).
 
 Text-encoder passes per training step: ``onfly`` 1, ``constant`` 1 (the
-template's features are computed once, at the first step), ``perturbed``
-``STEPS + 1`` (each attack step encodes the perturbed prompts, then the loss
+template's features are computed once, at the first step), ``perturbed`` and
+``perturbed_rms`` ``STEPS + 1`` (each attack step encodes the perturbed prompts, then the loss
 encodes the restored ones).
 """
 from __future__ import annotations
@@ -32,20 +34,24 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .attacks import ATTACK_REGISTRY, attack_mode, ce_loss, check_eps, pgd_linf
-from .attacks.per_sample import uniform_start
+from .attacks import ATTACK_REGISTRY, attack_mode, check_eps
+from .attacks.apt_pgd import apt_pgd
+from .attacks.per_sample import uniform_noise
 from .clip_trainer import ClipTrainer
 from .engine import distributed
+from .errors import UserError
 from .evaluation import LEARNED, AttackSpec, accuracy_under_attack, prompt_model
 from .losses import TrainLoss
 from .models.interface import check_attack_prompt
 from .precision import at_precision, warn_reduced
-from .models.templates import DEFAULT_TEMPLATE
 
 logger = logging.getLogger(__name__)
 
-PROMPT_MODES = ("onfly", "constant", "perturbed")
-# Step of the prompt ascent in "perturbed" mode, relative to the context's RMS (see below).
+APT_CONSTANT_TEMPLATE = "a photo of a {}"
+
+PROMPT_MODES = ("onfly", "constant", "perturbed", "perturbed_rms")
+# Modes whose attack also moves the prompts (APT's plain gradient step; ours, RMS-scaled sign step).
+PERTURBED_MODES = ("perturbed", "perturbed_rms")
 
 
 @dataclass(frozen=True)
@@ -64,15 +70,15 @@ class TrainBudget:
         eps = check_eps(node.EPS, "ADV.TRAIN.EPS")
         alpha = 2.0 * eps / 3.0 if float(node.ALPHA) == -1 else float(node.ALPHA)
         if alpha < 0 or alpha > 255:
-            raise ValueError(f"ADV.TRAIN.ALPHA must be -1 (2/3 EPS) or in [0, 255] in 1/255 units (got {node.ALPHA})")
+            raise UserError(f"ADV.TRAIN.ALPHA must be -1 (2/3 EPS) or in [0, 255] in 1/255 units (got {node.ALPHA})")
         steps = int(node.STEPS)
         if steps < 1 and eps > 0:
-            raise ValueError(f"ADV.TRAIN.STEPS must be >= 1 (got {steps}); ADV.TRAIN.EPS 0 trains on clean images")
+            raise UserError(f"ADV.TRAIN.STEPS must be >= 1 (got {steps}); ADV.TRAIN.EPS 0 trains on clean images")
         if node.PROMPT not in PROMPT_MODES:
-            raise ValueError(f'ADV.TRAIN.PROMPT "{node.PROMPT}" is not one of {", ".join(PROMPT_MODES)}')
+            raise UserError(f'ADV.TRAIN.PROMPT "{node.PROMPT}" is not one of {", ".join(PROMPT_MODES)}')
         prompt_alpha = float(node.PROMPT_ALPHA)
         if prompt_alpha < 0:
-            raise ValueError(f"ADV.TRAIN.PROMPT_ALPHA must be >= 0 (got {prompt_alpha})")
+            raise UserError(f"ADV.TRAIN.PROMPT_ALPHA must be >= 0 (got {prompt_alpha})")
         return cls(eps, alpha, steps, node.PROMPT, prompt_alpha)
 
 
@@ -85,7 +91,7 @@ def test_spec(cfg: Any) -> Optional[AttackSpec]:
     eps = float(cfg.ADV.TRAIN.EPS) if float(node.EPS) == -1 else float(node.EPS)
     alpha = None if float(node.ALPHA) == -1 else float(node.ALPHA)
     if int(node.STEPS) < 0:
-        raise ValueError(f"ADV.TEST.STEPS must be >= 0 (got {node.STEPS})")
+        raise UserError(f"ADV.TEST.STEPS must be >= 0 (got {node.STEPS})")
     return AttackSpec(node.ATTACK, eps=check_eps(eps, "ADV.TEST.EPS"), steps=int(node.STEPS), alpha=alpha)
 
 
@@ -93,15 +99,15 @@ class AdversarialClipTrainer(ClipTrainer):
     """A CLIP prompt trainer whose loss is computed on adversarial images."""
 
     adversarial = True
-    # Template of the "constant" attack prompt (APT's "a photo of a {}").
-    CONSTANT_TEMPLATE = DEFAULT_TEMPLATE
+    # Template of the "constant" attack prompt: APT's, without the final period of DEFAULT_TEMPLATE.
+    CONSTANT_TEMPLATE = APT_CONSTANT_TEMPLATE
 
     def check_cfg(self, cfg: Any) -> None:
         super().check_cfg(cfg)
         self.budget = TrainBudget.from_cfg(cfg)
         self.train_loss = TrainLoss.from_cfg(cfg)
-        if self.train_loss.needs_clean and self.budget.prompt == "perturbed":
-            raise ValueError(f'ADV.TRAIN.PROMPT "perturbed" attacks with cross-entropy; with ADV.TRAIN.LOSS '
+        if self.train_loss.needs_clean and self.budget.prompt in PERTURBED_MODES:
+            raise UserError(f'ADV.TRAIN.PROMPT "{self.budget.prompt}" attacks with cross-entropy; with ADV.TRAIN.LOSS '
                              f'"{self.train_loss.name}" use PROMPT onfly or constant')
         self.test_attack = test_spec(cfg)
 
@@ -126,15 +132,16 @@ class AdversarialClipTrainer(ClipTrainer):
         return cached
 
     def adversarial_images(self, images: Tensor, labels: Tensor, text_features: Optional[Tensor]) -> Tensor:
-        """APT's PGD on ``images`` through the whole model; pixels in [0, 1] in and out.
+        """APT's training PGD (:func:`~ampt.attacks.apt_pgd.apt_pgd`) through the whole model.
 
         ``onfly``: every step reuses ``text_features`` (the current prompts'),
         detached, so the attack adds no text-encoder pass. ``constant``: the
-        template's features. ``perturbed``: see :meth:`_perturbed_attack`.
-        The model is in eval mode during the attack and restored after.
+        template's features. ``perturbed`` / ``perturbed_rms``: see
+        :meth:`_perturbed_attack`. The model is in eval mode during the
+        attack and restored after.
         """
         b = self.budget
-        if b.prompt == "perturbed":
+        if b.prompt in PERTURBED_MODES:
             return self._perturbed_attack(images, labels)
         if b.prompt == "constant":
             fixed = self.constant_text_features()
@@ -148,13 +155,14 @@ class AdversarialClipTrainer(ClipTrainer):
             if self.train_loss.needs_clean:
                 with torch.no_grad():
                     clean = forward(images)
-            return pgd_linf(forward, images, labels, b.eps / 255, b.alpha / 255, b.steps,
-                            loss=self.train_loss.attack_loss(clean), start=self.attack_start(images))
+            loss = self.train_loss.attack_loss(clean) if self.train_loss.needs_clean else None  # None: APT's mean CE
+            return apt_pgd(forward, images, labels, b.eps / 255, b.alpha / 255, b.steps,
+                           delta=self.attack_start(images), loss=loss)
 
     def attack_start(self, images: Tensor) -> Optional[Tensor]:
-        """The training attack's random start: None (PGD draws it from the global RNG) in one process.
+        """The training attack's initial perturbation: None (drawn from the global RNG) in one process.
 
-        Under torchrun each image's start is drawn from its own generator,
+        Under torchrun each image's perturbation is drawn from its own generator,
         seeded by (SEED, epoch, dataset index) of the batch being trained
         (``self.batch_indices``), so it does not depend on how many
         processes share the batch, and ranks never repeat each other's noise.
@@ -164,47 +172,46 @@ class AdversarialClipTrainer(ClipTrainer):
             return None
         seed = max(int(self.cfg.SEED), 0)
         seeds = [distributed.sample_seed(seed, self.epoch, int(i)) for i in indices]
-        return uniform_start(images, self.budget.eps / 255, seeds)
+        return uniform_noise(images, self.budget.eps / 255, seeds)
 
     def _perturbed_attack(self, images: Tensor, labels: Tensor) -> Tensor:
-        """PGD on the images while the prompts are pushed adversarially too, then restored.
+        """APT's PGD on the images while the prompts ascend the same loss, then restored.
 
-        At each step the same loss gives both gradients: the images take
-        APT's step; every prompt parameter ``p`` takes a sign-gradient ascent
-        step of ``PROMPT_ALPHA * RMS(p)`` (RMS at the start of the attack),
-        so the attack sees a prompt moved towards higher loss. Each step
-        encodes the perturbed prompts (``STEPS`` text passes). Not written
-        with :func:`pgd_linf` because the prompt step needs the gradient of
-        the same loss.
+        At each step the same loss (mean cross-entropy) gives both gradients:
+        the images take APT's step, and every prompt parameter ``p`` takes a
+        step up the loss: ``perturbed`` (APT) a plain gradient step
+        ``p + PROMPT_ALPHA * grad``; ``perturbed_rms`` (ours) a sign step of
+        ``PROMPT_ALPHA * RMS(p)`` (RMS at the start of the attack). The
+        moving prompt is accumulated in fp32 and copied into the parameters,
+        so small steps are not lost to fp16 rounding. Each step encodes the
+        perturbed prompts (``STEPS`` text passes).
         """
         b = self.budget
-        eps, alpha = b.eps / 255, b.alpha / 255
-        images = images.detach()
-        if eps == 0:
-            return images.clone()
         params = [p for p in self.model.prompt_parameters() if p.requires_grad]
         saved = [p.detach().clone() for p in params]
-        scales = [b.prompt_alpha * p.detach().float().pow(2).mean().sqrt() for p in params]
-        start = self.attack_start(images)
-        adv = (images + torch.empty_like(images).uniform_(-eps, eps)).clamp(0, 1) if start is None else start
+        moving = [p.detach().float().clone() for p in params]
+        rms_scales = [b.prompt_alpha * m.pow(2).mean().sqrt() for m in moving]
+
+        def prompt_step(grads) -> None:
+            with torch.no_grad():
+                for p, m, g, scale in zip(params, moving, grads, rms_scales):
+                    if b.prompt == "perturbed":
+                        m.add_(g.float(), alpha=b.prompt_alpha)
+                    else:
+                        m.add_(scale * g.float().sign())
+                    p.copy_(m)
+
         try:
             with attack_mode(self.model):
                 for p in params:
                     p.requires_grad_(True)
-                for _ in range(b.steps):
-                    adv.requires_grad_(True)
-                    logits = self.model(adv, text_features=self.model.text_features())
-                    grads = torch.autograd.grad(ce_loss(logits, labels), [adv, *params])
-                    adv = adv.detach() + alpha * grads[0].sign()
-                    adv = torch.min(torch.max(adv, images - eps), images + eps).clamp(0, 1)
-                    with torch.no_grad():
-                        for p, g, s in zip(params, grads[1:], scales):
-                            p.add_(s.to(p.dtype) * g.sign())
+                return apt_pgd(lambda x: self.model(x, text_features=self.model.text_features()), images, labels,
+                               b.eps / 255, b.alpha / 255, b.steps, delta=self.attack_start(images),
+                               params=params, param_step=prompt_step)
         finally:
             with torch.no_grad():
                 for p, value in zip(params, saved):
                     p.copy_(value)
-        return adv.detach()
 
     # ------------------------------------------------------------ training step
     def adversarial_loss(self, logits: Tensor, labels: Tensor, images: Tensor, adv_images: Tensor,
@@ -226,7 +233,7 @@ class AdversarialClipTrainer(ClipTrainer):
         images, labels = self.parse_batch_train(batch)[:2]
         self.batch_indices = batch.get("index")  # dataset indices: seeds of the per-image attack start
         with self.autocast():
-            if self.budget.prompt == "perturbed":
+            if self.budget.prompt in PERTURBED_MODES:
                 adv = self.adversarial_images(images, labels, None)
                 text_features = self.model.text_features()
             else:
@@ -241,6 +248,16 @@ class AdversarialClipTrainer(ClipTrainer):
         if (self.batch_idx + 1) == self.num_batches:
             self.update_lr()
         return summary
+
+    def before_train(self) -> None:
+        """Check the configured robust test against the task before any epoch runs."""
+        spec = self.test_attack
+        if spec is not None:
+            try:
+                ATTACK_REGISTRY.get(spec.name).check_num_classes(self.num_classes)
+            except UserError as err:
+                raise UserError(f"ADV.TEST.ATTACK {spec.name} cannot test {self.cfg.DATASET.NAME}: {err}") from None
+        super().before_train()
 
     # ------------------------------------------------------------ evaluation
     def final_evaluation(self) -> None:

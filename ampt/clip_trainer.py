@@ -29,6 +29,8 @@ from torch import nn
 from .api import TrainerX
 from . import precision as precision_policy
 from .engine.checkpoint import load_checkpoint
+from .errors import UserError
+from .finite import check_finite_logits, check_finite_weights
 from .models.backbone import backbone_info, pretrained_setting
 from .models.clip_loader import load_clip
 from .models.interface import check_prompt_model
@@ -44,7 +46,7 @@ def check_clip_transforms(cfg: Any) -> None:
     bad = [t for t in cfg.INPUT.TRANSFORMS if t in PIXEL_CHANGING_TRANSFORMS]
     if bad:
         kept = [t for t in cfg.INPUT.TRANSFORMS if t not in PIXEL_CHANGING_TRANSFORMS]
-        raise ValueError(
+        raise UserError(
             f"INPUT.TRANSFORMS lists {bad}: remove it (e.g. INPUT.TRANSFORMS {kept}). CLIP trainers "
             "normalize with CLIP's mean/std inside the model, and attacks assume pixels in [0, 1] "
             "(eps in 1/255 units). CoOp/APT configs list \"normalize\"; this toolkit's must not."
@@ -55,7 +57,7 @@ def check_input_size(cfg: Any, resolution: int) -> None:
     """``INPUT.SIZE`` must be the backbone's square input resolution."""
     size = tuple(int(s) for s in cfg.INPUT.SIZE)
     if size != (resolution, resolution):
-        raise ValueError(
+        raise UserError(
             f"INPUT.SIZE {size} does not match the input resolution of the backbone "
             f"{cfg.MODEL.BACKBONE.NAME!r} ({resolution} x {resolution} px). "
             f"Set INPUT.SIZE ({resolution}, {resolution})."
@@ -73,6 +75,8 @@ class ClipTrainer(TrainerX):
     cfg_node: str = ""  # the trainer's node under TRAINER, read for PREC; "" = the class name upper-cased
     # Named --prompt modes of evaluate.py handled by eval_prompt_model ("learned" and templates are built in).
     eval_prompt_modes: Tuple[str, ...] = ()
+    # Config nodes read as another (old dotted node -> new), e.g. {"TRAINER.COOP": "TRAINER.APT"}; see ampt.config.aliases
+    config_aliases: Dict[str, str] = {}
 
     # ------------------------------------------------------------ config
     def check_cfg(self, cfg: Any) -> None:
@@ -172,7 +176,15 @@ class ClipTrainer(TrainerX):
     def model_inference(self, input: torch.Tensor) -> torch.Tensor:
         """Logits in fp32, computed at the tests' precision (``TEST.PRECISION``, fp32 by default)."""
         with precision_policy.autocast(self.test_precision(), self.device):
-            return self.model(input).float()
+            logits = self.model(input).float()
+        check_finite_logits(logits, "test")
+        return logits
+
+    def load_model(self, directory: str, epoch: Optional[int] = None) -> None:
+        """The engine's ``load_model``, then a refusal of NaN / Inf weights (see :mod:`ampt.finite`)."""
+        super().load_model(directory, epoch=epoch)
+        for name in self.get_model_names():
+            check_finite_weights(self._models[name], f"{directory}/{name} (epoch {epoch if epoch else 'latest'})")
 
     def model_backward_and_update(
         self, loss: torch.Tensor, names: Union[None, str, Sequence[str]] = None

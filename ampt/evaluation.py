@@ -12,7 +12,7 @@ in-training test (:meth:`ampt.adversarial.AdversarialClipTrainer.final_evaluatio
   (AMPT's router) stays inside the attacked forward.
 - **Records.** One record per (dataset, split, attack, eps, steps, n_samples,
   prompt, subsample, alpha, seed), the key of ``results.json``
-  (:mod:`ampt.results`); each says which weights it measured
+  (:mod:`ampt.results`, ``docs/results_format.md``); each says which weights it measured
   (``checkpoint_epoch``, ``weights``). An existing record of the same
   weights is skipped unless forced; one of other weights (an intermediate
   checkpoint) is recomputed.
@@ -54,11 +54,13 @@ from .models.templates import check_template
 from .precision import at_precision, warn_reduced
 from .results import RunResults, same_weights
 from .utils.io import read_json, write_json
+from .errors import UserError, UserFileNotFoundError
+from .finite import check_finite_logits
 
 logger = logging.getLogger(__name__)
 
 PROGRESS_DIR = "eval_progress"
-# Clean accuracy is a record like the attacks' (results.md): attack "clean", eps 0, steps 0.
+# Clean accuracy is a record like the attacks' (docs/results_format.md): attack "clean", eps 0, steps 0.
 CLEAN = "clean"
 
 
@@ -94,7 +96,7 @@ def prompt_model(trainer: Any, prompt: str = LEARNED) -> nn.Module:
         return FixedTextFeatures(model, model.text_features())
     if "{" in prompt:
         return FixedTextFeatures(model, model.template_features(trainer.dm.dataset.classnames, check_template(prompt)))
-    raise ValueError(
+    raise UserError(
         f'Unknown --prompt "{prompt}" for {type(trainer).__name__}; valid: '
         f'{", ".join(named_prompt_modes(trainer))}, or a template with one "{{}}" such as "a photo of a {{}}."'
     )
@@ -106,7 +108,7 @@ def ordered_indices(size: int, n_samples: Optional[int], seed: int) -> List[int]
     if n_samples is None or n_samples >= size:
         return list(range(size))
     if n_samples < 1:
-        raise ValueError(f"--n-samples must be >= 1 (got {n_samples})")
+        raise UserError(f"--n-samples must be >= 1 (got {n_samples})")
     generator = torch.Generator().manual_seed(int(seed))
     return sorted(torch.randperm(size, generator=generator)[:n_samples].tolist())
 
@@ -209,11 +211,15 @@ def accuracy_under_attack(
         start = time.perf_counter()
         images, labels = batch["img"].to(device), batch["label"].to(device)
         with torch.no_grad():
-            correct = model(images).argmax(dim=1) == labels
+            logits = model(images)
+        check_finite_logits(logits, f"clean images, batch {index}")
+        correct = logits.argmax(dim=1) == labels
         if attack is not None:
             adv = attack(images, labels)
             with torch.no_grad():
-                correct &= model(adv).argmax(dim=1) == labels
+                logits = model(adv)
+            check_finite_logits(logits, f"{spec.label}, batch {index}")
+            correct &= logits.argmax(dim=1) == labels
         state["correct"] += int(correct.sum())
         state["total"] += int(labels.numel())
         state["batches"] = index + 1
@@ -234,7 +240,7 @@ def accuracy_under_attack(
 
 def make_record(dataset: str, split: str, spec: AttackSpec, prompt: str, outcome: Outcome,
                 precision: str = "fp32", **extra: Any) -> Dict[str, Any]:
-    """A results.json record (results.md fields first, then the optional ones)."""
+    """A results.json record (docs/results_format.md: required fields first, then the optional ones)."""
     record: Dict[str, Any] = {
         "dataset": dataset, "split": split, "attack": spec.name, "eps": spec.eps, "steps": spec.steps,
         "n_samples": outcome.n_samples, "accuracy": round(outcome.accuracy, 4), "prompt": prompt,
@@ -377,7 +383,7 @@ def _latest_epoch(run_dir: Path, model_names: Sequence[str]) -> Optional[int]:
     for name in model_names:
         path = latest_checkpoint(run_dir / name)
         if path is None:
-            raise FileNotFoundError(f"No checkpoint of model '{name}' under {run_dir / name}: was the run trained?")
+            raise UserFileNotFoundError(f"No checkpoint of model '{name}' under {run_dir / name}: was the run trained?")
         epochs.append(int(path.name.rsplit("-", 1)[1]))
     return min(epochs) if epochs else None
 
@@ -389,7 +395,7 @@ def _class_specific(cfg: Any) -> bool:
 
 def _check_prompt_transfers(cfg: Any, train_dataset: str, target: str) -> None:
     if _class_specific(cfg):
-        raise ValueError(
+        raise UserError(
             f"This run learned a class-specific prompt (TRAINER.{cfg.TRAINER.NAME.upper()}.CSC True) for the "
             f"classes of {train_dataset}; it has no context for the classes of {target}. Only a unified "
             "prompt (CSC False) transfers to another dataset."
@@ -401,10 +407,10 @@ def _set_subsample(cfg: Any, subsample: str) -> None:
     from .data.splits import SUBSAMPLE_CHOICES
 
     if subsample not in SUBSAMPLE_CHOICES:
-        raise ValueError(f'--subsample "{subsample}" is not valid; valid: {", ".join(SUBSAMPLE_CHOICES)}')
+        raise UserError(f'--subsample "{subsample}" is not valid; valid: {", ".join(SUBSAMPLE_CHOICES)}')
     trained = cfg.DATASET.SUBSAMPLE_CLASSES
     if subsample != trained and _class_specific(cfg):
-        raise ValueError(
+        raise UserError(
             f"This run learned a class-specific prompt (TRAINER.{cfg.TRAINER.NAME.upper()}.CSC True) for its "
             f'"{trained}" classes; it has no context for the "{subsample}" classes. Only a unified prompt '
             "(CSC False) is evaluated on other classes."
@@ -431,7 +437,7 @@ def load_run(run_dir: Path, dataset: Optional[str] = None, root: str = "", batch
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
-        raise FileNotFoundError(f"{cfg_path} not found: RUN_DIR must be a folder written by train.py")
+        raise UserFileNotFoundError(f"{cfg_path} not found: RUN_DIR must be a folder written by train.py")
     engine = RunResults(run_dir).run.get("engine", "builtin")
     load_plugins(engine)
     api = active_api()
@@ -451,7 +457,7 @@ def load_run(run_dir: Path, dataset: Optional[str] = None, root: str = "", batch
         cfg.DATASET.ROOT = root
     if batch_size is not None:
         if batch_size < 1:
-            raise ValueError(f"--batch-size must be >= 1 (got {batch_size})")
+            raise UserError(f"--batch-size must be >= 1 (got {batch_size})")
         cfg.DATALOADER.TEST.BATCH_SIZE = batch_size
     if dataset is not None:
         target = resolve_dataset_name(dataset)

@@ -22,6 +22,8 @@ from typing import Any, Callable, Dict, Optional, Tuple, Union
 import torch.nn.functional as F
 from torch import Tensor
 
+from .errors import UserError
+
 LOSSES = ("ce", "trades", "fap")
 
 AttackLoss = Union[str, Callable[[Tensor, Tensor], Tensor]]
@@ -70,10 +72,10 @@ class TrainLoss:
     def from_cfg(cls, cfg: Any) -> "TrainLoss":
         node = cfg.ADV.TRAIN
         if node.LOSS not in LOSSES:
-            raise ValueError(f'ADV.TRAIN.LOSS "{node.LOSS}" is not one of {", ".join(LOSSES)}')
+            raise UserError(f'ADV.TRAIN.LOSS "{node.LOSS}" is not one of {", ".join(LOSSES)}')
         for key in ("TRADES_BETA", "FAP_LAMBDA"):
             if float(node[key]) < 0:
-                raise ValueError(f"ADV.TRAIN.{key} must be >= 0 (got {node[key]})")
+                raise UserError(f"ADV.TRAIN.{key} must be >= 0 (got {node[key]})")
         return cls(node.LOSS, float(node.TRADES_BETA), float(node.FAP_LAMBDA))
 
     @property

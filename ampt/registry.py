@@ -9,6 +9,15 @@ from __future__ import annotations
 import difflib
 from typing import Any, Callable, Dict, List, Optional
 
+from .errors import UserError
+
+
+class UnknownNameError(UserError, KeyError):
+    """A name no registry entry has; the message lists the valid names and the closest."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
 
 class Registry:
     """A name -> object table with helpful errors."""
@@ -36,7 +45,7 @@ class Registry:
 
     def get(self, name: str) -> Any:
         if name not in self._obj_map:
-            raise KeyError(unknown_name_message(self._name, name, self.registered_names()))
+            raise UnknownNameError(unknown_name_message(self._name, name, self.registered_names()))
         return self._obj_map[name]
 
     def registered_names(self) -> List[str]:

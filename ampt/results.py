@@ -1,6 +1,6 @@
 """``results.json``: one run's metadata and its evaluation records.
 
-Format::
+Format (``docs/results_format.md``)::
 
     {"run": {"trainer": ..., "dataset": ..., "shots": ..., "seed": ...,
              "backbone": ..., "train_eps": ..., "engine": ..., "finished": bool,
@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
+from .errors import UserError
 from .utils.io import read_json, write_json
 from .utils.locks import file_lock
 
@@ -50,7 +51,7 @@ LATER_KEY_FIELDS = ("alpha", "seed")
 REQUIRED_FIELDS = ("dataset", "split", "attack", "eps", "steps", "n_samples", "accuracy")
 
 
-class FinishedRunError(RuntimeError):
+class FinishedRunError(UserError, RuntimeError):
     """Training into a folder whose results.json says the run finished."""
 
 
@@ -113,11 +114,11 @@ class RunResults:
         try:
             data = read_json(self.path)
         except ValueError as err:
-            raise ValueError(
+            raise UserError(
                 f"{self.path} is not valid JSON ({err}); fix or move it away, then re-run"
             ) from None
         if not isinstance(data, dict) or not isinstance(data.get("records", []), list):
-            raise ValueError(f'{self.path} is not a results file (expected {{"run": {{...}}, "records": [...]}})')
+            raise UserError(f'{self.path} is not a results file (expected {{"run": {{...}}, "records": [...]}})')
         data.setdefault("run", {})
         data.setdefault("records", [])
         return data

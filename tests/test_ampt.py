@@ -1,6 +1,6 @@
 """AMPT: router, mixture model, trainer, evaluation and interpretation on a tiny CLIP.
 
-The identities of method.md section 3 (K = 1 is APT, uniform weights are the
+The identities of docs/method.md section 3 (K = 1 is APT, uniform weights are the
 re-normalized mean, router weights on the simplex) are checked against
 independent computations: CLIP's own 77-token text pass and explicit
 per-sample mixtures of the normalized text features.

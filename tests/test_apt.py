@@ -23,11 +23,14 @@ from PIL import Image
 
 from ampt.api import DATASET_REGISTRY, TRAINER_REGISTRY, DatasetBase, Datum, build_trainer
 from ampt.config import setup_cfg
-from ampt.models import ImageNormalizer, save_clip_state_dict
+from ampt.errors import NonFiniteError, UserError
+from ampt.evaluation import AttackSpec, accuracy_under_attack
+from ampt.models import ImageNormalizer, save_clip_state_dict, template_text_features
 from ampt.models.tiny import build_tiny_clip
 from ampt.plugins import load_plugins
 from ampt.results import RunResults
 from ampt.utils.logger import reset_logger
+from ampt.utils.seed import set_random_seed
 
 REPO = Path(__file__).resolve().parent.parent
 APT_DIGITS = REPO / "configs" / "trainers" / "APT" / "digits.yaml"
@@ -204,6 +207,91 @@ def test_apt_loss_finite_and_decreasing(toy_env, tmp_path):
     assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.03, losses
 
 
+# ---------------------------------------------------------------- APT exactly as published
+
+def saturated_batch(trainer):
+    """A training batch whose first rows and columns are black (0) and white (1) pixels."""
+    images, labels = trainer.parse_batch_train(one_batch(trainer))
+    images = images.clone()
+    images[:, :, :8] = 0.0
+    images[:, :, -8:] = 1.0
+    return images, labels
+
+
+def apt_restated(model, images, labels, eps, alpha, steps, prompt_optim=None):
+    """APT's published training PGD, re-stated: an unclamped delta, only x + delta is clamped.
+
+    ``prompt_optim`` (APT's "perturbed" mode): SGD on the prompt, stepped on
+    the same (negated) loss after each image step.
+    """
+    delta = torch.zeros_like(images).uniform_(-eps, eps)
+    for _ in range(steps):
+        adv = torch.clamp(images + delta, 0, 1).requires_grad_(True)
+        loss = -F.cross_entropy(model(adv), labels)
+        if prompt_optim is not None:
+            prompt_optim.zero_grad()
+        loss.backward()
+        delta -= alpha * torch.sign(adv.grad)
+        delta = torch.clamp(delta, -eps, eps).detach()
+        if prompt_optim is not None:
+            prompt_optim.step()
+    return torch.clamp(images + delta, 0, 1).detach()
+
+
+def test_training_attack_bit_identical_to_apt_update_on_saturated_pixels(toy_env, tmp_path):
+    trainer = make_trainer(toy_env, tmp_path, eps=8, alpha=3, steps=4)
+    images, labels = saturated_batch(trainer)
+    features = trainer.model.text_features().detach()
+    torch.manual_seed(3)
+    ours = trainer.adversarial_images(images, labels, features)
+    trainer.model.eval()
+    torch.manual_seed(3)
+    theirs = apt_restated(lambda x: trainer.model(x, text_features=features), images, labels, 8 / 255, 3 / 255, 4)
+    assert torch.equal(ours, theirs)
+    edge = (images == 0) | (images == 1)
+    assert not torch.equal(ours[edge], images[edge])  # the saturated pixels were attacked too
+
+
+def ctx_at_each_text_pass(trainer, run) -> List[torch.Tensor]:
+    """The prompt context seen by every text-encoder pass during ``run()``."""
+    seen: List[torch.Tensor] = []
+    handle = trainer.model.text_encoder.register_forward_pre_hook(
+        lambda *_: seen.append(trainer.model.prompt_learner.ctx.detach().clone()))
+    try:
+        return run(), seen
+    finally:
+        handle.remove()
+
+
+def test_perturbed_mode_is_apts_plain_gradient_step(toy_env, tmp_path):
+    trainer = make_trainer(toy_env, tmp_path, adv_prompt="perturbed", eps=4, steps=3,
+                           opts=["ADV.TRAIN.PROMPT_ALPHA", "2.0"])
+    images, labels = saturated_batch(trainer)
+    learner = trainer.model.prompt_learner
+    start = learner.ctx.detach().clone()
+    torch.manual_seed(4)
+    ours, ours_ctx = ctx_at_each_text_pass(trainer, lambda: trainer.adversarial_images(images, labels, None))
+    assert torch.equal(learner.ctx.detach(), start)  # restored
+
+    trainer.model.eval()
+    optim = torch.optim.SGD(learner.parameters(), lr=2.0, momentum=0, weight_decay=0)
+    torch.manual_seed(4)
+    theirs, theirs_ctx = ctx_at_each_text_pass(trainer, lambda: apt_restated(
+        trainer.model, images, labels, 4 / 255, trainer.budget.alpha / 255, 3, prompt_optim=optim))
+    assert len(ours_ctx) == len(theirs_ctx) == 3
+    assert not torch.equal(ours_ctx[1], ours_ctx[0])  # the prompt moved between attack steps
+    for a, b in zip(ours_ctx, theirs_ctx):
+        assert torch.equal(a, b)
+    assert torch.equal(ours, theirs)
+
+
+def test_constant_attack_prompt_is_apts_template(toy_env, tmp_path):
+    trainer = make_trainer(toy_env, tmp_path, adv_prompt="constant")
+    assert trainer.CONSTANT_TEMPLATE == "a photo of a {}"
+    expected = template_text_features(trainer.model.text_encoder, trainer.classnames, "a photo of a {}")
+    assert torch.equal(trainer.constant_text_features()[0], expected[0])
+
+
 # ---------------------------------------------------------------- config and guards
 
 def test_apt_keys_from_yaml_overrides_and_aliases(toy_env, tmp_path):
@@ -220,6 +308,29 @@ def test_apt_keys_from_yaml_overrides_and_aliases(toy_env, tmp_path):
     assert default.budget.alpha == pytest.approx(8 / 3)  # APT: 2/3 eps
 
 
+def test_coop_keys_accepted_by_apt_as_aliases(toy_env, tmp_path, caplog):
+    """APT's scripts pass TRAINER.COOP.* to its APT trainer: read as TRAINER.APT.*, noted once."""
+    yaml = tmp_path / "apt_style.yaml"
+    yaml.write_text(APT_DIGITS.read_text() + "\n" + "\n".join([
+        "TRAINER:", "  COOP:", "    PREC: fp32", "    CTX_INIT: ''"]) + "\n", encoding="utf-8")
+    notes: List[str] = []
+    root, backbone = toy_env
+    args = argparse.Namespace(root=str(root), output_dir=str(tmp_path / "run"), trainer="APT", config_file=str(yaml),
+                              dataset_config_file="", seed=1, eps=None, alpha=None, steps=None, adv_prompt=None,
+                              opts=["TRAINER.COOP.N_CTX", "8", "TRAINER.COOP.CSC", "True",
+                                    "TRAINER.COOP.CLASS_TOKEN_POSITION", "middle", "DATASET.NAME", "AptToy",
+                                    "MODEL.BACKBONE.NAME", str(backbone)])
+    cfg = setup_cfg(args, TRAINER_REGISTRY.get("APT"), notes=notes)
+    node = cfg.TRAINER.APT
+    assert (node.N_CTX, node.CSC, node.CLASS_TOKEN_POSITION, node.PREC) == (8, True, "middle", "fp32")
+    assert "COOP" not in cfg.TRAINER
+    assert notes == ["TRAINER.COOP.* read as TRAINER.APT.* (the trainer's alias for APT-style command lines)"]
+    with pytest.raises(KeyError, match="TRAINER.APT.N_CTXX"):  # an alias still checks the key
+        make_cfg(toy_env, tmp_path, opts=["TRAINER.COOP.N_CTXX", "4"])
+    coop = make_cfg(toy_env, tmp_path, trainer="CoOp", config=COOP_DIGITS, opts=["TRAINER.COOP.N_CTX", "4"])
+    assert coop.TRAINER.COOP.N_CTX == 4  # CoOp owns its node: no alias
+
+
 def test_guards(toy_env, tmp_path):
     with pytest.raises(ValueError, match="normalize"):
         make_trainer(toy_env, tmp_path, opts=["INPUT.TRANSFORMS", "['random_crop', 'normalize']"])
@@ -229,6 +340,47 @@ def test_guards(toy_env, tmp_path):
         make_trainer(toy_env, tmp_path, adv_prompt="onfy")
     with pytest.raises(ValueError, match="STEPS"):
         make_trainer(toy_env, tmp_path, steps=0)
+
+
+# ---------------------------------------------------------------- silent outcomes made visible
+
+def test_autoattack_with_fewer_than_4_classes_refused_before_training(toy_env, tmp_path, monkeypatch):
+    trainer = make_trainer(toy_env, tmp_path, dataset="AptToyShapes", opts=["ADV.TEST.ATTACK", "aa"])
+    assert trainer.num_classes == 3
+    monkeypatch.setattr(trainer, "run_epoch", lambda: pytest.fail("an epoch ran before the check"))
+    with pytest.raises(UserError, match="ADV.TEST.ATTACK aa cannot test AptToyShapes.*at least 4 classes"):
+        trainer.train()
+    assert not (Path(trainer.output_dir) / "prompt_learner").exists()
+
+
+def test_nan_weights_refused_not_scored_as_chance(toy_env, tmp_path):
+    trainer = make_trainer(toy_env, tmp_path)
+    with torch.no_grad():
+        trainer.model.prompt_learner.ctx.fill_(float("nan"))
+    trainer.save_model(0, trainer.output_dir)
+    with pytest.raises(NonFiniteError, match="prompt_learner.*NaN or Inf.*ctx"):
+        trainer.load_model(trainer.output_dir, epoch=1)
+    images, _ = trainer.parse_batch_train(one_batch(trainer))
+    with pytest.raises(NonFiniteError, match="logits"):
+        trainer.model_inference(images)
+    spec = AttackSpec("pgd", eps=4, steps=1)
+    with pytest.raises(NonFiniteError, match="logits"):
+        accuracy_under_attack(trainer.model, trainer.test_loader, spec, trainer.num_classes, trainer.device)
+
+
+# ---------------------------------------------------------------- run-to-run reproducibility
+
+def test_two_seeded_runs_are_bit_identical(toy_env, tmp_path):
+    """The demo's promise on one machine: the same seed gives the same weights and the same numbers."""
+    outcomes = []
+    for name in ("a", "b"):
+        set_random_seed(1)
+        trainer = build_trainer(make_cfg(toy_env, tmp_path / name, opts=["OPTIM.MAX_EPOCH", "1", "ADV.TEST.STEPS", "2"]))
+        trainer.train()
+        records = [(r["attack"], r["accuracy"]) for r in RunResults(trainer.output_dir).records]
+        outcomes.append((trainer.model.prompt_learner.ctx.detach().clone(), records))
+    assert torch.equal(outcomes[0][0], outcomes[1][0])
+    assert outcomes[0][1] == outcomes[1][1]
 
 
 # ---------------------------------------------------------------- final evaluation

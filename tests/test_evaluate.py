@@ -1,6 +1,6 @@
 """evaluate.py on finished tiny CoOp and APT runs (tiny CLIP, tiny generated data).
 
-Covers: the records of results.md for clean, pgd, cw, tpgd and aa; a second
+Covers: the records of docs/results_format.md for clean, pgd, cw, tpgd and aa; a second
 call skips them, --force recomputes; --n-samples records the subset size
 and the subset is fixed by the seed; an interrupted evaluation resumes at
 its first unfinished batch with the same result; eps as a fraction is

@@ -23,7 +23,7 @@ def test_prompted_and_zero_shot_models_implement_it(tiny):
     assert learned.prompt_label() == LEARNED and fixed.prompt_label() == "a drawing of a {}."
     assert learned.prompt_parameters() == [learned.prompt_learner.ctx] and fixed.prompt_parameters() == []
     assert list(learned.word_prompts()) == ["ctx"] and fixed.word_prompts() == {}
-    assert learned.attack_prompt_modes() == ("onfly", "constant", "perturbed")
+    assert learned.attack_prompt_modes() == ("onfly", "constant", "perturbed", "perturbed_rms")
     assert "perturbed" not in fixed.attack_prompt_modes()
     with pytest.raises(ValueError, match='PROMPT "perturbed" is not supported by FixedPromptCLIP; valid: onfly, constant'):
         check_attack_prompt(fixed, "perturbed")

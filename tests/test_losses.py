@@ -50,8 +50,8 @@ def test_attack_maximises_the_configured_inner_loss(toy_env, tmp_path, monkeypat
     assert trainer.run_metadata()["train_loss"] == name
     assert ("fap_lambda" in trainer.run_metadata()) == (name == "fap")
     seen = []
-    real = adversarial.pgd_linf
-    monkeypatch.setattr(adversarial, "pgd_linf", lambda *a, **k: seen.append(k["loss"]) or real(*a, **k))
+    real = adversarial.apt_pgd  # the training attack: APT's update
+    monkeypatch.setattr(adversarial, "apt_pgd", lambda *a, **k: seen.append(k["loss"]) or real(*a, **k))
     batch = one_batch(trainer)
     images = batch["img"]
     with torch.no_grad():  # before the step changes the prompt
@@ -62,7 +62,7 @@ def test_attack_maximises_the_configured_inner_loss(toy_env, tmp_path, monkeypat
     summary = trainer.forward_backward(batch)
     assert len(seen) == 1 and torch.isfinite(torch.tensor(summary["loss"]))
     if name == "ce":
-        assert seen[0] == "ce"
+        assert seen[0] is None  # APT's mean cross-entropy
         return
     expected = kl_attack_loss(clean)(adv, None)
     assert torch.allclose(seen[0](adv, None), expected, atol=1e-5)

@@ -7,7 +7,7 @@ class text features ``normalize(sum_k w_k(x) t[k, c])``. Trained like APT:
 cross-entropy on PGD images, the attack going through the whole model, router
 included. The paper's abstract fixes only this outline: every default below
 (K = 4, L = 4, linear router, temperature 1, dense weights, feature mixing,
-extra loss weights 0) is ours (method.md section 3) and is a config key.
+extra loss weights 0) is ours (docs/method.md section 3) and is a config key.
 
 Cost: the K x C prompts are encoded in one batched, trimmed text pass per
 training step, reused (detached) by every attack step (see
@@ -27,6 +27,7 @@ from yacs.config import CfgNode as CN
 
 from ampt.adversarial import AdversarialClipTrainer
 from ampt.api import TRAINER_REGISTRY
+from ampt.errors import UserError
 from ampt.models import PromptLearner
 from ampt.evaluation import LEARNED, prompt_model
 from ampt.models.mixture import MIX_MODES, FixedRouting, MixturePromptedCLIP
@@ -50,36 +51,36 @@ ROUTER_STATS_FILE = "router_stats.json"
 def check_ampt_cfg(node: CN) -> None:
     """Refuse invalid or unused ``TRAINER.AMPT`` settings before anything is built."""
     if node.N_PROMPTS < 1 or node.N_CTX < 1:
-        raise ValueError(f"TRAINER.AMPT.N_PROMPTS and N_CTX must be >= 1 (got {node.N_PROMPTS}, {node.N_CTX})")
+        raise UserError(f"TRAINER.AMPT.N_PROMPTS and N_CTX must be >= 1 (got {node.N_PROMPTS}, {node.N_CTX})")
     checks = (("INIT", INIT_MODES), ("ROUTER", ROUTER_KINDS), ("MIX", MIX_MODES), ("ATTACK_ROUTER", tuple(ATTACK_ROUTES)),
               ("ROUTER_INPUT", ROUTER_INPUTS))
     for key, valid in checks:
         if node[key] not in valid:
-            raise ValueError(f'TRAINER.AMPT.{key} "{node[key]}" is not one of {", ".join(valid)}')
+            raise UserError(f'TRAINER.AMPT.{key} "{node[key]}" is not one of {", ".join(valid)}')
     if (node.INIT in WORDLESS_INITS) != (node.CTX_INIT == ""):
-        raise ValueError(
+        raise UserError(
             f'TRAINER.AMPT.INIT "{node.INIT}" with CTX_INIT "{node.CTX_INIT}": INIT first/all/templates needs '
             'CTX_INIT words (e.g. "a photo of a"), and CTX_INIT words need INIT first, all or templates'
         )
     if node.INIT == "templates" and len(split_templates(node.CTX_INIT)) != node.N_PROMPTS:
-        raise ValueError(f'TRAINER.AMPT.INIT templates needs N_PROMPTS ({node.N_PROMPTS}) "|"-separated phrases '
+        raise UserError(f'TRAINER.AMPT.INIT templates needs N_PROMPTS ({node.N_PROMPTS}) "|"-separated phrases '
                          f'in CTX_INIT (got "{node.CTX_INIT}")')
     if node.INIT in ("orthogonal", "templates") and node.CSC:
-        raise ValueError(f"TRAINER.AMPT.INIT {node.INIT} is for unified contexts: set CSC False or INIT random")
+        raise UserError(f"TRAINER.AMPT.INIT {node.INIT} is for unified contexts: set CSC False or INIT random")
     if node.N_PROMPTS == 1 and node.ROUTER != "uniform":
-        raise ValueError("TRAINER.AMPT.N_PROMPTS 1 leaves the router nothing to weigh: set ROUTER uniform")
+        raise UserError("TRAINER.AMPT.N_PROMPTS 1 leaves the router nothing to weigh: set ROUTER uniform")
     if node.ROUTER == "uniform":
         defaults = (("TEMPERATURE", 1.0), ("TOP_K", 0), ("ATTACK_ROUTER", "full"), ("ROUTER_LR_MULT", 1.0),
                     ("ROUTER_INPUT_SCALE", 1.0), ("ROUTER_INPUT", "adversarial"))
         unused = [k for k, default in defaults if node[k] != default]
         if unused:
-            raise ValueError(f"TRAINER.AMPT.ROUTER uniform does not use {unused}: leave them at their defaults")
+            raise UserError(f"TRAINER.AMPT.ROUTER uniform does not use {unused}: leave them at their defaults")
     for key in ("ROUTER_LR_MULT", "ROUTER_INPUT_SCALE"):
         if node[key] <= 0:
-            raise ValueError(f"TRAINER.AMPT.{key} must be > 0 (got {node[key]})")
+            raise UserError(f"TRAINER.AMPT.{key} must be > 0 (got {node[key]})")
     for key in ("CLEAN_CE_WEIGHT", "TRADES_KL_WEIGHT", "BALANCE_WEIGHT"):
         if node[key] < 0:
-            raise ValueError(f"TRAINER.AMPT.{key} must be >= 0 (got {node[key]})")
+            raise UserError(f"TRAINER.AMPT.{key} must be >= 0 (got {node[key]})")
 
 
 def scaled_lr(optim_cfg: CN, mult: float) -> CN:

@@ -8,7 +8,8 @@ modes (``ADV.TRAIN.*``, also ``train.py --eps --alpha --steps --adv-prompt``)
 and the clean + robust final test come from
 :class:`~ampt.adversarial.AdversarialClipTrainer`. APT's trainer read its
 settings from ``TRAINER.COOP`` and flags only; here they are ``TRAINER.APT``
-keys, settable from YAML and ``KEY VALUE`` overrides.
+keys, settable from YAML and ``KEY VALUE`` overrides, and ``TRAINER.COOP.*``
+(APT's command lines) is read as ``TRAINER.APT.*``.
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ class APT(AdversarialClipTrainer):
     """Adversarial Prompt Tuning: one CoOp prompt, cross-entropy on PGD images."""
 
     cfg_node = "APT"
+    # APT's own scripts set its prompt through CoOp's node: TRAINER.COOP.N_CTX etc. are read as TRAINER.APT.*
+    config_aliases = {"TRAINER.COOP": "TRAINER.APT"}
 
     @staticmethod
     def add_config(cfg: CN) -> None:

@@ -1,9 +1,10 @@
 """Adversarial attacks behind one registry and one contract (see :mod:`ampt.attacks.base`).
 
 ``build_attack("pgd", model, eps=4)`` gives the evaluation defaults of the
-protocol (method.md section 5): 100 steps, ``alpha = eps / 4``, random start.
+protocol (docs/method.md section 5): 100 steps, ``alpha = eps / 4``, random start.
 eps and alpha are in 1/255 units; pixels are in [0, 1] in and out.
-Trainers reuse the PGD loop itself through :func:`pgd_linf` (pixel units).
+Adversarial trainers use APT's training update, :func:`apt_pgd` (pixel units);
+:func:`pgd_linf` is the evaluation attacks' loop (torchattacks' semantics).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any, Optional
 from torch import nn
 
 from ..registry import Registry
+from .apt_pgd import apt_pgd
 from .autoattack import AutoAttack
 from .base import Attack, attack_mode, check_eps, check_pixels
 from .cw import CW
@@ -24,7 +26,7 @@ ATTACK_REGISTRY.register(CW, name="cw")
 ATTACK_REGISTRY.register(TPGD, name="tpgd")
 ATTACK_REGISTRY.register(AutoAttack, name="aa")
 
-# Evaluation default (method.md section 5): PGD-100, CW-100, TPGD-100.
+# Evaluation default (docs/method.md section 5): PGD-100, CW-100, TPGD-100.
 DEFAULT_STEPS = 100
 
 
@@ -50,6 +52,7 @@ __all__ = [
     "ATTACK_REGISTRY",
     "DEFAULT_STEPS",
     "Attack",
+    "apt_pgd",
     "AutoAttack",
     "CW",
     "PGD",

@@ -29,6 +29,7 @@ import torch
 from pyautoattack import AutoAttack as _LibAutoAttack
 from torch import Tensor, nn
 
+from ..errors import UserError
 from .base import Attack
 
 logger = logging.getLogger(__name__)
@@ -73,11 +74,7 @@ class AutoAttack(Attack):
         super().__init__(model, eps, seed)
         if num_classes is None:
             raise ValueError("AutoAttack needs num_classes, the true number of classes of the task")
-        if int(num_classes) < _MIN_CLASSES:
-            raise ValueError(
-                f"standard AutoAttack needs at least {_MIN_CLASSES} classes (APGD-T's targeted "
-                f"DLR loss); got num_classes={num_classes}"
-            )
+        self.check_num_classes(num_classes)
         if batch_size is not None and int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
         self.num_classes = int(num_classes)
@@ -86,6 +83,14 @@ class AutoAttack(Attack):
         self.state_path = None if state_path is None else Path(state_path)
         self.version = "standard"
         self.library = f"pyautoattack {pyautoattack.__version__}"
+
+    @classmethod
+    def check_num_classes(cls, num_classes: int) -> None:
+        if int(num_classes) < _MIN_CLASSES:
+            raise UserError(
+                f"standard AutoAttack needs at least {_MIN_CLASSES} classes (APGD-T's targeted "
+                f"DLR loss); got num_classes={num_classes}. Use another attack (pgd, cw, tpgd)"
+            )
 
     def _adversary(self, device: torch.device) -> _LibAutoAttack:
         adversary = _LibAutoAttack(self.get_logits, norm="Linf", eps=self.eps / 255,

@@ -15,6 +15,8 @@ from typing import Any, Dict, Iterator
 import torch
 from torch import Tensor, nn
 
+from ..errors import UserError
+
 # An eps this large is certainly a unit mistake (it exceeds the pixel range).
 _MAX_EPS = 255.0
 
@@ -23,14 +25,14 @@ def check_eps(eps: float, name: str = "eps") -> float:
     """Validate a budget given in 1/255 units; refuse what looks like a fraction of 1."""
     eps = float(eps)
     if eps != eps or eps < 0:
-        raise ValueError(f"{name} must be >= 0 in 1/255 units (got {eps})")
+        raise UserError(f"{name} must be >= 0 in 1/255 units (got {eps})")
     if 0 < eps < 1:
-        raise ValueError(
+        raise UserError(
             f"{name}={eps:g} looks like a fraction of 1, but {name} is in 1/255 units "
             f"(4 means 4/255). Did you mean {name}={eps * 255:g}?"
         )
     if eps > _MAX_EPS:
-        raise ValueError(f"{name}={eps:g} exceeds the pixel range (1/255 units, at most 255)")
+        raise UserError(f"{name}={eps:g} exceeds the pixel range (1/255 units, at most 255)")
     return eps
 
 
@@ -96,6 +98,13 @@ class Attack:
         if int(seed) < 0:
             raise ValueError(f"seed must be >= 0 (got {seed})")
         self.seed = int(seed)
+
+    @classmethod
+    def check_num_classes(cls, num_classes: int) -> None:
+        """Raise :class:`~ampt.errors.UserError` when the attack cannot run on a task of this many classes.
+
+        Called before anything is trained or evaluated; every attack runs on 2+ classes by default.
+        """
 
     def get_logits(self, images: Tensor) -> Tensor:
         """The one place where the model is called."""

@@ -111,7 +111,7 @@ class IterativeAttack(Attack):
     def __init__(self, model: nn.Module, eps: float, alpha: Optional[float] = None,
                  steps: int = 100, seed: int = 0) -> None:
         super().__init__(model, eps, seed)
-        # Default step size of the evaluation protocol (method.md section 5): eps / 4.
+        # Default step size of the evaluation protocol (docs/method.md section 5): eps / 4.
         self.alpha = self.eps / 4 if alpha is None else float(alpha)
         if self.alpha < 0 or self.alpha > 255:
             raise ValueError(f"alpha must be in [0, 255] in 1/255 units (got {alpha})")

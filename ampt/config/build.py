@@ -10,11 +10,14 @@ import argparse
 import ast
 import logging
 from pathlib import Path
-from typing import Any, Iterable, List, Optional, Sequence
+from typing import Any, Iterable, List, Optional, Sequence, Set
 
+import yaml
 from yacs.config import CfgNode as CN
 
+from ..errors import UserError, UserFileNotFoundError
 from ..registry import unknown_name_message
+from .aliases import Aliases, active_aliases, alias_note, rename_nodes, rename_opts
 from .defaults import get_cfg_default
 
 logger = logging.getLogger(__name__)
@@ -42,7 +45,7 @@ _ADV_FLAG_KEYS = (
 )
 
 
-class ConfigKeyError(KeyError):
+class ConfigKeyError(UserError, KeyError):
     """A config key that the config does not have; the message names the valid keys."""
 
     def __str__(self) -> str:
@@ -74,28 +77,46 @@ def _upgrade_legacy_values(new: CN) -> None:
         backbone["PRETRAINED"] = ""
 
 
-def merge_from_file(cfg: CN, path: str) -> None:
-    """Merge a yaml file into ``cfg`` with key and type errors that name the file."""
+def merge_from_file(cfg: CN, path: str, aliases: Optional[Aliases] = None) -> Set[str]:
+    """Merge a yaml file into ``cfg`` with key and type errors that name the file.
+
+    Nodes named in ``aliases`` (old -> new) are read as their new node;
+    returns the aliases the file used.
+    """
     file = Path(path)
     if not file.is_file():
-        raise FileNotFoundError(f"Config file not found: {path}")
+        raise UserFileNotFoundError(f"Config file not found: {path}")
     with open(file, "r", encoding="utf-8") as f:
-        new = cfg.load_cfg(f)
+        try:
+            new = cfg.load_cfg(f)
+        except yaml.YAMLError as err:
+            raise UserError(f"{path} is not valid YAML: {_one_line(err)}") from None
     _upgrade_legacy_values(new)
+    used = rename_nodes(new, aliases or {})
     check_keys(new, cfg, source=str(path))
     try:
         cfg.merge_from_other_cfg(new)
     except ValueError as err:
-        raise ValueError(f"{err} (in {path})") from None
+        raise UserError(f"{err} (in {path})") from None
+    return used
 
 
-def merge_from_list(cfg: CN, opts: Sequence[str], source: str = "command line") -> None:
-    """Merge ``KEY VALUE`` pairs; an unknown key names its node's valid keys."""
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split())
+
+
+def merge_from_list(cfg: CN, opts: Sequence[str], source: str = "command line", aliases: Optional[Aliases] = None) -> Set[str]:
+    """Merge ``KEY VALUE`` pairs; an unknown key names its node's valid keys.
+
+    Keys under a node named in ``aliases`` are read under its new node;
+    returns the aliases used.
+    """
     opts = list(opts or [])
     if opts and opts[0] == "--":
         opts = opts[1:]
+    opts, used = rename_opts(opts, aliases or {})
     if len(opts) % 2:
-        raise ValueError(
+        raise UserError(
             f"Config overrides come in KEY VALUE pairs; got {len(opts)} items "
             f"(the last one, {opts[-1]!r}, has no value)"
         )
@@ -107,7 +128,11 @@ def merge_from_list(cfg: CN, opts: Sequence[str], source: str = "command line") 
                 raise _unknown_key(f"{prefix}{part}", parent, prefix, source)
             node, prefix = node[part], f"{prefix}{part}."
     values = [_float_if_float_key(_get(cfg, key), value) for key, value in zip(opts[0::2], opts[1::2])]
-    cfg.merge_from_list([item for pair in zip(opts[0::2], values) for item in pair])
+    try:
+        cfg.merge_from_list([item for pair in zip(opts[0::2], values) for item in pair])
+    except ValueError as err:  # yacs: a value of the wrong type for its key
+        raise UserError(f"{err} (from {source})") from None
+    return used
 
 
 def _float_if_float_key(current: Any, value: Any) -> Any:
@@ -166,21 +191,34 @@ def check_eps_units(cfg: CN) -> None:
             check_eps(node.EPS, f"ADV.{name}.EPS")
 
 
-def setup_cfg(args: argparse.Namespace, trainer_cls: Optional[type] = None, base_cfg: Optional[CN] = None) -> CN:
+def setup_cfg(args: argparse.Namespace, trainer_cls: Optional[type] = None, base_cfg: Optional[CN] = None,
+              notes: Optional[List[str]] = None) -> CN:
     """Build the frozen run config from ``args`` (train.py's namespace).
 
     ``trainer_cls.add_config(cfg)`` adds the trainer's node when the class has
-    it. ``base_cfg`` replaces :func:`get_cfg_default` (``--engine dassl``).
+    it; its ``config_aliases`` (old node -> its node, e.g. APT's
+    ``TRAINER.COOP -> TRAINER.APT``) apply to the yamls and overrides, each
+    noted once: appended to ``notes`` when given (train.py logs them once
+    its log file exists), logged otherwise. ``base_cfg`` replaces
+    :func:`get_cfg_default` (``--engine dassl``).
     """
     cfg = base_cfg.clone() if base_cfg is not None else get_cfg_default()
     if trainer_cls is not None and hasattr(trainer_cls, "add_config"):
         trainer_cls.add_config(cfg)
+    aliases = active_aliases(cfg, getattr(trainer_cls, "config_aliases", None) or {})
+    used: Set[str] = set()
     if getattr(args, "dataset_config_file", ""):
-        merge_from_file(cfg, args.dataset_config_file)
+        used |= merge_from_file(cfg, args.dataset_config_file, aliases)
     if getattr(args, "config_file", ""):
-        merge_from_file(cfg, args.config_file)
+        used |= merge_from_file(cfg, args.config_file, aliases)
     apply_cli_flags(cfg, args)
-    merge_from_list(cfg, getattr(args, "opts", None) or [])
+    used |= merge_from_list(cfg, getattr(args, "opts", None) or [], aliases=aliases)
+    for old in sorted(used):
+        note = alias_note(old, aliases[old])
+        if notes is not None:
+            notes.append(note)
+        else:
+            logger.info(note)
     check_eps_units(cfg)
     cfg.freeze()
     return cfg

@@ -142,11 +142,13 @@ _C.ADV.TRAIN = CN()
 _C.ADV.TRAIN.EPS = 4.0  # training attack L-inf budget, in 1/255 units (>= 1 typical; 0 = clean training)
 _C.ADV.TRAIN.ALPHA = -1.0  # training attack step size, in 1/255 units; -1 = 2/3 * EPS (APT)
 _C.ADV.TRAIN.STEPS = 3  # training attack PGD steps (>= 1)
-_C.ADV.TRAIN.PROMPT = "onfly"  # prompt the training attack uses: onfly | constant | perturbed
+_C.ADV.TRAIN.PROMPT = "onfly"  # prompt the training attack uses: onfly | constant | perturbed | perturbed_rms
 _C.ADV.TRAIN.LOSS = "ce"  # outer loss + attack's inner loss: ce (APT/TeCoA) | trades | fap (ampt/losses.py)
 _C.ADV.TRAIN.TRADES_BETA = 6.0  # LOSS trades only: weight (>= 0) of the KL term
 _C.ADV.TRAIN.FAP_LAMBDA = 1.5  # LOSS fap only: weight (>= 0) of the cosine-weighted KL term
-_C.ADV.TRAIN.PROMPT_ALPHA = 0.05  # "perturbed" only: per attack step, context moves by this x its RMS (>= 0)
+# Prompt step per attack step (>= 0): "perturbed" (APT's PALPHA) a learning rate, the context moves by
+# PROMPT_ALPHA x grad of the mean CE; "perturbed_rms" a fraction, it moves by PROMPT_ALPHA x RMS(context) x sign(grad)
+_C.ADV.TRAIN.PROMPT_ALPHA = 0.05
 _C.ADV.TEST = CN()
 _C.ADV.TEST.ATTACK = "pgd"  # robust test after training: an attack name, or "" for clean only
 _C.ADV.TEST.EPS = -1.0  # in 1/255 units; -1 = ADV.TRAIN.EPS

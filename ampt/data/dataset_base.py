@@ -6,8 +6,10 @@ import random
 from collections import defaultdict
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
+from ..errors import UserError
 from .datum import Datum
 from .errors import DatasetLabelError
+from .fewshot import warn_short_classes
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +119,7 @@ class DatasetBase:
         """Dassl's check that every given domain name is one of ``self.domains``."""
         for domain in list(source_domains) + list(target_domains):
             if domain not in self.domains:
-                raise ValueError(
+                raise UserError(
                     f"{type(self).__name__}: domain {domain!r} is not valid; valid: {self.domains}"
                 )
 
@@ -149,6 +151,8 @@ class DatasetBase:
                 else:
                     sampled = items
                 dataset.extend(sampled)
+            if not repeat:
+                warn_short_classes(dataset, num_shots, f"sampling (source {len(output) + 1} of {len(data_sources)})")
             output.append(dataset)
         return output[0] if len(output) == 1 else output
 

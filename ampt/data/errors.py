@@ -1,8 +1,10 @@
 """Dataset errors a user can act on: each names the dataset and the path or label at fault."""
 from __future__ import annotations
 
+from ..errors import UserError, UserFileNotFoundError
 
-class DatasetNotFoundError(FileNotFoundError):
+
+class DatasetNotFoundError(UserFileNotFoundError):
     """A dataset folder, image folder, annotation file or split file is missing.
 
     Subclasses ``FileNotFoundError`` so callers that already catch missing
@@ -11,7 +13,7 @@ class DatasetNotFoundError(FileNotFoundError):
     """
 
 
-class DatasetLabelError(ValueError):
+class DatasetLabelError(UserError):
     """A dataset's labels are inconsistent (an empty class, a label outside the class list)."""
 
 

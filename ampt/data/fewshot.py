@@ -13,6 +13,7 @@ import os
 import random
 from typing import Callable, List, Optional, Tuple
 
+from ..errors import UserError
 from ..utils.io import write_json
 from .datum import Datum
 from .splits import datums_to_rows, read_json_fast, rows_to_datums
@@ -59,7 +60,9 @@ def load_or_create_fewshot(
     path = fewshot_cache_path(cache_dir, num_shots, seed)
     if seed >= 0 and os.path.isfile(path):
         logger.info(f"Loading few-shot data from {path}")
-        return _read_cache(path, dataset_dir, num_shots, seed)
+        train, val = _read_cache(path, dataset_dir, num_shots, seed)
+        warn_short_classes(train, num_shots, "train (cached)")
+        return train, val
     if seed >= 0:
         random.seed(seed)
     train = sample_fn(train, num_shots=num_shots)
@@ -83,17 +86,34 @@ def load_or_create_fewshot(
     return train, val
 
 
+def short_classes(data: DataList, num_shots: int) -> List[str]:
+    """``"<classname> (<count>)"`` for each label of ``data`` with fewer than ``num_shots`` items."""
+    counts: dict = {}
+    for item in data:
+        name, count = counts.get(item.label, (item.classname or str(item.label), 0))
+        counts[item.label] = (name, count + 1)
+    return [f"{name} ({count})" for _, (name, count) in sorted(counts.items()) if count < num_shots]
+
+
+def warn_short_classes(data: DataList, num_shots: int, what: str) -> None:
+    """Log the classes of ``data`` that have fewer items than the ``num_shots`` asked."""
+    short = short_classes(data, num_shots)
+    if short:
+        logger.warning("%d-shot %s: %d class(es) have fewer images than the shots asked and keep all they "
+                       "have: %s", num_shots, what, len(short), ", ".join(short))
+
+
 def _read_cache(
     path: str, dataset_dir: str, num_shots: int, seed: int
 ) -> Tuple[DataList, Optional[DataList]]:
     try:
         data = read_json_fast(path)
     except ValueError as err:
-        raise ValueError(f"Few-shot cache {path} is not valid JSON ({err}); delete it to re-sample") from err
+        raise UserError(f"Few-shot cache {path} is not valid JSON ({err}); delete it to re-sample") from err
     if not isinstance(data, dict) or "train" not in data or "val" not in data:
-        raise ValueError(f"Few-shot cache {path} lacks 'train'/'val'; delete it to re-sample")
+        raise UserError(f"Few-shot cache {path} lacks 'train'/'val'; delete it to re-sample")
     if data.get("num_shots", num_shots) != num_shots or data.get("seed", seed) != seed:
-        raise ValueError(
+        raise UserError(
             f"Few-shot cache {path} was written for {data.get('num_shots')} shots, seed "
             f"{data.get('seed')}; delete it to re-sample"
         )

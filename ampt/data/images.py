@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from PIL import Image
+from ..errors import UserFileNotFoundError
 
 
 def read_image(path: str) -> Image.Image:
@@ -15,7 +16,7 @@ def read_image(path: str) -> Image.Image:
             img = Image.open(f)
             return img.convert("RGB")
     except FileNotFoundError:
-        raise FileNotFoundError(
+        raise UserFileNotFoundError(
             f"Image not found: {path}. The dataset index (split file or few-shot cache) lists it; "
             "check that DATASET.ROOT points at the complete dataset folder"
         ) from None

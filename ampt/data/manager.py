@@ -15,6 +15,7 @@ from .datum import Datum
 from .images import read_image
 from .registry import build_dataset
 from .transforms import INTERPOLATION_MODES, build_transform
+from ..errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class DatasetWrapper(Dataset):
         self.k_tfm = cfg.DATALOADER.K_TRANSFORMS if is_train else 1
         self.return_img0 = cfg.DATALOADER.RETURN_IMG0
         if self.k_tfm > 1 and transform is None:
-            raise ValueError(
+            raise UserError(
                 f"DATALOADER.K_TRANSFORMS is {self.k_tfm} but no transform is given; "
                 "set INPUT.NO_TRANSFORM False or K_TRANSFORMS 1"
             )
@@ -78,7 +79,7 @@ def build_sampler(sampler_type: str, data_source: List[Datum]) -> Sampler:
         return RandomSampler(data_source)
     if sampler_type == "SequentialSampler":
         return SequentialSampler(data_source)
-    raise ValueError(
+    raise UserError(
         f'Sampler "{sampler_type}" is not available in the built-in engine; valid: {", ".join(SAMPLERS)} '
         "(Dassl's domain/class samplers need --engine dassl)"
     )
@@ -121,7 +122,7 @@ def build_data_loader(cfg: Any, sampler_type: str, data_source: List[Datum], bat
         pin_memory=bool(cfg.USE_CUDA and torch.cuda.is_available()),
     )
     if len(loader) == 0:
-        raise ValueError(f"Empty data loader over {len(data_source)} item(s) with batch size {batch_size}")
+        raise UserError(f"Empty data loader over {len(data_source)} item(s) with batch size {batch_size}")
     return loader
 
 

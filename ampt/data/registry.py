@@ -9,6 +9,7 @@ import logging
 from typing import Any
 
 from ..registry import Registry
+from ..errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ def build_dataset(cfg: Any) -> Any:
     """
     name = cfg.DATASET.NAME
     if not name:
-        raise ValueError(
+        raise UserError(
             "DATASET.NAME is empty; pass --dataset-config-file configs/datasets/<Name>.yaml. "
             f"Registered datasets: {', '.join(DATASET_REGISTRY.registered_names()) or '(none)'}"
         )

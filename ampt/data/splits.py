@@ -19,6 +19,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 
 from ..utils.io import listdir_nohidden, read_json, write_json
 from .datum import Datum
+from ..errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def rows_to_datums(rows: Iterable[Sequence], base_dir: str, where: str = "") -> 
                 Datum(prefix + impath, label, 0, classname) for impath, label, classname in rows
             ]
     except (TypeError, ValueError) as err:
-        raise ValueError(
+        raise UserError(
             f"{where or 'split file'}: each entry must be [relative_path, label, classname] ({err})"
         ) from err
 
@@ -95,7 +96,7 @@ def read_split(filepath: str, image_dir: str) -> Tuple[DataList, DataList, DataL
     split = read_json_fast(filepath)
     missing = [k for k in SPLIT_NAMES if k not in split]
     if missing:
-        raise ValueError(f"Split file {filepath} lacks the key(s) {missing}; expected {list(SPLIT_NAMES)}")
+        raise UserError(f"Split file {filepath} lacks the key(s) {missing}; expected {list(SPLIT_NAMES)}")
     logger.info(f"Reading split from {filepath}")
     train, val, test = (rows_to_datums(split[k], image_dir, f"{filepath} [{k}]") for k in SPLIT_NAMES)
     return train, val, test
@@ -122,7 +123,7 @@ def split_trainval(trainval: DataList, p_val: float = 0.2) -> Tuple[DataList, Da
     for label, idxs in tracker.items():
         n_val = round(len(idxs) * p_val)
         if n_val == 0:
-            raise ValueError(
+            raise UserError(
                 f"split_trainval: class {label} ({trainval[idxs[0]].classname!r}) has {len(idxs)} "
                 f"image(s), too few for a {p_val:.0%} validation share"
             )
@@ -150,20 +151,20 @@ def read_and_split_data(
     """
     categories = sorted(c for c in listdir_nohidden(image_dir) if c not in set(ignored))
     if not categories:
-        raise ValueError(f"No class folders found in {image_dir}")
+        raise UserError(f"No class folders found in {image_dir}")
     train, val, test = [], [], []
     for label, category in enumerate(categories):
         category_dir = os.path.join(image_dir, category)
         images = [os.path.join(category_dir, im) for im in listdir_nohidden(category_dir, sort=True)]
         if not images:
-            raise ValueError(f"Class folder {category_dir} is empty; every class needs images")
+            raise UserError(f"Class folder {category_dir} is empty; every class needs images")
         random.shuffle(images)
         n_total = len(images)
         n_train = round(n_total * p_trn)
         n_val = round(n_total * p_val)
         n_test = n_total - n_train - n_val
         if n_train <= 0 or n_val <= 0 or n_test <= 0:
-            raise ValueError(
+            raise UserError(
                 f"Class folder {category_dir} has {n_total} image(s): too few for a "
                 f"{p_trn:.0%}/{p_val:.0%}/rest train/val/test split (each part needs >= 1)"
             )
@@ -181,7 +182,7 @@ def subsample_classes(*splits: DataList, subsample: str = "all") -> List[DataLis
     ``ceil(n / 2)``. ``"all"`` returns the splits unchanged.
     """
     if subsample not in SUBSAMPLE_CHOICES:
-        raise ValueError(
+        raise UserError(
             f'DATASET.SUBSAMPLE_CLASSES is "{subsample}"; valid values: {", ".join(SUBSAMPLE_CHOICES)}'
         )
     if subsample == "all":

@@ -18,6 +18,7 @@ import torch
 import torchvision.transforms as T
 from PIL import Image
 from torchvision.transforms import InterpolationMode
+from ..errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -96,17 +97,17 @@ class InstanceNormalization:
 
 def _check_choices(cfg: Any, choices: Sequence[str]) -> None:
     if cfg.INPUT.INTERPOLATION not in INTERPOLATION_MODES:
-        raise ValueError(
+        raise UserError(
             f'INPUT.INTERPOLATION is "{cfg.INPUT.INTERPOLATION}"; valid: {", ".join(INTERPOLATION_MODES)}'
         )
     for choice in choices:
         if choice in DASSL_ONLY_CHOICES:
-            raise ValueError(
+            raise UserError(
                 f'INPUT.TRANSFORMS "{choice}" is not available in the built-in engine; '
                 "use --engine dassl or one of: " + ", ".join(SUPPORTED_CHOICES)
             )
         if choice not in SUPPORTED_CHOICES:
-            raise ValueError(f'Unknown INPUT.TRANSFORMS "{choice}"; valid: {", ".join(SUPPORTED_CHOICES)}')
+            raise UserError(f'Unknown INPUT.TRANSFORMS "{choice}"; valid: {", ".join(SUPPORTED_CHOICES)}')
 
 
 def build_transform(cfg: Any, is_train: bool = True, choices: Optional[Sequence[str]] = None) -> Optional[Callable]:

@@ -5,6 +5,7 @@ import logging
 from typing import Any
 
 from ..registry import Registry
+from ..errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -15,7 +16,7 @@ def build_trainer(cfg: Any) -> Any:
     """Instantiate the trainer named ``cfg.TRAINER.NAME``; an unknown name lists the valid ones."""
     name = cfg.TRAINER.NAME
     if not name:
-        raise ValueError(
+        raise UserError(
             "No trainer given: pass --trainer NAME or set TRAINER.NAME "
             f"(registered: {', '.join(TRAINER_REGISTRY.registered_names()) or 'none; were the plug-ins loaded?'})"
         )

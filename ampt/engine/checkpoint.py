@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Optional, Union
 
 import torch
 import torch.nn as nn
+from ..errors import UserError, UserFileNotFoundError
 
 from ..utils.io import atomic_path, write_text_atomic
 from ..utils.torchfile import CheckpointFileError, CheckpointWriteError, check_torch_file, load_error, write_error
@@ -38,7 +39,7 @@ BEST_FILE = "model-best.pth.tar"
 _EPOCH_FILE = re.compile(r"^model\.pth\.tar-(\d+)$")
 
 
-class UnsafeCheckpointError(pickle.UnpicklingError):
+class UnsafeCheckpointError(UserError, pickle.UnpicklingError):
     """A checkpoint holding Python objects that would run code when loaded."""
 
 
@@ -103,7 +104,7 @@ def load_checkpoint(fpath: PathLike, map_location: Union[str, torch.device] = "c
         raise ValueError("Checkpoint path is None")
     fpath = Path(fpath)
     if not fpath.is_file():
-        raise FileNotFoundError(f'No checkpoint file at "{fpath}"')
+        raise UserFileNotFoundError(f'No checkpoint file at "{fpath}"')
     check_torch_file(fpath)
     try:
         return torch.load(fpath, map_location=map_location, weights_only=True)
@@ -193,7 +194,7 @@ def resume_from_checkpoint(
     """Load the latest checkpoint of ``fdir`` into model/optimizer/scheduler; returns its epoch."""
     fpath = latest_checkpoint(fdir)
     if fpath is None:
-        raise FileNotFoundError(f"No '{LATEST_FILE}' file (or the file it names) in {fdir}")
+        raise UserFileNotFoundError(f"No '{LATEST_FILE}' file (or the file it names) in {fdir}")
     logger.info('Loading checkpoint from "%s"', fpath)
     checkpoint = load_checkpoint(fpath)
     load_state_dict_checked(model, checkpoint["state_dict"], fpath)
@@ -234,7 +235,7 @@ def load_pretrained_weights(model: nn.Module, weight_path: PathLike) -> None:
         if k in own and own[k].size() == v.size():
             matched[k] = v
     if not matched:
-        raise ValueError(f"No key of {weight_path} matches the model (name and shape); nothing loaded")
+        raise UserError(f"No key of {weight_path} matches the model (name and shape); nothing loaded")
     own.update(matched)
     model.load_state_dict(own)
     skipped = len(state_dict) - len(matched)
@@ -253,7 +254,7 @@ def weights_digest(trainer: Any) -> str:
     return digest.hexdigest()[:20]
 
 
-class CheckpointMissingError(FileNotFoundError):
+class CheckpointMissingError(UserFileNotFoundError):
     """A run folder whose checkpoint files exist but none can be resumed."""
 
 
@@ -309,7 +310,7 @@ class CheckpointMixin:
             path = latest_checkpoint(model_dir) or model_dir / BEST_FILE
         if not path.is_file():
             found = sorted(p.name for p in model_dir.glob("model*")) if model_dir.is_dir() else []
-            raise FileNotFoundError(f"No model at {path}; files there: {', '.join(found) or 'none'}")
+            raise UserFileNotFoundError(f"No model at {path}; files there: {', '.join(found) or 'none'}")
         return path
 
     def load_model(self, directory: str, epoch: Optional[int] = None) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Union
 
+from ..errors import UserError
 from ..utils.io import write_text_atomic
 
 CONFIG_FILE = "config.yaml"
@@ -24,7 +25,7 @@ IGNORED_PREFIXES = ("TEST.", "ADV.TEST.", "DATALOADER.TEST.", "MODEL.TEXT_ENCODE
 LEGACY_PRETRAINED = "MODEL.BACKBONE.PRETRAINED"
 
 
-class ConfigChangedError(ValueError):
+class ConfigChangedError(UserError):
     """Resuming a run with settings other than those it was started with."""
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 from typing import Optional
+from ..errors import UserError
 
 ENGINES = ("builtin", "dassl")
 _active: Optional[str] = None
@@ -17,7 +18,7 @@ def use_engine(name: str) -> None:
     """Select the engine; selecting a different one later in the same process is an error."""
     global _active, _api
     if name not in ENGINES:
-        raise ValueError(f'Unknown engine "{name}". Valid engines: {", ".join(ENGINES)}')
+        raise UserError(f'Unknown engine "{name}". Valid engines: {", ".join(ENGINES)}')
     if _active is not None:
         if _active != name:
             raise RuntimeError(

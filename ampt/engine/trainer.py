@@ -37,6 +37,7 @@ from ..models.backbone import backbone_label
 from . import distributed
 from .evaluator import build_evaluator
 from .progress import AverageMeter, MetricMeter, ScalarWriterMixin, format_eta, progress_bar, train_log_line
+from ..errors import UserFileNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +155,7 @@ class RunMixin(CheckpointMixin, ScalarWriterMixin):
             self.start_epoch = 0
         elif self.cfg.RESUME:
             if not self.has_checkpoints(self.cfg.RESUME):
-                raise FileNotFoundError(f"--resume {self.cfg.RESUME}: no checkpoint of {self.get_model_names()} there")
+                raise UserFileNotFoundError(f"--resume {self.cfg.RESUME}: no checkpoint of {self.get_model_names()} there")
             logger.warning("Resuming from %s (--resume)", self.cfg.RESUME)
             self.start_epoch = self.resume_model_if_exist(self.cfg.RESUME)
         elif self.has_checkpoints(self.output_dir):

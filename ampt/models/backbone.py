@@ -16,6 +16,7 @@ from typing import List, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+from ..errors import UserError
 from .normalizer import CLIP_MEAN, CLIP_STD
 
 with warnings.catch_warnings():
@@ -26,7 +27,7 @@ with warnings.catch_warnings():
 INFO_ATTR = "ampt_backbone"  # the one attribute the loader sets on a model
 
 
-class BackboneError(ValueError):
+class BackboneError(UserError):
     """A backbone the toolkit cannot use, with the reason and the supported choices (one line)."""
 
 

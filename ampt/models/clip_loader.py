@@ -20,6 +20,7 @@ from typing import Dict, Mapping, Union
 
 import torch
 from torch import nn
+from ..errors import UserError, UserFileNotFoundError
 
 with warnings.catch_warnings():
     # the clip package imports pkg_resources, which warns on import
@@ -93,7 +94,7 @@ def _resolve_checkpoint(name_or_path: str, download_root: str) -> str:
         return clip.clip._download(clip.clip._MODELS[name_or_path], root)
     if os.path.isfile(name_or_path):
         return name_or_path
-    raise FileNotFoundError(
+    raise UserFileNotFoundError(
         f'Unknown CLIP backbone "{name_or_path}": it is neither an OpenAI model name '
         f'({", ".join(clip.available_models())}) nor an existing file. MODEL.BACKBONE.NAME '
         "may also be a path to a checkpoint file (OpenAI JIT archive or state dict), "
@@ -169,7 +170,7 @@ def strip_prefix(state_dict: Dict[str, torch.Tensor], prefix: str) -> Dict[str, 
 def resolve_precision(prec: str, device: Device) -> str:
     """``fp32``, ``fp16`` or ``amp``; fp16 and amp fall back to fp32 on CPU with a warning."""
     if prec not in PRECISIONS:
-        raise ValueError(f'Unknown precision "{prec}". Valid: {", ".join(PRECISIONS)}')
+        raise UserError(f'Unknown precision "{prec}". Valid: {", ".join(PRECISIONS)}')
     if prec != "fp32" and torch.device(device).type == "cpu":
         warnings.warn(f'Precision "{prec}" is not supported on CPU; using fp32', stacklevel=2)
         return "fp32"

@@ -34,8 +34,10 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 from torch import nn
 
+from ..errors import UserError
+
 LEARNED = "learned"
-ATTACK_PROMPT_MODES = ("onfly", "constant", "perturbed")
+ATTACK_PROMPT_MODES = ("onfly", "constant", "perturbed", "perturbed_rms")
 REQUIRED = ("text_features", "encode_image", "combine", "forward", "prompt_parameters", "word_prompts", "prompt_label",
             "attack_prompt_modes", "template_features", "n_prompts")
 
@@ -87,6 +89,6 @@ def check_attack_prompt(model: nn.Module, mode: str) -> None:
     """Refuse an ``ADV.TRAIN.PROMPT`` the model does not support, with the valid choices."""
     valid = tuple(model.attack_prompt_modes())
     if mode not in valid:
-        raise ValueError(
+        raise UserError(
             f'ADV.TRAIN.PROMPT "{mode}" is not supported by {type(model).__name__}; valid: {", ".join(valid)}'
         )

@@ -20,6 +20,7 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
+from ..errors import UserFileNotFoundError
 from .backbone import BackboneError, BackboneInfo, Tokenizer, attach_info
 from .text_tower import SUPPORTED, text_tower
 
@@ -86,7 +87,7 @@ def _open_clip_arguments(open_clip, name: str, pretrained: str) -> Tuple[str, Op
                 f"({', '.join(tags) or 'none known for this architecture'}) or a weights file")
         if not open_clip.get_pretrained_cfg(arch, pretrained) and not Path(pretrained).is_file():
             tags = open_clip.list_pretrained_tags_by_model(arch)
-            raise FileNotFoundError(
+            raise UserFileNotFoundError(
                 f'MODEL.BACKBONE.PRETRAINED "{pretrained}" is neither a pretrained tag of {arch} '
                 f"({', '.join(tags) or 'none known'}) nor an existing file")
         return arch, pretrained

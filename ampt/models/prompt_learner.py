@@ -22,6 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from ..errors import UserError
 from .backbone import Tokenizer, backbone_info
 from .text_tower import text_tower
 
@@ -52,14 +53,14 @@ class PromptLearner(nn.Module):
     ) -> None:
         super().__init__()
         if class_token_position not in CLASS_TOKEN_POSITIONS:
-            raise ValueError(
+            raise UserError(
                 f'Unknown class token position "{class_token_position}". '
                 f'Valid: {", ".join(CLASS_TOKEN_POSITIONS)}'
             )
         if n_prompts < 1:
-            raise ValueError(f"n_prompts must be >= 1 (got {n_prompts})")
+            raise UserError(f"n_prompts must be >= 1 (got {n_prompts})")
         if not classnames:
-            raise ValueError("PromptLearner needs at least one class name")
+            raise UserError("PromptLearner needs at least one class name")
         classnames = [name.replace("_", " ") for name in classnames]
         tokenizer = backbone_info(clip_model).tokenizer
         tower = text_tower(clip_model)
@@ -70,7 +71,7 @@ class PromptLearner(nn.Module):
                 logger.info("n_ctx set to %d, the number of tokens of ctx_init", word_vectors.shape[0])
             n_ctx = word_vectors.shape[0]
         if n_ctx < 1:
-            raise ValueError(f"n_ctx must be >= 1 (got {n_ctx})")
+            raise UserError(f"n_ctx must be >= 1 (got {n_ctx})")
 
         self.n_cls = len(classnames)
         self.n_ctx = n_ctx
@@ -168,7 +169,7 @@ def _word_embeddings(token_embedding: nn.Embedding, tokenizer: Tokenizer, words:
     words = words.replace("_", " ").strip()
     n_tokens = len(tokenizer.encode(words))
     if n_tokens == 0:
-        raise ValueError(f'ctx_init "{words}" has no tokens')
+        raise UserError(f'ctx_init "{words}" has no tokens')
     token_ids = tokenizer.tokenize(words).to(token_embedding.weight.device)
     with torch.no_grad():
         embedding = token_embedding(token_ids).float()

@@ -29,6 +29,7 @@ from typing import Dict, Mapping, Union
 import torch
 from torch import nn
 
+from ..errors import UserFileNotFoundError
 from .backbone import BackboneError
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def load_robust_visual_weights(model: nn.Module, path: Union[str, Path]) -> None
     from .clip_loader import _torch_load_weights, _unwrap_state_dict
 
     if not os.path.isfile(path):
-        raise FileNotFoundError(
+        raise UserFileNotFoundError(
             f'Robust visual weights file "{path}" (MODEL.BACKBONE.ROBUST_WEIGHTS) not found')
     obj = _torch_load_weights(path)
     fmt = "APT/TeCoA (vision_encoder_state_dict)" if isinstance(obj, Mapping) and ROBUST_KEY in obj else ""

@@ -31,6 +31,7 @@ import torch
 from torch.optim.lr_scheduler import LRScheduler
 
 from ..registry import unknown_name_message
+from ..errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class CosineDecay(Decay):
 
     def __init__(self, max_epoch: int) -> None:
         if max_epoch <= 0:
-            raise ValueError(f"The cosine schedule needs OPTIM.MAX_EPOCH > 0 (got {max_epoch})")
+            raise UserError(f"The cosine schedule needs OPTIM.MAX_EPOCH > 0 (got {max_epoch})")
         self.max_epoch = int(max_epoch)
 
     def factor(self, t: int, anchor: int) -> float:
@@ -106,7 +107,7 @@ class WarmupLR(LRScheduler):
         last_epoch: int = -1,
     ) -> None:
         if warmup_epoch > 0 and warmup_type not in AVAI_WARMUPS:
-            raise ValueError(unknown_name_message("warm-up type (OPTIM.WARMUP_TYPE)", warmup_type, AVAI_WARMUPS))
+            raise UserError(unknown_name_message("warm-up type (OPTIM.WARMUP_TYPE)", warmup_type, AVAI_WARMUPS))
         self.successor = successor
         self.warmup_epoch = max(int(warmup_epoch), 0)
         self.warmup_type = warmup_type
@@ -172,7 +173,7 @@ def _build_successor(optim_cfg: Any) -> Decay:
     name = optim_cfg.LR_SCHEDULER
     stepsize = optim_cfg.STEPSIZE
     if name not in AVAI_SCHEDS:
-        raise ValueError(unknown_name_message("LR scheduler (OPTIM.LR_SCHEDULER)", name, AVAI_SCHEDS))
+        raise UserError(unknown_name_message("LR scheduler (OPTIM.LR_SCHEDULER)", name, AVAI_SCHEDS))
     if name == "cosine":
         return CosineDecay(optim_cfg.MAX_EPOCH)
     if name == "single_step":

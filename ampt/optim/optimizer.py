@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from ..registry import unknown_name_message
+from ..errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def build_optimizer(
     """
     name = optim_cfg.NAME
     if name not in AVAI_OPTIMS:
-        raise ValueError(unknown_name_message("optimizer (OPTIM.NAME)", name, AVAI_OPTIMS))
+        raise UserError(unknown_name_message("optimizer (OPTIM.NAME)", name, AVAI_OPTIMS))
     if param_groups is not None and optim_cfg.STAGED_LR:
         warnings.warn("OPTIM.STAGED_LR is ignored when param_groups are given; set their lr yourself")
     if param_groups is None:

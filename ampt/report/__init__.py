@@ -23,6 +23,7 @@ from .collect import Run, collect_runs
 from .methods import assign_methods
 from .model import Report, make_report
 from .tables import FORMATS, render
+from ..errors import UserError
 
 __all__ = ["FORMATS", "Report", "Run", "build_report", "collect_runs", "load_report", "render"]
 
@@ -50,7 +51,7 @@ def build_report(roots: Iterable[os.PathLike], fmt: str = "markdown", plots_dir:
     ``FileNotFoundError`` with a one-line message.
     """
     if fmt not in FORMATS:
-        raise ValueError(f'--format "{fmt}" is not valid; valid: {", ".join(FORMATS)}')
+        raise UserError(f'--format "{fmt}" is not valid; valid: {", ".join(FORMATS)}')
     report = load_report(roots, std=std, hm_attack=hm_attack, expected_seeds=expected_seeds, columns=columns)
     if plots_dir is not None:
         from .plots import write_plots

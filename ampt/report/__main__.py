@@ -50,7 +50,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def cli() -> int:
-    return run_cli(main, (ValueError, FileNotFoundError))
+    return run_cli(main)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .collect import Run
+from ..errors import UserError
 
 CLEAN = "clean"
 STD_KINDS = ("sample", "population")
@@ -160,7 +161,7 @@ def expected_seeds(runs: Iterable[Run], expected: Optional[Sequence[int]]) -> Di
 def build_rows(runs: Sequence[Run], std: str = "sample", expected: Optional[Sequence[int]] = None) -> List[Row]:
     """One :class:`Row` per method setting and (dataset, shots, train eps, trained classes), sorted."""
     if std not in STD_KINDS:
-        raise ValueError(f'std "{std}" is not valid; valid: {", ".join(STD_KINDS)}')
+        raise UserError(f'std "{std}" is not valid; valid: {", ".join(STD_KINDS)}')
     members: Dict[RowKey, List[Run]] = defaultdict(list)
     for run in runs:
         for key in _row_keys(run):

@@ -14,6 +14,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from ..results import RESULTS_FILE
 from ..utils.io import read_json
+from ..errors import UserFileNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ def collect_runs(roots: Iterable[os.PathLike]) -> List[Run]:
     for root in roots:
         root = Path(root)
         if not root.is_dir():
-            raise FileNotFoundError(f"Report root {root} is not a folder: give folders that hold run folders")
+            raise UserFileNotFoundError(f"Report root {root} is not a folder: give folders that hold run folders")
         for folder, name in _run_folders(root):
             if folder.resolve() in seen:
                 continue

@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from .aggregate import (CLEAN, Row, Stat, average_rows, build_rows, column_order, default_hm_attack,
                         harmonic_mean, robust_columns, row_harmonic_mean)
 from .collect import Run
+from ..errors import UserError
 
 STD_TEXT = {"sample": "sample std (n-1)", "population": "population std (n)"}
 B2N_PARTS = ("base", "new", "HM")
@@ -53,11 +54,11 @@ def make_report(runs: Sequence[Run], std: str = "sample", hm_attack: Optional[st
     if columns:
         unknown = [c for c in columns if c not in available]
         if unknown:
-            raise ValueError(f"--columns {', '.join(unknown)} not in the records; valid: {', '.join(available)}")
+            raise UserError(f"--columns {', '.join(unknown)} not in the records; valid: {', '.join(available)}")
         available = list(columns)
     if hm_attack is not None and hm_attack not in robust_columns(rows) + robust_columns(b2n, "new"):
         valid = robust_columns(rows) or robust_columns(b2n, "new")
-        raise ValueError(f"--hm-attack {hm_attack} is not a robust column of these runs; valid: "
+        raise UserError(f"--hm-attack {hm_attack} is not a robust column of these runs; valid: "
                          f"{', '.join(valid) or 'none (no robust record)'}")
     return Report(list(runs), rows, b2n, std, hm_attack or default_hm_attack(rows),
                   hm_attack or default_hm_attack(b2n, "new"), available)

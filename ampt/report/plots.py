@@ -23,6 +23,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from .aggregate import CLEAN, Row, dataset_order
 from .model import Report
+from ..errors import UserError
 
 MARKERS = "os^Dv<>pP*Xh"
 LINESTYLES = ("-", "--", ":", "-.")
@@ -32,7 +33,7 @@ def _pyplot():
     try:
         import matplotlib
     except ImportError:
-        raise ValueError('--plots needs matplotlib: pip install -e ".[report]"') from None
+        raise UserError('--plots needs matplotlib: pip install -e ".[report]"') from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

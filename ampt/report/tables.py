@@ -7,6 +7,7 @@ import json
 from typing import Any, Dict, List, Optional
 
 from .aggregate import Row, Stat, row_harmonic_mean, row_order
+from ..errors import UserError
 from .model import (Report, b2n_cells, b2n_header, b2n_values, fewshot_cells,
                     fewshot_header, flags_text)
 
@@ -16,7 +17,7 @@ FORMATS = ("markdown", "csv", "latex", "json")
 def render(report: Report, fmt: str = "markdown") -> str:
     renderers = {"markdown": markdown, "csv": to_csv, "latex": latex, "json": to_json}
     if fmt not in renderers:
-        raise ValueError(f'--format "{fmt}" is not valid; valid: {", ".join(FORMATS)}')
+        raise UserError(f'--format "{fmt}" is not valid; valid: {", ".join(FORMATS)}')
     return renderers[fmt](report)
 
 

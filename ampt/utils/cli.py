@@ -1,30 +1,49 @@
-"""One-line errors for the command-line entry points (``train.py``, ``evaluate.py``)."""
+"""One-line errors for the command-line entry points (``train.py``, ``evaluate.py``).
+
+An error caused by the user's input (:class:`ampt.errors.UserError`, raised
+where input is validated) prints ``error: <message>`` on stderr and exits
+with status 2, without a traceback. Anything else is a bug and keeps its
+traceback. ``--debug`` shows the traceback of user errors too.
+"""
 from __future__ import annotations
 
+import argparse
 import sys
-from typing import Callable, Tuple, Type
+from typing import Callable, Optional, Sequence, Tuple, Type
+
+from ..errors import UserError
+
+DEBUG_FLAG = "--debug"
+DEBUG_HELP = "show the full traceback of every error (user errors print one line otherwise)"
 
 
-def run_cli(main: Callable[[], int], user_errors: Tuple[Type[BaseException], ...]) -> int:
-    """Run ``main``; an error the user can fix prints ``error: ...`` and returns 2, no traceback.
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """``argparse`` whose usage errors are one line (``error: ...``) with exit status 2."""
 
-    Besides ``user_errors``, that covers a registry's "Unknown <kind> ..."
-    ``KeyError`` and the ``ImportError`` that says how to install Dassl.
-    Anything else propagates with its traceback.
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def run_cli(main: Callable[[], int], user_errors: Tuple[Type[BaseException], ...] = (), *,
+            argv: Optional[Sequence[str]] = None) -> int:
+    """Run ``main``; a user error prints one line and returns 2 (unless ``--debug`` is in ``argv``).
+
+    ``argv`` defaults to ``sys.argv[1:]``. User errors are :class:`UserError`,
+    the ``ImportError`` that says how to install Dassl, and ``user_errors``
+    (extra types a tool has not yet moved to :class:`UserError`).
     """
     from ..engine.dassl_api import INSTALL_HINT
 
+    debug = DEBUG_FLAG in (sys.argv[1:] if argv is None else argv)
     try:
         return main()
-    except user_errors as err:
-        message = str(err)
+    except (UserError, *user_errors) as err:
+        if debug:
+            raise
+        message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
     except ImportError as err:
-        if INSTALL_HINT not in str(err):
+        if debug or INSTALL_HINT not in str(err):
             raise
         message = str(err)
-    except KeyError as err:
-        message = str(err.args[0]) if err.args else ""
-        if not message.startswith("Unknown "):
-            raise
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
     return 2

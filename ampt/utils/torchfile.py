@@ -11,6 +11,8 @@ import zipfile
 from pathlib import Path
 from typing import Union
 
+from ..errors import UserError
+
 PathLike = Union[str, Path]
 ZIP_MAGIC = b"PK\x03\x04"
 PICKLE_PROTO = b"\x80"  # torch.save's legacy (pre-1.6) format is a pickle stream
@@ -24,11 +26,11 @@ _KNOWN_FORMATS = (
 )
 
 
-class CheckpointFileError(ValueError):
+class CheckpointFileError(UserError):
     """A file given as a checkpoint or as weights that is not a readable PyTorch file."""
 
 
-class CheckpointWriteError(OSError):
+class CheckpointWriteError(UserError, OSError):
     """A checkpoint that could not be written (full disk, quota, file size limit)."""
 
 

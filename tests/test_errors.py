@@ -1,0 +1,104 @@
+"""Errors caused by the user's input are one line on stderr with exit status 2; bugs keep their traceback.
+
+The command-line tools are run as the user runs them (subprocesses), on
+mistakes that fail before any data or backbone is read, so each takes the
+time of an import. Also: the classes short of the shots asked are logged.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import List
+
+import pytest
+
+from ampt.data.dataset_base import DatasetBase
+from ampt.data.datum import Datum
+from ampt.errors import UserError
+from ampt.utils.cli import run_cli
+
+REPO = Path(__file__).resolve().parent.parent
+COOP_DIGITS = "configs/trainers/CoOp/digits.yaml"
+
+
+def run_tool(*argv: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "AMPT_NO_PROGRESS": "1"}
+    return subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+
+
+def train_argv(tmp_path: Path, *extra: str) -> List[str]:
+    return ["train.py", "--root", str(tmp_path / "data"), "--trainer", "CoOp", "--config-file", COOP_DIGITS,
+            "--output-dir", str(tmp_path / "run"), *extra]
+
+
+def test_train_py_user_error_is_one_line_exit_2(tmp_path):
+    """As the user runs it: a bad config value gives one line on stderr, exit 2, no traceback."""
+    result = run_tool(*train_argv(tmp_path, "OPTIM.LR", "abc"))
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(lines) == 1 and re.match(r"error: Type mismatch .* OPTIM\.LR", lines[0]), lines
+    assert not (tmp_path / "run").exists()
+
+
+def run_train_cli(monkeypatch, capsys, argv: List[str]):
+    import train
+
+    monkeypatch.setattr(sys, "argv", argv)
+    code = train.cli()
+    return code, capsys.readouterr().err
+
+
+def test_malformed_override_list_and_yaml_are_one_line(tmp_path, monkeypatch, capsys):
+    code, err = run_train_cli(monkeypatch, capsys, train_argv(tmp_path, "OPTIM.LR"))
+    assert code == 2 and err.count("\n") == 1 and "KEY VALUE pairs" in err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("OPTIM: [unclosed\n", encoding="utf-8")
+    code, err = run_train_cli(monkeypatch, capsys, ["train.py", "--trainer", "CoOp", "--config-file", str(bad)])
+    assert code == 2 and err.count("\n") == 1 and f"error: {bad} is not valid YAML" in err
+
+
+def test_debug_flag_shows_the_traceback(tmp_path, monkeypatch, capsys):
+    for argv in (train_argv(tmp_path, "--debug", "OPTIM.LR", "abc"), train_argv(tmp_path, "OPTIM.LR", "abc", "--debug")):
+        monkeypatch.setattr(sys, "argv", argv)
+        with pytest.raises(UserError, match="Type mismatch"):
+            __import__("train").cli()
+
+
+def test_argparse_errors_are_one_line(monkeypatch, capsys):
+    import evaluate
+
+    monkeypatch.setattr(sys, "argv", ["evaluate.py", "--steps", "many"])
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.cli()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and err.startswith("error: ")
+
+
+def test_run_cli_keeps_tracebacks_for_bugs(capsys):
+    def user_mistake() -> int:
+        raise UserError("OPTIM.LR must be > 0\n(got -1)")
+
+    def bug() -> int:
+        raise ValueError("an internal shape check failed")
+
+    assert run_cli(user_mistake, argv=[]) == 2
+    assert capsys.readouterr().err == "error: OPTIM.LR must be > 0 (got -1)\n"  # one line
+    with pytest.raises(ValueError, match="internal"):
+        run_cli(bug, argv=[])
+    with pytest.raises(UserError):
+        run_cli(user_mistake, argv=["--debug"])
+
+
+def test_classes_short_of_the_shots_are_logged(tmp_path, caplog):
+    items = [Datum(str(tmp_path / f"{c}{i}.png"), label, classname=c)
+             for label, (c, n) in enumerate([("cat", 6), ("dog", 2), ("owl", 3)]) for i in range(n)]
+    with caplog.at_level(logging.WARNING, logger="ampt.data.fewshot"):
+        subset = DatasetBase(train_x=items).generate_fewshot_dataset(items, num_shots=4)
+    assert len(subset) == 4 + 2 + 3
+    assert "2 class(es) have fewer images than the shots asked" in caplog.text
+    assert "dog (2), owl (3)" in caplog.text and "cat" not in caplog.text
