@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from .engine.select import use_engine
+from .errors import UserFileNotFoundError
 
 PLUGIN_FOLDERS = ("datasets", "trainers")
 PLUGIN_PACKAGE = "ampt_plugins"
@@ -65,7 +66,7 @@ def plugin_path() -> List[Path]:
             continue
         root = Path(entry).expanduser().resolve()
         if not any((root / folder).is_dir() for folder in PLUGIN_FOLDERS):
-            raise FileNotFoundError(
+            raise UserFileNotFoundError(
                 f"{PLUGIN_PATH_ENV} entry {root} has no trainers/ or datasets/ folder: put the plug-in files "
                 "in <folder>/trainers/*.py and <folder>/datasets/*.py, or remove the entry"
             )
