@@ -198,3 +198,16 @@ def test_a_base_to_new_record_does_not_answer_an_all_classes_entry():
     assert record_matches(record, {"attack": "clean", "subsample": "new"})
     assert record_matches({**record, "subsample": "all"}, {"attack": "clean"})
     assert not record_matches({**record, "seed": 1}, {"attack": "clean", "subsample": "new", "seed": 0})
+
+
+def test_the_router_study_sweep_expands_to_its_cells():
+    cells = expand(load_sweep(str(Path(__file__).resolve().parents[1] / "configs/sweeps/ampt-router-study.yaml")))
+    methods = ["APT-1x16", "APT-1x16-lr0.0005", "AMPT-4x4-uniform", "AMPT-4x4-router", "AMPT-2x8-router",
+               "AMPT-8x2-router"]
+    assert sorted({c.method for c in cells}) == sorted(methods)
+    assert sorted((c.method, c.spec.seed) for c in cells) == sorted((m, s) for m in methods for s in (1, 2, 3))
+    assert len({c.run_dir for c in cells}) == 18
+    nodes = {c.method: c.spec.config_node().TRAINER.AMPT for c in cells}
+    assert all(n.N_PROMPTS * n.N_CTX == 16 for n in nodes.values())
+    assert nodes["AMPT-4x4-uniform"].ROUTER == "uniform" and nodes["AMPT-4x4-router"].ROUTER_INPUT_SCALE == 10.0
+    assert [e["attack"] for e in cells[0].evaluate] == ["clean", "pgd", "pgd", "pgd", "cw", "aa", "pgd"]
