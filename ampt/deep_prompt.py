@@ -16,6 +16,7 @@ from yacs.config import CfgNode as CN
 from .models import DeepPromptCLIP, DeepPromptLearner, DeepTextLayout
 from .models.clip_loader import clip
 from .optim import build_lr_scheduler, build_optimizer
+from .errors import UserError
 
 
 def add_coupled_keys(node: CN) -> None:
@@ -41,12 +42,12 @@ def _check_depths(clip_model: nn.Module, node_name: str, depth_text: int, depth_
     visual = clip_model.visual
     vision_blocks = len(visual.transformer.resblocks) if isinstance(visual, clip.model.VisionTransformer) else 0
     if depth_text < 0 or depth_text > text_blocks or depth_vision < 0 or depth_vision > vision_blocks:
-        raise ValueError(
+        raise UserError(
             f"TRAINER.{node_name} prompt depths text {depth_text} / image {depth_vision} do not fit the backbone "
             f"({text_blocks} text blocks, {vision_blocks} image blocks{'' if vision_blocks else ': not a ViT'})"
         )
     if depth_text == 0 and depth_vision == 0:
-        raise ValueError(f"TRAINER.{node_name}: both prompt depths are 0, nothing to learn")
+        raise UserError(f"TRAINER.{node_name}: both prompt depths are 0, nothing to learn")
 
 
 def build_deep_prompt_model(trainer: Any, node_name: str, coupling: str, n_ctx_text: int, n_ctx_vision: int,

@@ -21,6 +21,7 @@ from typing import ContextManager, Optional
 
 import torch
 from torch import Tensor, nn
+from .errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ REDUCED_EVAL_WARNING = (
 def resolve_train_precision(prec: str, device: torch.device) -> str:
     """``fp32``, ``bf16`` or ``fp16`` (``amp`` is ``fp16``); fp16 falls back to fp32 on CPU with a warning."""
     if prec not in TRAIN_PRECISIONS:
-        raise ValueError(f'Unknown precision "{prec}" (TRAINER.<X>.PREC). Valid: {", ".join(TRAIN_PRECISIONS)}')
+        raise UserError(f'Unknown precision "{prec}" (TRAINER.<X>.PREC). Valid: {", ".join(TRAIN_PRECISIONS)}')
     prec = "fp16" if prec == "amp" else prec
     if prec == "fp16" and torch.device(device).type == "cpu":
         warnings.warn(f'Precision "{prec}" is not supported on CPU; using fp32 (bf16 works on CPU)', stacklevel=2)
@@ -46,7 +47,7 @@ def resolve_train_precision(prec: str, device: torch.device) -> str:
 
 def check_eval_precision(prec: str, name: str = "--precision") -> str:
     if prec not in EVAL_PRECISIONS:
-        raise ValueError(f'{name} "{prec}" is not one of {", ".join(EVAL_PRECISIONS)}')
+        raise UserError(f'{name} "{prec}" is not one of {", ".join(EVAL_PRECISIONS)}')
     return prec
 
 

@@ -102,3 +102,18 @@ def test_classes_short_of_the_shots_are_logged(tmp_path, caplog):
     assert len(subset) == 4 + 2 + 3
     assert "2 class(es) have fewer images than the shots asked" in caplog.text
     assert "dog (2), owl (3)" in caplog.text and "cat" not in caplog.text
+
+
+def test_setting_checks_of_later_modules_are_user_errors():
+    """Bad PREC / --precision / CHUNK_SIZE values are user errors (one line), not bugs (traceback)."""
+    import torch
+
+    from ampt.models.text_encoder import TextPassOptions
+    from ampt.precision import check_eval_precision, resolve_train_precision
+
+    with pytest.raises(UserError, match="bf17"):
+        resolve_train_precision("bf17", torch.device("cpu"))
+    with pytest.raises(UserError, match="bf17"):
+        check_eval_precision("bf17")
+    with pytest.raises(UserError, match="CHUNK_SIZE"):
+        TextPassOptions(shared_prefix=True, checkpoint=False, chunk_rows=-1)

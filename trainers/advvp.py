@@ -21,6 +21,7 @@ from ampt.models import VisualPrompt, VisualPromptCLIP
 from ampt.models.clip_loader import clip
 from ampt.models.templates import check_template, get_template
 from ampt.optim import build_lr_scheduler, build_optimizer
+from ampt.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class AdvVP(AdversarialClipTrainer):
         clip_model = self.load_clip_model()
         visual = clip_model.visual
         if node.N_TOKENS and not isinstance(visual, clip.model.VisionTransformer):
-            raise ValueError(f"TRAINER.ADVVP.N_TOKENS {node.N_TOKENS} needs a ViT backbone; set it to 0 for "
+            raise UserError(f"TRAINER.ADVVP.N_TOKENS {node.N_TOKENS} needs a ViT backbone; set it to 0 for "
                              f"{cfg.MODEL.BACKBONE.NAME}")
         template = check_template(node.TEMPLATE or get_template(cfg.DATASET.NAME))
         logger.info('Text prompt (frozen): "%s"', template)

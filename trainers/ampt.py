@@ -130,7 +130,7 @@ class AMPT(AdversarialClipTrainer):
         super().check_cfg(cfg)
         check_ampt_cfg(cfg.TRAINER.AMPT)
         if cfg.ADV.TRAIN.LOSS != "ce":
-            raise ValueError(f'AMPT trains with ADV.TRAIN.LOSS "ce" plus its own TRAINER.AMPT.CLEAN_CE_WEIGHT and '
+            raise UserError(f'AMPT trains with ADV.TRAIN.LOSS "ce" plus its own TRAINER.AMPT.CLEAN_CE_WEIGHT and '
                              f'TRADES_KL_WEIGHT terms (got LOSS "{cfg.ADV.TRAIN.LOSS}")')
 
     def run_metadata(self) -> Dict[str, Any]:

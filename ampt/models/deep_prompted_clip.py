@@ -21,6 +21,7 @@ from torch import nn
 from .interface import LEARNED
 from .deep_prompts import DeepPromptLearner, DeepTextLayout, encode_image_with_prompts
 from .prompted_clip import FixedPromptCLIP, PromptedCLIP, l2_normalize
+from ..errors import UserError
 
 
 class DeepPromptCLIP(PromptedCLIP):
@@ -59,7 +60,7 @@ class VisualPrompt(nn.Module):
     def __init__(self, image_size: int, pad: int, n_tokens: int, width: int) -> None:
         super().__init__()
         if pad < 0 or 2 * pad >= image_size or n_tokens < 0 or (pad == 0 and n_tokens == 0):
-            raise ValueError(f"A visual prompt needs 0 <= PAD_SIZE < {image_size / 2:g} and N_TOKENS >= 0, "
+            raise UserError(f"A visual prompt needs 0 <= PAD_SIZE < {image_size / 2:g} and N_TOKENS >= 0, "
                              f"not both 0 (got {pad}, {n_tokens})")
         inner = image_size - 2 * pad
         self.pad = pad

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from .clip_loader import clip
+from ..errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -61,11 +62,11 @@ class DeepPromptLearner(nn.Module):
                  ctx_init: Optional[torch.Tensor] = None) -> None:
         super().__init__()
         if coupling not in COUPLINGS:
-            raise ValueError(f'Unknown deep-prompt coupling "{coupling}"; valid: {", ".join(COUPLINGS)}')
+            raise UserError(f'Unknown deep-prompt coupling "{coupling}"; valid: {", ".join(COUPLINGS)}')
         if min(n_ctx_text, n_ctx_vision, depth_text, depth_vision) < 0:
-            raise ValueError("deep prompts need n_ctx >= 0 and depth >= 0")
+            raise UserError("deep prompts need n_ctx >= 0 and depth >= 0")
         if coupling != "independent" and (depth_text != depth_vision or n_ctx_text != n_ctx_vision):
-            raise ValueError(f"{coupling} coupling needs the same depth and token count in both towers "
+            raise UserError(f"{coupling} coupling needs the same depth and token count in both towers "
                              f"(got depths {depth_text}/{depth_vision}, tokens {n_ctx_text}/{n_ctx_vision})")
         self.coupling = coupling
         self.depth_text, self.depth_vision = depth_text if n_ctx_text else 0, depth_vision if n_ctx_vision else 0
@@ -123,7 +124,7 @@ class DeepTextLayout(nn.Module):
         super().__init__()
         words = ctx_init.replace("_", " ").strip()
         if words and len(_tokenizer.encode(words)) < n_ctx:
-            raise ValueError(f'CTX_INIT "{ctx_init}" has fewer than N_CTX {n_ctx} tokens')
+            raise UserError(f'CTX_INIT "{ctx_init}" has fewer than N_CTX {n_ctx} tokens')
         words = words or " ".join(["X"] * n_ctx)
         names = [name.replace("_", " ") for name in classnames]
         token_ids = clip.tokenize([f"{words} {name}.".strip() for name in names])

@@ -20,6 +20,7 @@ from torch import nn
 from .backbone import backbone_info
 from .prompt_learner import _word_embeddings
 from .text_tower import text_tower
+from ..errors import UserError
 
 TEMPLATE_SEPARATOR = "|"
 
@@ -44,12 +45,12 @@ def template_contexts(clip_model: nn.Module, text: str, n_prompts: int, n_ctx: i
     """``[K, n_ctx, d]`` contexts from K ``|``-separated phrases, each at the end of its context."""
     phrases = split_templates(text)
     if len(phrases) != n_prompts:
-        raise ValueError(f'CTX_INIT "{text}" has {len(phrases)} "|"-separated phrases for {n_prompts} prompts')
+        raise UserError(f'CTX_INIT "{text}" has {len(phrases)} "|"-separated phrases for {n_prompts} prompts')
     tower, tokenizer = text_tower(clip_model), backbone_info(clip_model).tokenizer
     ctx = torch.empty(n_prompts, n_ctx, tower.width).normal_(std=std)
     for k, phrase in enumerate(phrases):
         words = _word_embeddings(tower.token_embedding, tokenizer, phrase)
         if words.shape[0] > n_ctx:
-            raise ValueError(f'CTX_INIT phrase "{phrase}" has {words.shape[0]} tokens, more than N_CTX {n_ctx}')
+            raise UserError(f'CTX_INIT phrase "{phrase}" has {words.shape[0]} tokens, more than N_CTX {n_ctx}')
         ctx[k, n_ctx - words.shape[0]:] = words
     return ctx

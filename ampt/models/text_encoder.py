@@ -36,6 +36,7 @@ from torch.utils.checkpoint import checkpoint
 from .backbone import backbone_info
 from .prefix_attention import attend, attend_with_prefix, causal_mask, in_projection, in_projections, out_projection
 from .text_tower import text_tower
+from ..errors import UserError
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class TextPassOptions:
 
     def __post_init__(self) -> None:
         if self.chunk_rows < 0:
-            raise ValueError(f"MODEL.TEXT_ENCODER.CHUNK_SIZE must be >= 0 (0 = no chunks), got {self.chunk_rows}")
+            raise UserError(f"MODEL.TEXT_ENCODER.CHUNK_SIZE must be >= 0 (0 = no chunks), got {self.chunk_rows}")
 
     @classmethod
     def from_cfg(cls, cfg: Any) -> "TextPassOptions":
