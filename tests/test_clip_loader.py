@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from ampt.models import ImageNormalizer, apply_precision, build_tiny_clip, load_clip, resolve_precision
+from ampt.models import ImageNormalizer, build_tiny_clip, load_clip
 from ampt.models.backbone import BackboneError
 from ampt.models.clip_loader import clip, is_torchscript_archive
 from ampt.models.normalizer import CLIP_MEAN, CLIP_STD
@@ -117,21 +117,6 @@ def test_mismatched_robust_weights_name_the_keys(tiny, tiny_file, tmp_path):
 def test_missing_robust_weights_file(tiny_file, tmp_path):
     with pytest.raises(FileNotFoundError, match="ROBUST_WEIGHTS"):
         load_clip(str(tiny_file), robust_weights=str(tmp_path / "absent.pt"))
-
-
-def test_precision_resolution_and_fp16_conversion(tiny_file):
-    assert resolve_precision("fp32", "cpu") == "fp32"
-    for prec in ("fp16", "amp"):
-        with pytest.warns(UserWarning, match="not supported on CPU"):
-            assert resolve_precision(prec, torch.device("cpu")) == "fp32"
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert resolve_precision("amp", "cuda") == "amp"
-    with pytest.raises(ValueError, match="fp32, fp16, amp"):
-        resolve_precision("bf17", "cpu")
-    model = apply_precision(load_clip(str(tiny_file)), "fp16")
-    assert model.visual.conv1.weight.dtype == torch.float16
-    assert model.text_projection.dtype == torch.float16
 
 
 def test_image_normalizer_uses_clip_statistics():

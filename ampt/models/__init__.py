@@ -1,5 +1,5 @@
 """CLIP loading and the shared prompt-learning modules (see docs/architecture.md)."""
-from .clip_loader import apply_precision, load_clip, load_robust_visual_weights, resolve_precision
+from .clip_loader import load_clip, load_robust_visual_weights
 from .deep_prompted_clip import DeepPromptCLIP, VisualPrompt, VisualPromptCLIP
 from .deep_prompts import COUPLINGS, DeepPromptLearner, DeepTextLayout, encode_image_with_prompts
 from .interface import LEARNED, PromptModel, check_prompt_model
@@ -38,13 +38,11 @@ __all__ = [
     "PromptLearner",
     "PromptedCLIP",
     "TextEncoder",
-    "apply_precision",
     "build_tiny_clip",
     "get_template",
     "l2_normalize",
     "load_clip",
     "load_robust_visual_weights",
-    "resolve_precision",
     "save_clip_state_dict",
     "template_text_features",
 ]

@@ -20,19 +20,18 @@ from typing import Dict, Mapping, Union
 
 import torch
 from torch import nn
-from ..errors import UserError, UserFileNotFoundError
+from ..errors import UserFileNotFoundError
 
 with warnings.catch_warnings():
     # the clip package imports pkg_resources, which warns on import
     warnings.simplefilter("ignore", UserWarning)
     import clip
-    from clip.model import CLIP, build_model, convert_weights
+    from clip.model import CLIP, build_model
 
 from ..utils.torchfile import check_torch_file, load_error
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16", "amp")
 _NESTING_KEYS = ("state_dict", "model", "model_state_dict")
 _JIT_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 
@@ -165,30 +164,6 @@ def strip_prefix(state_dict: Dict[str, torch.Tensor], prefix: str) -> Dict[str, 
     if state_dict and all(k.startswith(prefix) for k in state_dict):
         return {k[len(prefix):]: v for k, v in state_dict.items()}
     return state_dict
-
-
-def resolve_precision(prec: str, device: Device) -> str:
-    """``fp32``, ``fp16`` or ``amp``; fp16 and amp fall back to fp32 on CPU with a warning."""
-    if prec not in PRECISIONS:
-        raise UserError(f'Unknown precision "{prec}". Valid: {", ".join(PRECISIONS)}')
-    if prec != "fp32" and torch.device(device).type == "cpu":
-        warnings.warn(f'Precision "{prec}" is not supported on CPU; using fp32', stacklevel=2)
-        return "fp32"
-    return prec
-
-
-def apply_precision(model: nn.Module, prec: str) -> nn.Module:
-    """Convert a CLIP model's weights for ``prec`` (fp16: the ``clip`` package's ``convert_weights``,
-    or open_clip's converter for an open_clip model)."""
-    if backbone_info(model).kind == "open_clip":
-        from .open_clip_backend import apply_open_clip_precision
-
-        return apply_open_clip_precision(model, prec)
-    if prec == "fp16":
-        convert_weights(model)
-    else:
-        model.float()
-    return model
 
 
 # imported last: these modules use the helpers above

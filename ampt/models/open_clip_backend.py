@@ -158,12 +158,3 @@ def _display_name(name: str, tag: Optional[str]) -> str:
     return f"{name} ({tag})" if tag else name
 
 
-def apply_open_clip_precision(model: nn.Module, prec: str) -> nn.Module:
-    """fp16 weights with open_clip's own converter (LayerNorms handled as open_clip does)."""
-    if prec == "fp16":
-        import open_clip
-
-        open_clip.model.convert_weights_to_lp(model, dtype=torch.float16)
-    else:
-        model.float()
-    return model
