@@ -119,14 +119,19 @@ def build_trainer(name: str, args: argparse.Namespace, backbone: str, image_size
         overrides += [f"TRAINER.{node_name}.N_PROMPTS", str(args.k)]
     merge_from_list(cfg, overrides + list(args.opts))
     cfg.freeze()
-    classnames = [f"object {i}" for i in range(args.classes)]
+    return names_only_trainer(cls, cfg, args.classes, cfg_node=node_name)
 
-    def build_data_loader(self: Any) -> None:  # names only: the batch is given
+
+def names_only_trainer(cls: type, cfg: Any, n_classes: int, **attributes: Any) -> Any:
+    """``cls`` built from ``cfg`` on class names "object 0" ... without data (the timed batch is given)."""
+    classnames = [f"object {i}" for i in range(n_classes)]
+
+    def build_data_loader(self: Any) -> None:
         self.dm = SimpleNamespace(dataset=SimpleNamespace(classnames=classnames))
         self.train_loader_x = self.val_loader = self.test_loader = None
         self.num_classes, self.lab2cname = len(classnames), dict(enumerate(classnames))
 
-    trainer = type(f"Bench{cls.__name__}", (cls,), {"build_data_loader": build_data_loader, "cfg_node": node_name})(cfg)
+    trainer = type(f"Bench{cls.__name__}", (cls,), {"build_data_loader": build_data_loader, **attributes})(cfg)
     trainer.set_model_mode("train")
     trainer.batch_idx, trainer.num_batches = 0, 2  # not the epoch's last batch: no LR step
     return trainer

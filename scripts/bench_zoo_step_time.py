@@ -22,7 +22,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Dict, List
 
 import torch
@@ -34,6 +33,7 @@ from ampt.config import get_cfg_default, merge_from_file, merge_from_list  # noq
 from ampt.engine.select import active_api  # noqa: E402
 from ampt.models import build_tiny_clip, save_clip_state_dict  # noqa: E402
 from ampt.plugins import load_plugins  # noqa: E402
+from bench_step_time import names_only_trainer  # noqa: E402  (this script's folder is on sys.path)
 
 ARCHS = {  # build_tiny_clip arguments
     "tiny": dict(vision_width=96, vision_layers=3),
@@ -65,17 +65,7 @@ def build(trainer_name: str, config: str, overrides: List[str], args: argparse.N
                           f"TRAINER.{trainer_name.upper()}.PREC", "fp32", "USE_CUDA", "False",
                           "OUTPUT_DIR", tempfile.mkdtemp(prefix="bench_zoo_"), *overrides, *pad])
     cfg.freeze()
-    classnames = [f"object {i}" for i in range(args.classes)]
-
-    def build_data_loader(self: Any) -> None:  # names only: the batch is given
-        self.dm = SimpleNamespace(dataset=SimpleNamespace(classnames=classnames))
-        self.train_loader_x = self.val_loader = self.test_loader = None
-        self.num_classes, self.lab2cname = len(classnames), dict(enumerate(classnames))
-
-    trainer = type(f"Bench{cls.__name__}", (cls,), {"build_data_loader": build_data_loader})(cfg)
-    trainer.set_model_mode("train")
-    trainer.batch_idx, trainer.num_batches = 0, 2  # not the epoch's last batch: no LR step
-    return trainer
+    return names_only_trainer(cls, cfg, args.classes)
 
 
 def main(argv: List[str] = None) -> int:
