@@ -18,7 +18,8 @@
 
 Subclasses build ``self.model`` (a :class:`~ampt.models.PromptedCLIP` or a
 subclass) in ``build_model`` and may override :meth:`adversarial_loss` (extra
-loss terms) and the evaluation prompt hook (:meth:`eval_prompt_model`).
+loss terms), the evaluation prompt hook (:meth:`eval_prompt_model`) and
+:meth:`robust_test_observer` (what to read off the robust test's forwards).
 
 Text-encoder passes per training step: ``onfly`` 1, ``constant`` 1 (the
 template's features are computed once, at the first step), ``perturbed`` and
@@ -40,7 +41,7 @@ from .attacks.per_sample import uniform_noise
 from .clip_trainer import ClipTrainer
 from .engine import distributed
 from .errors import UserError
-from .evaluation import LEARNED, AttackSpec, accuracy_under_attack, prompt_model
+from .evaluation import LEARNED, AttackSpec, BatchObserver, accuracy_under_attack, prompt_model
 from .losses import TrainLoss
 from .models.interface import check_attack_prompt
 from .precision import at_precision, warn_reduced
@@ -260,6 +261,10 @@ class AdversarialClipTrainer(ClipTrainer):
         super().before_train()
 
     # ------------------------------------------------------------ evaluation
+    def robust_test_observer(self) -> Optional[BatchObserver]:
+        """Hook: an observer of the final robust test's clean and attacked forwards, or None."""
+        return None
+
     def final_evaluation(self) -> None:
         """Clean accuracy (the engine's test), then robust accuracy under ``ADV.TEST``; both recorded."""
         split = "val" if self.cfg.TEST.SPLIT == "val" and self.val_loader is not None else "test"
@@ -276,7 +281,7 @@ class AdversarialClipTrainer(ClipTrainer):
         model = at_precision(prompt_model(self, LEARNED), self.test_precision())
         seed = self.cfg.SEED if self.cfg.SEED >= 0 else 0
         outcome = accuracy_under_attack(model, loader, spec, self.num_classes, self.device, seed=seed,
-                                        desc=f"test ({split}): {spec.label}")
+                                        desc=f"test ({split}): {spec.label}", observer=self.robust_test_observer())
         logger.info("%s: %.2f%% (%d images, %.1f s)", spec.label, outcome.accuracy, outcome.n_samples, outcome.seconds)
         self.write_scalar(f"{split}/robust_accuracy", outcome.accuracy, self.epoch)
         extra = {"label": spec.label, "attack_prompt": LEARNED, "seconds": round(outcome.seconds, 2), "seed": seed}

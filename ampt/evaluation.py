@@ -38,7 +38,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -165,6 +165,12 @@ class AttackSpec:
                             num_classes=num_classes, seed=seed)
 
 
+BatchObserver = Callable[[str, torch.Tensor], None]
+"""Told ``("clean", labels)`` after each clean forward of :func:`accuracy_under_attack` and
+``("attacked", labels)`` after each attacked one, so that a trainer can read what its model
+kept of that forward (AMPT: the router's weights) without a second pass."""
+
+
 @dataclass
 class Outcome:
     accuracy: float
@@ -182,6 +188,7 @@ def accuracy_under_attack(
     seed: int = 0,
     desc: str = "",
     progress_file: Optional[Path] = None,
+    observer: Optional[BatchObserver] = None,
 ) -> Outcome:
     """Top-1 accuracy (percent) of ``model`` on ``loader``'s images, clean or attacked.
 
@@ -193,6 +200,8 @@ def accuracy_under_attack(
     matching file from an interrupted call is resumed. Under torchrun each
     rank evaluates its shard of ``loader`` (whole batches) and the counts are
     summed over ranks; ``progress_file`` is then this rank's own.
+    ``observer`` sees the batches this call evaluates (this rank's shard,
+    after any resumed ones).
     """
     model.eval()
     loader = distributed.shard_loader(loader)
@@ -212,12 +221,16 @@ def accuracy_under_attack(
         images, labels = batch["img"].to(device), batch["label"].to(device)
         with torch.no_grad():
             logits = model(images)
+            if observer is not None:
+                observer("clean", labels)
         check_finite_logits(logits, f"clean images, batch {index}")
         correct = logits.argmax(dim=1) == labels
         if attack is not None:
             adv = attack(images, labels)
             with torch.no_grad():
                 logits = model(adv)
+                if observer is not None:
+                    observer("attacked", labels)
             check_finite_logits(logits, f"{spec.label}, batch {index}")
             correct &= logits.argmax(dim=1) == labels
         state["correct"] += int(correct.sum())

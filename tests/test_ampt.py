@@ -451,9 +451,13 @@ def test_clean_router_input_routes_every_forward_of_the_step_on_the_clean_images
     assert trainer.model._router_input is None
 
 
-def test_diagnostics_of_a_tiny_run_are_in_range(toy_env, tmp_path):
+def test_diagnostics_of_a_tiny_run_are_in_range(toy_env, tmp_path, monkeypatch):
     import train
+    from ampt.evaluation import AttackSpec
 
+    builds = []
+    real_build = AttackSpec.build
+    monkeypatch.setattr(AttackSpec, "build", lambda spec, *a, **k: builds.append(spec.name) or real_build(spec, *a, **k))
     out = tmp_path / "run"
     argv = ["--output-dir", str(out), "--trainer", "AMPT", "--config-file", str(AMPT_DIGITS), "--seed", "1",
             *_toy_opts(toy_env), "OPTIM.MAX_EPOCH", "2", "TRAINER.AMPT.ROUTER_INPUT_SCALE", "30.0"]
@@ -470,6 +474,7 @@ def test_diagnostics_of_a_tiny_run_are_in_range(toy_env, tmp_path):
     for part in ("clean", "attacked"):
         assert 0 <= test[part]["mi_label"] <= np.log(4) + 1e-6
     assert 0 <= test["mi_clean_vs_attacked"] <= np.log(2) and 0 <= test["tv_clean_to_attacked"] <= 1
+    assert builds == ["pgd"]  # the router's test weights come from the robust test itself, not a second attack
     log = (out / "log.txt").read_text()
     assert "TV from the batch mean" in log and "MI(weights; label)" in log
 

@@ -29,12 +29,12 @@ from ampt.adversarial import AdversarialClipTrainer
 from ampt.api import TRAINER_REGISTRY
 from ampt.errors import UserError
 from ampt.models import PromptLearner
-from ampt.evaluation import LEARNED, prompt_model
+from ampt.evaluation import CLEAN, LEARNED, AttackSpec, accuracy_under_attack, prompt_model
 from ampt.models.mixture import MIX_MODES, FixedRouting, MixturePromptedCLIP
 from ampt.models.prompt_init import orthogonal_contexts, split_templates, template_contexts
 from ampt.models.router import ROUTER_KINDS, Router, weight_entropy
 from ampt.engine import distributed
-from ampt.models.router_stats import EpochAccumulator, bank_summary, eval_split_stats
+from ampt.models.router_stats import EpochAccumulator, TestWeightLog, bank_summary, eval_split_stats
 from ampt.optim import build_lr_scheduler, build_optimizer
 from ampt.utils.io import read_json, write_json
 
@@ -299,39 +299,43 @@ class AMPT(AdversarialClipTrainer):
         data.update(sections)
         write_json(data, path)
 
+    _test_weights: Optional[TestWeightLog] = None  # set while final_evaluation runs
+
+    def robust_test_observer(self) -> Optional[TestWeightLog]:
+        return self._test_weights
+
     def final_evaluation(self) -> None:
-        """The clean and robust test, then the router's weights on that split, clean and attacked."""
-        super().final_evaluation()
-        if self.cfg.TRAINER.AMPT.ROUTER == "uniform":
+        """The clean and robust test, then the router's weights on that split, clean and attacked.
+
+        The weights are read off the robust test's own forwards (no second attack); without an
+        ``ADV.TEST`` attack, a clean pass gives the clean ones.
+        """
+        routed = self.cfg.TRAINER.AMPT.ROUTER != "uniform"
+        self._test_weights = TestWeightLog(lambda: self.model.last_weights) if routed else None
+        try:
+            super().final_evaluation()
+        finally:
+            log, self._test_weights = self._test_weights, None
+        if log is None:
             return
         split = "val" if self.cfg.TEST.SPLIT == "val" and self.val_loader is not None else "test"
-        stats = self.router_eval_stats(self.val_loader if split == "val" else self.test_loader)
+        if not log.labels:
+            self.set_model_mode("eval")
+            accuracy_under_attack(prompt_model(self, LEARNED), self.val_loader if split == "val" else self.test_loader,
+                                  AttackSpec(CLEAN), self.num_classes, self.device, observer=log)
+        stats = {**self._gathered_eval_stats(log), "bank": self._bank_stats()}
         stats = {"split": split, "attack": self.test_attack.label if self.test_attack else None, **stats}
         logger.info("router on %s (%d images): MI(weights; label) clean %.4f, attacked %s; "
                     "MI(weights; clean vs attacked) %s nats", split, stats["n_images"], stats["clean"]["mi_label"],
                     stats.get("attacked", {}).get("mi_label"), stats.get("mi_clean_vs_attacked"))
         self._update_router_stats_file(test=stats)
 
-    def router_eval_stats(self, loader: Any) -> Dict[str, Any]:
-        """Router weights on ``loader``'s clean images and under ``ADV.TEST`` (the learned router, white-box)."""
-        self.set_model_mode("eval")
-        model = prompt_model(self, LEARNED)
-        spec = self.test_attack
-        attack = spec.build(model, self.num_classes, seed=max(self.cfg.SEED, 0)) if spec is not None else None
-        clean, attacked, labels = [], [], []
-        for batch in loader:
-            images, target = batch["img"].to(self.device), batch["label"].to(self.device)
-            with torch.no_grad():
-                model(images)
-                clean.append(self.model.last_weights.float().cpu())
-            if attack is not None:
-                adv = attack(images, target)
-                with torch.no_grad():
-                    model(adv)
-                    attacked.append(self.model.last_weights.float().cpu())
-            labels.append(target.cpu())
-        return {**eval_split_stats(torch.cat(clean), torch.cat(attacked) if attacked else None, torch.cat(labels)),
-                "bank": self._bank_stats()}
+    @staticmethod
+    def _gathered_eval_stats(log: TestWeightLog) -> Dict[str, Any]:
+        """:func:`eval_split_stats` over every rank's shard of the test (one rank: its own)."""
+        parts = distributed.all_gather_objects(log.tensors())
+        clean, attacked, labels = (None if p[0] is None else torch.cat(p) for p in zip(*parts))
+        return eval_split_stats(clean, attacked, labels)
 
     # ------------------------------------------------------------ evaluation
     def eval_prompt_model(self, prompt: str) -> Optional[nn.Module]:

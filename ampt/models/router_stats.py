@@ -23,14 +23,14 @@ bank's normalized text features ``[K, C, D]`` and return plain numbers
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
 from .router import weight_entropy
 
 __all__ = ["weight_entropy", "entropy_of_mean", "tv_from_mean", "bank_cosine", "mean_offdiagonal",
-           "routing_mutual_information", "EpochAccumulator", "eval_split_stats", "bank_summary"]
+           "routing_mutual_information", "EpochAccumulator", "TestWeightLog", "eval_split_stats", "bank_summary"]
 
 
 def entropy_of_mean(weights: torch.Tensor) -> float:
@@ -129,6 +129,28 @@ class EpochAccumulator:
         if self.n_steps:
             out["grad_norm"] = {k: float(f"{v / self.n_steps:.4g}") for k, v in self.grad_sums.items()}
         return out
+
+
+class TestWeightLog:
+    """The router's weights on every test batch, clean and attacked: an :data:`ampt.evaluation.BatchObserver`.
+
+    ``read_weights`` returns the weights of the model's last forward.
+    """
+
+    def __init__(self, read_weights: Callable[[], torch.Tensor]) -> None:
+        self.read_weights = read_weights
+        self.weights: Dict[str, List[torch.Tensor]] = {"clean": [], "attacked": []}
+        self.labels: List[torch.Tensor] = []
+
+    def __call__(self, kind: str, labels: torch.Tensor) -> None:
+        self.weights[kind].append(self.read_weights().detach().float().cpu())
+        if kind == "clean":
+            self.labels.append(labels.detach().cpu())
+
+    def tensors(self) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
+        """Clean weights ``[N, K]``, attacked weights (None without an attack) and labels ``[N]``."""
+        attacked = torch.cat(self.weights["attacked"]) if self.weights["attacked"] else None
+        return torch.cat(self.weights["clean"]), attacked, torch.cat(self.labels)
 
 
 def eval_split_stats(clean: torch.Tensor, attacked: Optional[torch.Tensor], labels: torch.Tensor) -> Dict[str, object]:
