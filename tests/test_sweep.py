@@ -16,7 +16,9 @@ import yaml
 
 from ampt.demo.digits_data import prepare_digits
 from ampt.models.tiny import build_tiny_clip, save_clip_state_dict
+from ampt.results import RunResults
 from ampt.sweep import __main__ as sweep_cli
+from ampt.sweep.cell import method_label
 from ampt.sweep.executors import CellTask, RunOptions, local_slots
 from ampt.sweep.expand import expand
 from ampt.sweep.spec import SweepError, load_sweep
@@ -52,6 +54,7 @@ def test_expansion_grid_times_methods_with_a_config_key_axis(tmp_path, assets):
     root, backbone = assets
     spec = base_sweep(root, tmp_path / "out", backbone)
     spec["grid"]["ADV.TRAIN.EPS"] = [1, 4]
+    spec["grid"]["OPTIM.LR"] = [0.002]
     spec["methods"]["APT"] = {"trainer": "APT", "config": "configs/trainers/APT/digits.yaml",
                               "grid": {"seed": [7]}}  # a method's own axis replaces the sweep's
     cells = expand(load_sweep(write_sweep(tmp_path / "s.yaml", **spec)))
@@ -64,6 +67,7 @@ def test_expansion_grid_times_methods_with_a_config_key_axis(tmp_path, assets):
     coop = cells[0]  # not adversarial: the axis is an extra folder level
     assert "ADV.TRAIN.EPS-1" in coop.run_dir and coop.run_dir.endswith("seed1")
     assert "_ep1_bb-tiny" in coop.run_dir
+    assert method_label(coop) == "CoOp LR=0.002"  # the report's cell already separates the train eps
     cmd = coop.spec.train_command(Path(coop.run_dir))
     assert cmd[1].endswith("train.py") and cmd[cmd.index("--trainer") + 1] == "CoOp"
     assert cmd[-2:] == ["DATASET.NUM_SHOTS", "1"] and "ADV.TRAIN.EPS" in cmd
@@ -139,11 +143,15 @@ def test_local_sweep_runs_retries_a_failed_cell_and_skips_on_a_second_call(tmp_p
     assert [s["attempt"] for n, s in states.items() if n.startswith("ZS")] == [2]  # retried once
     assert {s["attempt"] for n, s in states.items() if n.startswith("CoOp")} == {1}
     for cell in cells:
-        records = json.loads((Path(cell.run_dir) / "results.json").read_text())["records"]
-        assert any(r["attack"] == "pgd" and r["n_samples"] == 20 and r["eps"] == 1 for r in records)
+        results = json.loads((Path(cell.run_dir) / "results.json").read_text())
+        assert any(r["attack"] == "pgd" and r["n_samples"] == 20 and r["eps"] == 1 for r in results["records"])
+        assert results["run"]["method"] == cell.method  # the report's label
+    unlabelled = RunResults(cells[-1].run_dir)  # as a run of an older sweep runner left it
+    unlabelled.set_run(method=None)
 
     assert sweep_cli.main(["run", path]) == 0  # everything finished: nothing runs
     assert "this call: 3 skipped" in capsys.readouterr().out
+    assert RunResults(cells[-1].run_dir).run["method"] == "CoOp"  # a skipped cell is labelled too
     assert sweep_cli.main(["status", path]) == 0
     status = capsys.readouterr().out
     assert "| ZS       | digits    |      1 |         0 |        0 |         0 |       1 |" in status

@@ -1,4 +1,5 @@
-"""One cell: ``train.py`` (unless finished), then the missing ``evaluate.py`` records, with retries.
+"""One cell: ``train.py`` (unless finished), then the missing ``evaluate.py`` records, with retries;
+a complete cell's results.json is labelled with its method (``run.method``, what the report shows).
 
 Outcomes: ``skipped`` (finished and evaluated before), ``done``, ``running
 elsewhere`` (another process holds the cell, or ``train.py`` refused a run
@@ -73,6 +74,26 @@ def evaluate_command(cell: Cell, entry: Mapping[str, Any]) -> List[str]:
     return cmd
 
 
+# Config keys the report already tells runs apart by (its table cell), so a method label leaves them out.
+REPORT_CELL_KEYS = ("ADV.TRAIN.EPS", "DATASET.SUBSAMPLE_CLASSES")
+
+
+def method_label(cell: Cell) -> str:
+    """The cell's method in reports: its sweep label plus its config-key grid axes, e.g. "AMPT N_PROMPTS=8"."""
+    keys = [k for k in cell.point if "." in k and k not in REPORT_CELL_KEYS]
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    names = [short if last.count(short) == 1 else key for key, short in zip(keys, last)]
+    return " ".join([cell.method, *(f"{name}={cell.point[key]}" for name, key in zip(names, keys))])
+
+
+def label_run(cell: Cell) -> None:
+    """Write the cell's :func:`method_label` as ``run.method`` in its results.json (the report's label)."""
+    results = RunResults(cell.run_dir)
+    label = method_label(cell)
+    if results.run.get("method") != label:
+        results.set_run(method=label)
+
+
 def _run_step(what: str, cmd: List[str], log_path: Path, env: Mapping[str, str]) -> None:
     with open(log_path, "a", encoding="utf-8") as log:
         log.write(f"\n$ {' '.join(cmd)}\n")
@@ -122,12 +143,17 @@ def run_cell(cell: Cell, output_root: str, retries: int = 1, retry_delay_s: floa
              env: Optional[Mapping[str, str]] = None) -> str:
     """Run one cell unless it is complete or another process holds it; see the module doc."""
     if is_complete(cell):
+        label_run(cell)
         return SKIPPED
     state = CellState(output_root, cell.run_dir)
     try:
         with state.lock():
             if is_complete(cell):  # finished by another process while we waited for the lock
-                return SKIPPED
-            return _attempts(cell, state, retries, retry_delay_s, env or os.environ)
+                outcome = SKIPPED
+            else:
+                outcome = _attempts(cell, state, retries, retry_delay_s, env or os.environ)
+            if outcome in (SKIPPED, DONE):
+                label_run(cell)
+            return outcome
     except LockBusy:
         return ELSEWHERE
