@@ -200,6 +200,9 @@ def test_every_plot_is_a_png(campaign, tmp_path):
     epochs = [{"epoch": e, "mean_weights": [0.25 + 0.01 * e, 0.25, 0.25, 0.25 - 0.01 * e], "entropy": 1.38 - 0.01 * e,
                "entropy_of_mean": 1.386 - 0.005 * e, "max_entropy": 1.38629, "n_images": 40} for e in range(1, 6)]
     (campaign / "ampt" / "k4" / "seed1" / "router_stats.json").write_text(json.dumps({"epochs": epochs}))
+    one_prompt = [{**e, "mean_weights": [1.0], "entropy": 0.0, "entropy_of_mean": 0.0, "max_entropy": 0.0}
+                  for e in epochs]  # nothing to route: no router figure
+    (campaign / "ampt" / "k8" / "seed1" / "router_stats.json").write_text(json.dumps({"epochs": one_prompt}))
     write_run(campaign / "apt16" / "seed1", "APT", "EuroSAT", 1,
               [record("EuroSAT", "clean", 0, 0, 90.0), record("EuroSAT", "pgd", 4, 100, 50.0),
                record("EuroSAT", "pgd", 1, 100, 70.0)], shots=16)

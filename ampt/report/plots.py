@@ -53,7 +53,8 @@ def series_labels(rows: Sequence[Row]) -> Dict[Tuple[str, float], str]:
 def _grid(plt, n_panels: int, width: float = 3.6, height: float = 3.0):
     cols = min(4, n_panels)
     rows = math.ceil(n_panels / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows + 0.9), squeeze=False)
+    # at least 7 in wide, so that a one-panel figure has room for its title and legend
+    fig, axes = plt.subplots(rows, cols, figsize=(max(width * cols, 7.0), height * rows + 0.9), squeeze=False)
     for ax in axes.flat[n_panels:]:
         ax.set_visible(False)
     return fig, list(axes.flat)
@@ -179,7 +180,7 @@ def _safe(text: str) -> str:
 
 
 def plot_router(report: Report, out: Path) -> List[Path]:
-    """One figure per method setting and cell whose runs wrote ``router_stats.json``."""
+    """One figure per method setting and cell whose runs wrote ``router_stats.json`` with two or more prompts."""
     from ..utils.io import read_json
 
     plt = _pyplot()
@@ -189,9 +190,12 @@ def plot_router(report: Report, out: Path) -> List[Path]:
             groups[(run.method, run.dataset, run.shots, run.train_eps)].append(run)
     files = []
     for (method, dataset, shots, eps), runs in sorted(groups.items()):
+        runs = sorted(runs, key=lambda r: r.seed or 0)
+        histories = [read_json(run.router_stats)["epochs"] for run in runs]
+        if all(len(epochs[0]["mean_weights"]) < 2 for epochs in histories if epochs):
+            continue  # one prompt: nothing is routed
         fig, (left, right, third) = plt.subplots(1, 3, figsize=(15, 3.8))
-        for i, run in enumerate(sorted(runs, key=lambda r: r.seed or 0)):
-            epochs = read_json(run.router_stats)["epochs"]
+        for i, (run, epochs) in enumerate(zip(runs, histories)):
             x = [e["epoch"] for e in epochs]
             style = LINESTYLES[i % len(LINESTYLES)]
             for k in range(len(epochs[0]["mean_weights"]) if epochs else 0):
