@@ -4,8 +4,9 @@ Covers: mean, sample and population std, seed counts, missing seeds and
 unfinished runs flagged; the dataset average in CoOp's order; the harmonic
 mean and its attack; method labels from differing config keys; the
 base-to-new layout; LaTeX (booktabs, balanced rows) and CSV (csv module)
-parse; JSON; every plot is a non-empty PNG; CoOp- and APT-style log.txt
-folders are read and labelled as migrated; the CLI's one-line errors.
+parse; JSON; the router table from router_stats.json; every plot is a
+non-empty PNG (no router figure for one prompt); CoOp- and APT-style
+log.txt folders are read and labelled as migrated; the CLI's one-line errors.
 """
 from __future__ import annotations
 
@@ -215,3 +216,36 @@ def test_every_plot_is_a_png(campaign, tmp_path):
     for path in plots.iterdir():
         data = path.read_bytes()
         assert data.startswith(PNG_SIGNATURE) and len(data) > 1000
+
+
+def test_router_table_means_the_seeds_router_stats(tmp_path):
+    def stats(entropy, tv, bank, mi):
+        epochs = [{"epoch": 1, "mean_weights": [0.5, 0.5], "entropy": 0.69, "max_entropy": 0.69315,
+                   "tv_from_batch_mean": 0.0, "bank_cosine": 0.9},
+                  {"epoch": 2, "mean_weights": [0.6, 0.4], "entropy": entropy, "max_entropy": 0.69315,
+                   "tv_from_batch_mean": tv, "bank_cosine": bank}]
+        return {"epochs": epochs, "test": {"clean": {"mi_label": mi}, "tv_clean_to_attacked": 2 * mi}}
+
+    for seed, values in ((1, (0.5, 0.1, 0.4, 0.02)), (2, (0.3, 0.3, 0.6, 0.04)), (3, (0.0, 0.0, 0.0, 0.0))):
+        run = write_run(tmp_path / "k2" / f"seed{seed}", "AMPT", "EuroSAT", seed,
+                        [record("EuroSAT", "clean", 0, 0, 80.0)], method="AMPT-2", finished=seed < 3)
+        (run / "router_stats.json").write_text(json.dumps(stats(*values)))  # seed 3 unfinished: left out
+    write_run(tmp_path / "apt" / "seed1", "APT", "EuroSAT", 1, [record("EuroSAT", "clean", 0, 0, 70.0)])
+
+    report = load_report([tmp_path])
+    (row,) = report.router_rows  # APT wrote no router_stats.json
+    assert (row.method, row.seeds) == ("AMPT-2", [1, 2])
+    assert row.stats["entropy"].mean == pytest.approx(0.4) and row.stats["entropy"].std == pytest.approx(
+        statistics.stdev([0.5, 0.3]))
+    assert row.stats["bank_cosine"].mean == pytest.approx(0.5) and row.stats["k"].mean == 2
+    assert row.stats["mi_label"].mean == pytest.approx(0.03)
+    assert row.stats["tv_clean_to_attacked"].mean == pytest.approx(0.06)
+    text = build_report([tmp_path])
+    assert "Router diagnostics" in text
+    assert "| AMPT-2   | EuroSAT   | 4       | 4           | 2       | 2   | 0.400 ± 0.141 | 0.693   |" in text
+    data = json.loads(build_report([tmp_path], fmt="json"))
+    assert data["router"][0]["columns"]["tv_spread"]["values"] == [0.1, 0.3]
+    lines = [r for r in csv.DictReader(io.StringIO(build_report([tmp_path], fmt="csv"))) if r["table"] == "router"]
+    assert {r["column"] for r in lines} == {"k", "entropy", "log_k", "tv_spread", "bank_cosine", "mi_label",
+                                            "tv_clean_to_attacked"}
+    assert build_report([tmp_path], fmt="latex").count(r"\begin{table}") == 2

@@ -10,6 +10,7 @@ Modules: :mod:`~ampt.report.collect` (find and read runs),
 :mod:`~ampt.report.migrate` (CoOp's and APT's own ``log.txt``),
 :mod:`~ampt.report.methods` (method-setting labels),
 :mod:`~ampt.report.aggregate` (mean and std over seeds, averages, harmonic mean),
+:mod:`~ampt.report.router` (the router diagnostics table),
 :mod:`~ampt.report.model` (the tables' content), :mod:`~ampt.report.tables`
 (the formats), :mod:`~ampt.report.plots` (the figures).
 """

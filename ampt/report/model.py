@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from .aggregate import (CLEAN, Row, Stat, average_rows, build_rows, column_order, default_hm_attack,
                         harmonic_mean, robust_columns, row_harmonic_mean)
 from .collect import Run
+from .router import RouterRow, router_caption, router_rows
 from ..errors import UserError
 
 STD_TEXT = {"sample": "sample std (n-1)", "population": "population std (n)"}
@@ -22,6 +23,7 @@ class Report:
     hm_attack: Optional[str]
     b2n_attack: Optional[str]
     columns: List[str] = field(default_factory=list)  # the few-shot table's accuracy columns
+    router_rows: List[RouterRow] = field(default_factory=list)  # runs with router_stats.json
 
     @property
     def averages(self) -> List[Row]:
@@ -35,6 +37,9 @@ class Report:
         hm = f"HM: harmonic mean of clean and {self.hm_attack} accuracy" if self.hm_attack else "HM: none (no robust record)"
         return (f"Accuracy (%) on the test split, mean ± {STD_TEXT[self.std]} over seeds; attacks as "
                 f"attack-steps@eps (eps in 1/255); {hm}; Seeds: seeds with numbers / seeds expected.")
+
+    def router_caption(self) -> str:
+        return router_caption(STD_TEXT[self.std])
 
     def b2n_caption(self) -> str:
         robust = self.b2n_attack or "no robust record"
@@ -61,7 +66,7 @@ def make_report(runs: Sequence[Run], std: str = "sample", hm_attack: Optional[st
         raise UserError(f"--hm-attack {hm_attack} is not a robust column of these runs; valid: "
                          f"{', '.join(valid) or 'none (no robust record)'}")
     return Report(list(runs), rows, b2n, std, hm_attack or default_hm_attack(rows),
-                  hm_attack or default_hm_attack(b2n, "new"), available)
+                  hm_attack or default_hm_attack(b2n, "new"), available, router_rows(runs, std))
 
 
 # ---------------------------------------------------------------- cells as text

@@ -10,6 +10,7 @@ from .aggregate import Row, Stat, row_harmonic_mean, row_order
 from ..errors import UserError
 from .model import (Report, b2n_cells, b2n_header, b2n_values, fewshot_cells,
                     fewshot_header, flags_text)
+from .router import COLUMNS as ROUTER_COLUMNS, router_cells, router_header
 
 FORMATS = ("markdown", "csv", "latex", "json")
 
@@ -43,6 +44,9 @@ def _sections(report: Report, pm: str = "±") -> List[tuple]:
     if report.b2n_rows:
         sections.append(("Base-to-new", report.b2n_caption(), b2n_header(report),
                          _blocks(report.b2n_rows + report.b2n_averages, lambda r: b2n_cells(report, r, pm))))
+    if report.router_rows:
+        sections.append(("Router", report.router_caption(), router_header(),
+                         [[router_cells(r, pm) for r in report.router_rows]]))
     return sections
 
 
@@ -96,6 +100,13 @@ def to_csv(report: Report) -> str:
             entries.update({("base", column): parts["base"], ("new", column): parts["new"],
                             ("base,new", f"HM({column})"): parts["HM"]})
         writer.writerows(_csv_lines("base-to-new", row, entries))
+    for router in report.router_rows:
+        common = {"table": "router", "method": router.method, "dataset": router.dataset, "train_dataset": "",
+                  "shots": router.shots, "train_eps": f"{router.train_eps:g}", "trained_classes": "all",
+                  "classes": "all", "seeds": " ".join(map(str, router.seeds))}
+        writer.writerows({**common, "column": column, "mean": f"{stat.mean:.6g}",
+                          "std": "" if stat.std is None else f"{stat.std:.6g}", "n": stat.n}
+                         for column, stat in router.stats.items())
     return out.getvalue()
 
 
@@ -156,6 +167,9 @@ def report_dict(report: Report) -> Dict[str, Any]:
             "rows": [few(r) for r in report.rows], "averages": [few(r) for r in report.averages],
             "base_to_new": [b2n(r) for r in report.b2n_rows],
             "base_to_new_averages": [b2n(r) for r in report.b2n_averages],
+            "router": [{"method": r.method, "dataset": r.dataset, "shots": r.shots, "train_eps": r.train_eps,
+                        "seeds": r.seeds, "columns": {c: _stat_json(r.stats.get(c)) for c in ROUTER_COLUMNS}}
+                       for r in report.router_rows],
             "runs": [str(r.path) for r in report.runs]}
 
 
