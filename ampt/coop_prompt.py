@@ -15,6 +15,14 @@ from .models import PromptedCLIP, PromptLearner
 from .optim import build_lr_scheduler, build_optimizer
 
 
+COOP_FOLDER_KEYS = ("N_CTX", "CSC", "CLASS_TOKEN_POSITION")
+
+
+def coop_folder_tag(node: Any) -> str:
+    """The run-folder level of a CoOp prompt, as CoOp's scripts name it: ``nctx16_cscFalse_ctpend``."""
+    return f"nctx{node.N_CTX}_csc{node.CSC}_ctp{node.CLASS_TOKEN_POSITION}"
+
+
 def add_coop_prompt_keys(node: CN) -> None:
     """CoOp's prompt keys with CoOp's defaults."""
     node.N_CTX = 16  # number of learned context tokens (>= 1); CTX_INIT's token count overrides it

@@ -219,3 +219,19 @@ def test_the_router_study_sweep_expands_to_its_cells():
     assert all(n.N_PROMPTS * n.N_CTX == 16 for n in nodes.values())
     assert nodes["AMPT-4x4-uniform"].ROUTER == "uniform" and nodes["AMPT-4x4-router"].ROUTER_INPUT_SCALE == 10.0
     assert [e["attack"] for e in cells[0].evaluate] == ["clean", "pgd", "pgd", "pgd", "cw", "aa", "pgd"]
+
+
+def test_the_method_level_of_a_run_folder_is_the_trainers_declared_tag():
+    from ampt.sweep.runspec import RunSpec, trainer_class
+
+    ampt = RunSpec("AMPT", "configs/datasets/digits.yaml", "configs/trainers/AMPT/digits.yaml", 1,
+                   ("TRAINER.AMPT.N_PROMPTS", "2", "OPTIM.LR", "0.01"))
+    folder = ampt.run_dir("out")
+    assert folder.parts[5] == trainer_class("AMPT").run_folder_tag(ampt.config_node())
+    assert folder.parts[5].startswith("k2_l4_linear_") and folder.parent.name == "OPTIM.LR-0.01"  # declared: not extra
+    apt = RunSpec("APT", "configs/datasets/digits.yaml", "configs/trainers/APT/digits.yaml", 1,
+                  ("TRAINER.APT.N_CTX", "8"))
+    assert apt.run_dir("out").parts[5] == "nctx8_cscFalse_ctpend"  # CoOp's scripts' name
+    fap = RunSpec("FAP", "configs/datasets/digits.yaml", "configs/trainers/FAP/digits.yaml", 1,
+                  ("TRAINER.FAP.N_CTX", "3"))  # FAP declares no folder keys: its overrides are the extra level
+    assert trainer_class("FAP").run_folder_keys == () and fap.run_dir("out").parent.name == "TRAINER.FAP.N_CTX-3"

@@ -36,6 +36,7 @@ from ampt.models.router import ROUTER_KINDS, Router, weight_entropy
 from ampt.engine import distributed
 from ampt.models.router_stats import EpochAccumulator, TestWeightLog, bank_summary, eval_split_stats
 from ampt.optim import build_lr_scheduler, build_optimizer
+from ampt.sweep.layout import num
 from ampt.utils.io import read_json, write_json
 
 logger = logging.getLogger(__name__)
@@ -99,6 +100,19 @@ class AMPT(AdversarialClipTrainer):
 
     cfg_node = "AMPT"
     eval_prompt_modes: Tuple[str, ...] = ("uniform",)
+    run_folder_keys = tuple(f"TRAINER.AMPT.{key}" for key in (
+        "N_PROMPTS", "N_CTX", "CTX_INIT", "INIT", "CSC", "CLASS_TOKEN_POSITION", "ROUTER", "ROUTER_HIDDEN",
+        "ROUTER_LR_MULT", "TEMPERATURE", "TOP_K", "MIX", "ATTACK_ROUTER", "CLEAN_CE_WEIGHT", "TRADES_KL_WEIGHT",
+        "BALANCE_WEIGHT"))
+
+    @classmethod
+    def run_folder_tag(cls, cfg: CN) -> str:
+        v = cfg.TRAINER.AMPT
+        init = f"init-{v.INIT}" + (f"-{v.CTX_INIT.replace(' ', '_')}" if v.CTX_INIT else "")
+        hidden = f"h{v.ROUTER_HIDDEN}" if v.ROUTER == "mlp" else ""
+        return (f"k{v.N_PROMPTS}_l{v.N_CTX}_{v.ROUTER}{hidden}_lrx{num(v.ROUTER_LR_MULT)}_t{num(v.TEMPERATURE)}"
+                f"_top{v.TOP_K}_{v.MIX}_{init}_csc{v.CSC}_ctp{v.CLASS_TOKEN_POSITION}_ce{num(v.CLEAN_CE_WEIGHT)}"
+                f"_kl{num(v.TRADES_KL_WEIGHT)}_bal{num(v.BALANCE_WEIGHT)}_atk{v.ATTACK_ROUTER}")
 
     @staticmethod
     def add_config(cfg: CN) -> None:

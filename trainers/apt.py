@@ -17,7 +17,7 @@ from yacs.config import CfgNode as CN
 
 from ampt.adversarial import AdversarialClipTrainer
 from ampt.api import TRAINER_REGISTRY
-from ampt.coop_prompt import add_coop_prompt_keys, build_coop_prompt_model
+from ampt.coop_prompt import COOP_FOLDER_KEYS, add_coop_prompt_keys, build_coop_prompt_model, coop_folder_tag
 
 
 @TRAINER_REGISTRY.register()
@@ -27,6 +27,11 @@ class APT(AdversarialClipTrainer):
     cfg_node = "APT"
     # APT's own scripts set its prompt through CoOp's node: TRAINER.COOP.N_CTX etc. are read as TRAINER.APT.*
     config_aliases = {"TRAINER.COOP": "TRAINER.APT"}
+    run_folder_keys = tuple(f"TRAINER.APT.{key}" for key in COOP_FOLDER_KEYS)
+
+    @classmethod
+    def run_folder_tag(cls, cfg: CN) -> str:
+        return coop_folder_tag(cfg.TRAINER.APT)
 
     @staticmethod
     def add_config(cfg: CN) -> None:

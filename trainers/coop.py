@@ -15,12 +15,18 @@ from yacs.config import CfgNode as CN
 
 from ampt.api import TRAINER_REGISTRY
 from ampt.clip_trainer import ClipTrainer
-from ampt.coop_prompt import add_coop_prompt_keys, build_coop_prompt_model
+from ampt.coop_prompt import COOP_FOLDER_KEYS, add_coop_prompt_keys, build_coop_prompt_model, coop_folder_tag
 
 
 @TRAINER_REGISTRY.register()
 class CoOp(ClipTrainer):
     """Context Optimization (https://arxiv.org/abs/2109.01134)."""
+
+    run_folder_keys = tuple(f"TRAINER.COOP.{key}" for key in COOP_FOLDER_KEYS)
+
+    @classmethod
+    def run_folder_tag(cls, cfg: CN) -> str:
+        return coop_folder_tag(cfg.TRAINER.COOP)
 
     @staticmethod
     def add_config(cfg: CN) -> None:

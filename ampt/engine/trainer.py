@@ -300,6 +300,16 @@ def _as_list(names: Union[None, str, Sequence[str]]) -> Optional[List[str]]:
 class TrainerBase:
     """Dassl's ``TrainerBase``: registered models with their optimizer and scheduler."""
 
+    # Run-folder layout (ampt.sweep.layout): the full config keys that this trainer's method level of a
+    # run folder spells out, by run_folder_tag(cfg); () = no such level (overridden keys then go to the
+    # folder's extra level as KEY-VALUE).
+    run_folder_keys: Tuple[str, ...] = ()
+
+    @classmethod
+    def run_folder_tag(cls, cfg: Any) -> str:
+        """The method level of a run folder of ``cfg``; defined by trainers that declare ``run_folder_keys``."""
+        raise NotImplementedError(f"{cls.__name__} declares run_folder_keys but no run_folder_tag")
+
     def __init__(self) -> None:
         self._models: Dict[str, nn.Module] = OrderedDict()
         self._optims: Dict[str, Any] = OrderedDict()

@@ -8,7 +8,9 @@ A run folder encodes every setting of its ``train.py`` command line::
 - config tag: ``<config name>``, plus ``_ep<E>`` when ``OPTIM.MAX_EPOCH`` is overridden,
   ``_bb-<name>`` when ``MODEL.BACKBONE.NAME`` is, ``_robust-<name>`` when
   ``MODEL.BACKBONE.ROBUST_WEIGHTS`` is;
-- method tag: CoOp and APT ``nctx<N>_csc<C>_ctp<P>``; AMPT every ``TRAINER.AMPT`` setting;
+- method tag: the trainer's own, ``run_folder_tag(cfg)`` of the keys it declares in
+  ``run_folder_keys`` (CoOp and APT ``nctx<N>_csc<C>_ctp<P>``; AMPT every ``TRAINER.AMPT``
+  setting); none for a trainer that declares no keys;
 - attack tag (adversarial trainers): ``eps_<E>_alpha<A>_steps<S>_<PROMPT>[_palpha<P>]``;
 - extra tag: every other overridden key, ``KEY-VALUE`` joined by ``_``.
 
@@ -20,15 +22,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
+from typing import List, Optional, Sequence, Set
 
 from yacs.config import CfgNode as CN
 
 OptPairs = Sequence[str]
 ADV_TRAIN_KEYS = ("ADV.TRAIN.EPS", "ADV.TRAIN.ALPHA", "ADV.TRAIN.STEPS", "ADV.TRAIN.PROMPT", "ADV.TRAIN.PROMPT_ALPHA")
-AMPT_KEYS = ("N_PROMPTS", "N_CTX", "CTX_INIT", "INIT", "CSC", "CLASS_TOKEN_POSITION", "ROUTER", "ROUTER_HIDDEN",
-             "ROUTER_LR_MULT", "TEMPERATURE", "TOP_K", "MIX", "ATTACK_ROUTER", "CLEAN_CE_WEIGHT",
-             "TRADES_KL_WEIGHT", "BALANCE_WEIGHT")
 FILE_SUFFIXES = (".pt", ".pth", ".tar", ".bin", ".ckpt", ".safetensors")
 # train.py flag -> config key, for command lines that use APT's flags.
 FLAG_KEYS = (("eps", "ADV.TRAIN.EPS"), ("alpha", "ADV.TRAIN.ALPHA"), ("steps", "ADV.TRAIN.STEPS"),
@@ -63,26 +62,6 @@ def epochs_for(dataset: str, shots: int) -> int:
     return 100 if 2 <= shots <= 4 else 200
 
 
-def _coop_tag(node: CN) -> str:
-    return f"nctx{node.N_CTX}_csc{node.CSC}_ctp{node.CLASS_TOKEN_POSITION}"
-
-
-def _ampt_tag(v: CN) -> str:
-    init = f"init-{v.INIT}" + (f"-{v.CTX_INIT.replace(' ', '_')}" if v.CTX_INIT else "")
-    hidden = f"h{v.ROUTER_HIDDEN}" if v.ROUTER == "mlp" else ""
-    return (f"k{v.N_PROMPTS}_l{v.N_CTX}_{v.ROUTER}{hidden}_lrx{num(v.ROUTER_LR_MULT)}_t{num(v.TEMPERATURE)}"
-            f"_top{v.TOP_K}_{v.MIX}_{init}_csc{v.CSC}_ctp{v.CLASS_TOKEN_POSITION}_ce{num(v.CLEAN_CE_WEIGHT)}"
-            f"_kl{num(v.TRADES_KL_WEIGHT)}_bal{num(v.BALANCE_WEIGHT)}_atk{v.ATTACK_ROUTER}")
-
-
-# trainer -> (its node under TRAINER, the node keys its tag encodes, the tag)
-METHOD_TAGS: Dict[str, Tuple[str, Tuple[str, ...], Callable[[CN], str]]] = {
-    "CoOp": ("COOP", ("N_CTX", "CSC", "CLASS_TOKEN_POSITION"), _coop_tag),
-    "APT": ("APT", ("N_CTX", "CSC", "CLASS_TOKEN_POSITION"), _coop_tag),
-    "AMPT": ("AMPT", AMPT_KEYS, _ampt_tag),
-}
-
-
 def _attack_tag(cfg: CN, overridden: Set[str]) -> str:
     adv = cfg.ADV.TRAIN
     alpha = default_alpha(adv.EPS) if float(adv.ALPHA) == -1 else adv.ALPHA
@@ -109,16 +88,19 @@ def _extra_tag(opts: OptPairs, encoded: Set[str]) -> str:
 
 
 def run_dir(output: str, trainer: str, dataset_config: str, config_file: str, seed: int,
-            opts: OptPairs, cfg: CN, adversarial: bool) -> Path:
-    """The folder of a run; ``cfg`` is its merged config, ``opts`` its ``KEY VALUE`` overrides."""
+            opts: OptPairs, cfg: CN, adversarial: bool, method_tag: str = "",
+            method_keys: Sequence[str] = ()) -> Path:
+    """The folder of a run; ``cfg`` is its merged config, ``opts`` its ``KEY VALUE`` overrides.
+
+    ``method_tag`` and ``method_keys``: the trainer's ``run_folder_tag(cfg)`` and ``run_folder_keys``.
+    """
     overridden = set(opts[0::2])
     encoded = {"DATASET.NUM_SHOTS", "OPTIM.MAX_EPOCH", "MODEL.BACKBONE.NAME", "MODEL.BACKBONE.ROBUST_WEIGHTS", "SEED"}
     parts: List[str] = [trainer.lower(), Path(dataset_config).stem, f"shots_{cfg.DATASET.NUM_SHOTS}",
                         _config_tag(config_file, cfg, overridden)]
-    if trainer in METHOD_TAGS:
-        node, keys, tag = METHOD_TAGS[trainer]
-        parts.append(tag(cfg.TRAINER[node]))
-        encoded |= {f"TRAINER.{node}.{k}" for k in keys}
+    if method_tag:
+        parts.append(method_tag)
+        encoded |= set(method_keys)
     if adversarial:
         parts.append(_attack_tag(cfg, overridden))
         encoded |= set(ADV_TRAIN_KEYS)

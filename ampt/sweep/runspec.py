@@ -56,8 +56,10 @@ class RunSpec:
         return build_config(self.trainer, self.dataset_config, self.config, self.seed, self.opts)
 
     def run_dir(self, output: str) -> Path:
-        return run_dir(output, self.trainer, self.dataset_config, self.config, self.seed, self.opts,
-                       self.config_node(), is_adversarial(self.trainer))
+        cfg, cls = self.config_node(), trainer_class(self.trainer)
+        return run_dir(output, self.trainer, self.dataset_config, self.config, self.seed, self.opts, cfg,
+                       is_adversarial(self.trainer), method_tag=cls.run_folder_tag(cfg) if cls.run_folder_keys else "",
+                       method_keys=cls.run_folder_keys)
 
     def train_command(self, output_dir: Path) -> List[str]:
         """The command line a user would type for this run."""
