@@ -146,12 +146,15 @@ def test_local_sweep_runs_retries_a_failed_cell_and_skips_on_a_second_call(tmp_p
         results = json.loads((Path(cell.run_dir) / "results.json").read_text())
         assert any(r["attack"] == "pgd" and r["n_samples"] == 20 and r["eps"] == 1 for r in results["records"])
         assert results["run"]["method"] == cell.method  # the report's label
-    unlabelled = RunResults(cells[-1].run_dir)  # as a run of an older sweep runner left it
-    unlabelled.set_run(method=None)
+    zs = next(c for c in cells if c.method == "ZS")
+    RunResults(zs.run_dir).set_run(method=None)  # as a run of an older sweep runner left it
+    capsys.readouterr()
+    assert sweep_cli.main(["report", path]) == 0
+    assert "| ZS " in capsys.readouterr().out  # the sweep's label, not the trainer's name ZeroshotCLIP
 
     assert sweep_cli.main(["run", path]) == 0  # everything finished: nothing runs
     assert "this call: 3 skipped" in capsys.readouterr().out
-    assert RunResults(cells[-1].run_dir).run["method"] == "CoOp"  # a skipped cell is labelled too
+    assert RunResults(zs.run_dir).run["method"] == "ZS"  # a skipped cell is labelled too
     assert sweep_cli.main(["status", path]) == 0
     status = capsys.readouterr().out
     assert "| ZS       | digits    |      1 |         0 |        0 |         0 |       1 |" in status

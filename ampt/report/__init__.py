@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Mapping, Optional, Sequence
 
 from .collect import Run, collect_runs
 from .methods import assign_methods
@@ -30,9 +30,18 @@ __all__ = ["FORMATS", "Report", "Run", "build_report", "collect_runs", "load_rep
 
 
 def load_report(roots: Iterable[os.PathLike], std: str = "sample", hm_attack: Optional[str] = None,
-                expected_seeds: Optional[Sequence[int]] = None, columns: Optional[Sequence[str]] = None) -> Report:
-    """The :class:`Report` of every run under ``roots`` (see :func:`build_report` for the arguments)."""
-    runs = assign_methods(collect_runs(roots))
+                expected_seeds: Optional[Sequence[int]] = None, columns: Optional[Sequence[str]] = None,
+                method_labels: Optional[Mapping[str, str]] = None) -> Report:
+    """The :class:`Report` of every run under ``roots`` (see :func:`build_report` for the arguments).
+
+    ``method_labels``: run folder -> method label, ahead of ``run.method`` and the derived labels.
+    """
+    runs = collect_runs(roots)
+    if method_labels:
+        resolved = {str(Path(folder).resolve()): label for folder, label in method_labels.items()}
+        for run in runs:
+            run.method = resolved.get(str(Path(run.path).resolve()), run.method)
+    runs = assign_methods(runs)
     return make_report(runs, std=std, hm_attack=hm_attack, expected_seeds=expected_seeds, columns=columns)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Mapping, Optional
 
 from ..utils.cli import run_cli
 from .aggregate import STD_KINDS
@@ -28,13 +28,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[List[str]] = None, method_labels: Optional[Mapping[str, str]] = None) -> int:
+    """The CLI; ``method_labels`` (run folder -> method label) is how ``python -m ampt.sweep report`` names runs."""
     from . import load_report
     from .tables import render
 
     args = build_parser().parse_args(argv)
     report = load_report(args.roots, std=args.std, hm_attack=args.hm_attack, expected_seeds=args.seeds,
-                         columns=args.columns)
+                         columns=args.columns, method_labels=method_labels)
     text = render(report, args.format)
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
-import subprocess
 import sys
 from typing import Any, Dict, List, Optional
 
 from ..utils.cli import run_cli
+from .cell import method_label
 from .executors import EXECUTORS, RunOptions, run_local, run_slurm
 from .expand import expand
 from .spec import Sweep, SweepError, load_sweep
@@ -109,10 +109,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    """``python -m ampt.report`` on the output root, every cell's run named by its sweep method."""
     sweep = load_sweep(args.sweep)
     if importlib.util.find_spec("ampt.report") is None:
         raise SweepError("the report needs the ampt.report package, which this installation lacks")
-    return subprocess.call([sys.executable, "-m", "ampt.report", sweep.output_root, *(args.report_args or [])])
+    from ..report.__main__ import main as report_main
+
+    labels = {cell.run_dir: method_label(cell) for cell in expand(sweep)}
+    return report_main([sweep.output_root, *(args.report_args or [])], method_labels=labels)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
