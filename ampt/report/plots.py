@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -215,7 +216,7 @@ def plot_router(report: Report, out: Path) -> List[Path]:
             handles, labels = ax.get_legend_handles_labels()
             unique = dict(zip(labels, handles))
             ax.legend(unique.values(), unique.keys(), fontsize=7)
-        fig.suptitle(f"{method} router, {dataset}, {shots} shots, train eps {eps:g}")
+        fig.suptitle(textwrap.fill(f"{method} router, {dataset}, {shots} shots, train eps {eps:g}", 150))
         files.append(_save(plt, fig, out / f"router_{_safe(method)}_{_safe(dataset)}_{shots}shot_eps{eps:g}.png"))
     return files
 
