@@ -265,9 +265,15 @@ class AdversarialClipTrainer(ClipTrainer):
         """Hook: an observer of the final robust test's clean and attacked forwards, or None."""
         return None
 
+    def final_test_split(self) -> Tuple[str, Any]:
+        """The split of the final tests (``TEST.SPLIT val`` when there is a val loader, else test) and its loader."""
+        if self.cfg.TEST.SPLIT == "val" and self.val_loader is not None:
+            return "val", self.val_loader
+        return "test", self.test_loader
+
     def final_evaluation(self) -> None:
         """Clean accuracy (the engine's test), then robust accuracy under ``ADV.TEST``; both recorded."""
-        split = "val" if self.cfg.TEST.SPLIT == "val" and self.val_loader is not None else "test"
+        split, loader = self.final_test_split()
         clean = self.test(split)
         n_clean = self.evaluator.total
         self.record_result(split, "clean", 0, 0, n_clean, clean, label="clean accuracy")
@@ -275,7 +281,6 @@ class AdversarialClipTrainer(ClipTrainer):
         spec = self.test_attack
         if spec is None:
             return
-        loader = self.val_loader if split == "val" else self.test_loader
         self.set_model_mode("eval")
         warn_reduced(self.test_precision())
         model = at_precision(prompt_model(self, LEARNED), self.test_precision())

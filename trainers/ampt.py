@@ -332,11 +332,11 @@ class AMPT(AdversarialClipTrainer):
             log, self._test_weights = self._test_weights, None
         if log is None:
             return
-        split = "val" if self.cfg.TEST.SPLIT == "val" and self.val_loader is not None else "test"
+        split, loader = self.final_test_split()
         if not log.labels:
             self.set_model_mode("eval")
-            accuracy_under_attack(prompt_model(self, LEARNED), self.val_loader if split == "val" else self.test_loader,
-                                  AttackSpec(CLEAN), self.num_classes, self.device, observer=log)
+            accuracy_under_attack(prompt_model(self, LEARNED), loader, AttackSpec(CLEAN), self.num_classes,
+                                  self.device, observer=log)
         stats = {**self._gathered_eval_stats(log), "bank": self._bank_stats()}
         stats = {"split": split, "attack": self.test_attack.label if self.test_attack else None, **stats}
         logger.info("router on %s (%d images): MI(weights; label) clean %.4f, attacked %s; "

@@ -44,7 +44,8 @@ def distinguishing_keys(runs: Sequence[Run]) -> List[str]:
     return sorted(keys)
 
 
-def _short_names(keys: Sequence[str]) -> Dict[str, str]:
+def short_names(keys: Sequence[str]) -> Dict[str, str]:
+    """Each key by its last component, or in full where two keys would read the same."""
     last = [k.rsplit(".", 1)[-1] for k in keys]
     return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last)}
 
@@ -66,7 +67,7 @@ def assign_methods(runs: Iterable[Run]) -> List[Run]:
             groups[(run.trainer, run.source)].append(run)
     for (trainer, source), members in groups.items():
         keys = distinguishing_keys(members)
-        names = _short_names(keys)
+        names = short_names(keys)
         for run in members:
             parts = [f"{names[k]}={_format(run.settings[k])}" for k in keys if k in run.settings]
             label = " ".join([trainer, *parts])

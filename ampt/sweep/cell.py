@@ -80,10 +80,11 @@ REPORT_CELL_KEYS = ("ADV.TRAIN.EPS", "DATASET.SUBSAMPLE_CLASSES")
 
 def method_label(cell: Cell) -> str:
     """The cell's method in reports: its sweep label plus its config-key grid axes, e.g. "AMPT N_PROMPTS=8"."""
+    from ..report.methods import short_names
+
     keys = [k for k in cell.point if "." in k and k not in REPORT_CELL_KEYS]
-    last = [k.rsplit(".", 1)[-1] for k in keys]
-    names = [short if last.count(short) == 1 else key for key, short in zip(keys, last)]
-    return " ".join([cell.method, *(f"{name}={cell.point[key]}" for name, key in zip(names, keys))])
+    names = short_names(keys)
+    return " ".join([cell.method, *(f"{names[key]}={cell.point[key]}" for key in keys)])
 
 
 def label_run(cell: Cell) -> None:
