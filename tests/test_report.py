@@ -110,6 +110,19 @@ def test_expected_seeds_harmonic_mean_and_method_labels(campaign):
     assert "AMPT-K4-sweep" in {r.method for r in load_report([campaign]).rows}  # run.method wins
 
 
+def test_a_column_measured_on_an_image_subset_says_so_in_the_caption(campaign):
+    assert "subset" not in load_report([campaign]).caption()  # pgd-100@4's 10-image record lost to the full one
+    for seed in (1, 2):
+        write_run(campaign / "aa" / f"seed{seed}", "APT", "Digits", seed,
+                  [record("Digits", "clean", 0, 0, 90.0, n_samples=600),
+                   record("Digits", "pgd", 4, 100, 80.0, n_samples=600),
+                   record("Digits", "aa", 4, 0, 85.0, n_samples=200)])
+    report = load_report([campaign])
+    assert report.subsets == {"aa@4": [200]}
+    assert "on a subset of the test images: aa@4 (200 images per run)" in build_report([campaign])
+    assert "subset" not in load_report([campaign], columns=["clean", "pgd-100@4"]).caption()  # column not shown
+
+
 def test_dataset_average_in_coop_order(campaign):
     report = load_report([campaign])
     apt = [r.dataset for r in report.rows if r.method == "APT"]

@@ -5,7 +5,7 @@
   evaluation with another prompt than the run's own (a template, AMPT's
   ``uniform``). Only ``split: test`` records count. When one run holds several
   records for a column (a subset and the full test set), the one on most
-  images counts.
+  images counts; a column that only subsets give is named in the caption.
 - **std** is the sample standard deviation (n - 1 in the denominator) by
   default, ``population`` (n; what numpy's ``std`` and CoOp's
   ``parse_test_res.py`` print) on request; none for one seed.
@@ -123,8 +123,8 @@ def harmonic_mean(a: Optional[float], b: Optional[float]) -> Optional[float]:
     return 0.0 if a + b == 0 else 2 * a * b / (a + b)
 
 
-def run_values(run: Run) -> Dict[Tuple[str, str, str], float]:
-    """``(eval dataset, record subsample, column) -> accuracy`` of one run (most images wins)."""
+def _counted_values(run: Run) -> Dict[Tuple[str, str, str], Tuple[int, float]]:
+    """``(eval dataset, record subsample, column) -> (images, accuracy)`` of one run (most images wins)."""
     own = str(run.records[0].get("prompt") or "learned") if run.records else "learned"
     best: Dict[Tuple[str, str, str], Tuple[int, float]] = {}
     for record in run.records:
@@ -136,7 +136,27 @@ def run_values(run: Run) -> Dict[Tuple[str, str, str], float]:
         n = int(record.get("n_samples") or 0)
         if key not in best or n >= best[key][0]:
             best[key] = (n, float(record["accuracy"]))
-    return {k: v for k, (_, v) in best.items()}
+    return best
+
+
+def run_values(run: Run) -> Dict[Tuple[str, str, str], float]:
+    """``(eval dataset, record subsample, column) -> accuracy`` of one run (most images wins)."""
+    return {k: v for k, (_, v) in _counted_values(run).items()}
+
+
+def subset_columns(runs: Iterable[Run]) -> Dict[str, List[int]]:
+    """Columns whose numbers come from fewer images than the same run's largest record of that dataset
+    (e.g. AutoAttack on a fixed subset): column -> the image counts."""
+    sizes: Dict[str, set] = defaultdict(set)
+    for run in runs:
+        counted = _counted_values(run)
+        largest: Dict[str, int] = defaultdict(int)
+        for (dataset, _, _), (n, _) in counted.items():
+            largest[dataset] = max(largest[dataset], n)
+        for (dataset, _, column), (n, _) in counted.items():
+            if 0 < n < largest[dataset]:
+                sizes[column].add(n)
+    return {column: sorted(n) for column, n in sorted(sizes.items())}
 
 
 RowKey = Tuple[str, str, str, int, float, str]  # method, dataset, train dataset, shots, train eps, subsample

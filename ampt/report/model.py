@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
 from .aggregate import (CLEAN, Row, Stat, average_rows, build_rows, column_order, default_hm_attack,
-                        harmonic_mean, robust_columns, row_harmonic_mean)
+                        harmonic_mean, robust_columns, row_harmonic_mean, subset_columns)
 from .collect import Run
 from .router import RouterRow, router_caption, router_rows
 from ..errors import UserError
@@ -24,6 +24,7 @@ class Report:
     b2n_attack: Optional[str]
     columns: List[str] = field(default_factory=list)  # the few-shot table's accuracy columns
     router_rows: List[RouterRow] = field(default_factory=list)  # runs with router_stats.json
+    subsets: Dict[str, List[int]] = field(default_factory=dict)  # column -> image counts of subset records
 
     @property
     def averages(self) -> List[Row]:
@@ -36,7 +37,15 @@ class Report:
     def caption(self) -> str:
         hm = f"HM: harmonic mean of clean and {self.hm_attack} accuracy" if self.hm_attack else "HM: none (no robust record)"
         return (f"Accuracy (%) on the test split, mean ± {STD_TEXT[self.std]} over seeds; attacks as "
-                f"attack-steps@eps (eps in 1/255); {hm}; Seeds: seeds with numbers / seeds expected.")
+                f"attack-steps@eps (eps in 1/255); {hm}; Seeds: seeds with numbers / seeds expected"
+                f"{self._subset_text()}.")
+
+    def _subset_text(self) -> str:
+        shown = [(c, n) for c, n in self.subsets.items() if c in self.columns]
+        if not shown:
+            return ""
+        return "; on a subset of the test images: " + ", ".join(
+            f"{column} ({'/'.join(map(str, counts))} images per run)" for column, counts in shown)
 
     def router_caption(self) -> str:
         return router_caption(STD_TEXT[self.std])
@@ -66,7 +75,8 @@ def make_report(runs: Sequence[Run], std: str = "sample", hm_attack: Optional[st
         raise UserError(f"--hm-attack {hm_attack} is not a robust column of these runs; valid: "
                          f"{', '.join(valid) or 'none (no robust record)'}")
     return Report(list(runs), rows, b2n, std, hm_attack or default_hm_attack(rows),
-                  hm_attack or default_hm_attack(b2n, "new"), available, router_rows(runs, std))
+                  hm_attack or default_hm_attack(b2n, "new"), available, router_rows(runs, std),
+                  subset_columns(r for r in runs if r.finished and r.subsample == "all"))
 
 
 # ---------------------------------------------------------------- cells as text
