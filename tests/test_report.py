@@ -136,6 +136,16 @@ def test_dataset_average_in_coop_order(campaign):
     assert "1 of 3 datasets" in build_report([campaign])
 
 
+def test_hm_attack_default_prefers_the_training_eps_on_a_tie(tmp_path):
+    for seed in (1, 2):
+        write_run(tmp_path / "apt" / f"seed{seed}", "APT", "EuroSAT", seed,
+                  [record("EuroSAT", "clean", 0, 0, 80.0), record("EuroSAT", "pgd", 4, 10, 41.0),
+                   record("EuroSAT", "pgd", 4, 100, 40.0), record("EuroSAT", "pgd", 8, 100, 10.0)])
+    report = load_report([tmp_path])
+    assert find(report.rows, "APT", "EuroSAT").train_eps == 4
+    assert report.hm_attack == "pgd-100@4"  # not pgd-100@8: same count and steps, but not the training eps
+
+
 def test_hm_attack_choice_and_errors(campaign, capsys, monkeypatch):
     write_run(campaign / "apt" / "EuroSAT" / "seed1", "APT", "EuroSAT", 1,
               [record("EuroSAT", "clean", 0, 0, 80.0), record("EuroSAT", "pgd", 4, 100, 40.0),

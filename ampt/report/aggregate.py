@@ -266,15 +266,20 @@ def robust_columns(rows: Sequence[Row], subsample: str = "all") -> List[str]:
 
 
 def default_hm_attack(rows: Sequence[Row], subsample: str = "all") -> Optional[str]:
-    """The robust column most rows have (ties: more steps, then larger eps): the harmonic mean's default."""
+    """The robust column most rows have: the harmonic mean's default.
+
+    Ties: the column at more rows' training eps, then more steps, then larger eps.
+    """
     counts: Dict[str, int] = defaultdict(int)
+    at_train_eps: Dict[str, int] = defaultdict(int)
     for row in rows:
         for (s, column) in row.stats:
             if s == subsample and column != CLEAN and " [" not in column:
                 counts[column] += 1
+                at_train_eps[column] += column_order(column)[3] == row.train_eps
     if not counts:
         return None
-    return max(counts, key=lambda c: (counts[c], column_order(c)[4], column_order(c)[3], c))
+    return max(counts, key=lambda c: (counts[c], at_train_eps[c], column_order(c)[4], column_order(c)[3], c))
 
 
 def row_harmonic_mean(row: Row, attack: Optional[str], subsample: str = "all") -> Optional[float]:
