@@ -41,10 +41,11 @@ from .attacks.per_sample import uniform_noise
 from .clip_trainer import ClipTrainer
 from .engine import distributed
 from .errors import UserError
-from .evaluation import LEARNED, AttackSpec, BatchObserver, accuracy_under_attack, prompt_model
+from .evaluated_prompt import prompt_model
 from .losses import TrainLoss
-from .models.interface import check_attack_prompt
+from .models.interface import LEARNED, check_attack_prompt
 from .precision import at_precision, warn_reduced
+from .robust_accuracy import AttackSpec, BatchObserver, accuracy_under_attack
 
 logger = logging.getLogger(__name__)
 

@@ -159,7 +159,7 @@ class ClipTrainer(TrainerX):
 
         Subclasses list their modes in ``eval_prompt_modes`` and build them
         here (AMPT: "uniform"); "learned" and templates are built by
-        :func:`ampt.evaluation.prompt_model`.
+        :func:`ampt.evaluated_prompt.prompt_model`.
         """
         return None
 

@@ -51,7 +51,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from ampt.attacks import build_attack  # noqa: E402
 from ampt.config import get_cfg_default, merge_from_file, merge_from_list  # noqa: E402
 from ampt.engine.select import active_api  # noqa: E402
-from ampt.evaluation import prompt_model  # noqa: E402
+from ampt.evaluated_prompt import prompt_model  # noqa: E402
 from ampt.models import ImageNormalizer, build_tiny_clip, load_clip, save_clip_state_dict  # noqa: E402
 from ampt.plugins import load_plugins  # noqa: E402
 

@@ -24,7 +24,7 @@ from PIL import Image
 from ampt.api import DATASET_REGISTRY, TRAINER_REGISTRY, DatasetBase, Datum, build_trainer
 from ampt.config import setup_cfg
 from ampt.errors import NonFiniteError, UserError
-from ampt.evaluation import AttackSpec, accuracy_under_attack
+from ampt.robust_accuracy import AttackSpec, accuracy_under_attack
 from ampt.models import ImageNormalizer, save_clip_state_dict, template_text_features
 from ampt.models.tiny import build_tiny_clip
 from ampt.plugins import load_plugins

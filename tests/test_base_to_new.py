@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import ampt.evaluation as evaluation
+from ampt.run_loader import load_run
 from ampt.demo.digits_data import CLASSNAMES, prepare_digits
 from ampt.report import build_report
 from ampt.results import RunResults
@@ -65,10 +66,10 @@ def test_base_and_new_records(base_run, tmp_path, monkeypatch):
     base_subset = next(r for r in records if r.get("subsample") == "base" and r["n_samples"] == 40)
     assert new["clean"] != own and base_subset["attack"] == "clean"
 
-    loaded = evaluation.load_run(run, subsample="new")
+    loaded = load_run(run, subsample="new")
     dataset = loaded.trainer.dm.dataset
     assert dataset.classnames == list(CLASSNAMES[5:]) and {d.label for d in dataset.test} == set(range(5))
-    own_run = evaluation.load_run(run)
+    own_run = load_run(run)
     assert own_run.trainer.dm.dataset.classnames == list(CLASSNAMES[:5])  # the run's own classes
     with torch.no_grad():  # same learned context, other class names: other text features
         new_features, base_features = loaded.trainer.model.text_features(), own_run.trainer.model.text_features()

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 import ampt.evaluation as evaluation
+import ampt.robust_accuracy as robust_accuracy
 from ampt.results import RunResults
 from test_apt import APT_DIGITS, COOP_DIGITS, REPO, toy_env, _quiet  # noqa: F401  (fixtures)
 
@@ -144,7 +145,7 @@ def test_n_samples_subset_and_resume(runs, tmp_path, monkeypatch):
             pass
 
     monkeypatch.setattr(evaluation, "prompt_model", counting_model)
-    monkeypatch.setattr(evaluation, "progress_bar", StopAfterOneBatch)
+    monkeypatch.setattr(robust_accuracy, "progress_bar", StopAfterOneBatch)
     with pytest.raises(KeyboardInterrupt):
         evaluate(run, "--attack", "pgd", "--steps", "2", "--n-samples", "8", "--seed", "3", "--force")
     assert len(batches) == 4  # batch 1: clean forward, 2 attack steps, adversarial forward

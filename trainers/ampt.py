@@ -29,7 +29,9 @@ from ampt.adversarial import AdversarialClipTrainer
 from ampt.api import TRAINER_REGISTRY
 from ampt.errors import UserError
 from ampt.models import PromptLearner
-from ampt.evaluation import CLEAN, LEARNED, AttackSpec, accuracy_under_attack, prompt_model
+from ampt.evaluated_prompt import prompt_model
+from ampt.models.interface import LEARNED
+from ampt.robust_accuracy import CLEAN, AttackSpec, accuracy_under_attack
 from ampt.models.mixture import MIX_MODES, FixedRouting, MixturePromptedCLIP
 from ampt.models.prompt_init import orthogonal_contexts, split_templates, template_contexts
 from ampt.models.router import ROUTER_KINDS, Router, weight_entropy

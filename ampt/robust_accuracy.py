@@ -1,0 +1,159 @@
+"""Top-1 accuracy of a model on a loader's images, clean or under one attack.
+
+Robust accuracy counts an image only if it is classified correctly both
+clean and attacked (:func:`accuracy_under_attack`). Used by ``evaluate.py``'s
+back end (:mod:`ampt.evaluation`) and by the adversarial trainers' own
+robust test (:meth:`ampt.adversarial.AdversarialClipTrainer.final_evaluation`).
+
+Under ``torchrun`` each rank attacks whole batches of the loader, dealt
+round-robin (:mod:`ampt.engine.distributed`): every batch is the batch of a
+one-process run, attacked with the same seed, and the ranks' integer counts
+are summed, so the accuracy is exactly the one-process accuracy.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .attacks import ATTACK_REGISTRY, build_attack, check_eps
+from .engine.progress import progress_bar
+from .engine import distributed
+from .finite import check_finite_logits
+from .utils.io import read_json, write_json
+
+logger = logging.getLogger(__name__)
+
+# Clean accuracy is a record like the attacks' (docs/results_format.md): attack "clean", eps 0, steps 0.
+CLEAN = "clean"
+
+
+@dataclass
+class AttackSpec:
+    """One evaluation: ``name`` "clean" or a registered attack; eps/alpha in 1/255 units."""
+
+    name: str
+    eps: float = 0.0
+    steps: int = 0
+    alpha: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        if self.name == CLEAN:
+            self.eps, self.steps, self.alpha = 0.0, 0, None
+            return
+        ATTACK_REGISTRY.get(self.name)  # unknown name: lists the valid ones
+        self.eps = check_eps(self.eps)
+        if self.parameter_free:
+            self.steps, self.alpha = 0, None
+        else:
+            self.alpha = self.eps / 4 if self.alpha is None or self.alpha < 0 else float(self.alpha)
+
+    @property
+    def parameter_free(self) -> bool:
+        return self.name != CLEAN and bool(getattr(ATTACK_REGISTRY.get(self.name), "parameter_free", False))
+
+    @property
+    def label(self) -> str:
+        """How logs and tables name the number, e.g. "robust accuracy (PGD-10, eps 4/255)"."""
+        if self.name == CLEAN:
+            return "clean accuracy"
+        name = self.name.upper() if self.parameter_free else f"{self.name.upper()}-{self.steps}"
+        return f"robust accuracy ({name}, eps {self.eps:g}/255)"
+
+    def build(self, model: nn.Module, num_classes: int, seed: int) -> Any:
+        if self.name == CLEAN:
+            return None
+        return build_attack(self.name, model, self.eps, alpha=self.alpha, steps=self.steps,
+                            num_classes=num_classes, seed=seed)
+
+
+BatchObserver = Callable[[str, torch.Tensor], None]
+"""Told ``("clean", labels)`` after each clean forward of :func:`accuracy_under_attack` and
+``("attacked", labels)`` after each attacked one, so that a trainer can read what its model
+kept of that forward (AMPT: the router's weights) without a second pass."""
+
+
+@dataclass
+class Outcome:
+    accuracy: float
+    n_samples: int
+    seconds: float
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+def accuracy_under_attack(
+    model: nn.Module,
+    loader: DataLoader,
+    spec: AttackSpec,
+    num_classes: int,
+    device: torch.device,
+    seed: int = 0,
+    desc: str = "",
+    progress_file: Optional[Path] = None,
+    observer: Optional[BatchObserver] = None,
+) -> Outcome:
+    """Top-1 accuracy (percent) of ``model`` on ``loader``'s images, clean or attacked.
+
+    Robust accuracy counts an image only if it is classified correctly both
+    clean and attacked: the clean image lies in its own eps-ball, so the
+    worst case over the ball includes it (AutoAttack counts the same way),
+    and robust accuracy never exceeds clean accuracy. One progress bar.
+    With ``progress_file``, counts are saved after every batch and a
+    matching file from an interrupted call is resumed. Under torchrun each
+    rank evaluates its shard of ``loader`` (whole batches) and the counts are
+    summed over ranks; ``progress_file`` is then this rank's own.
+    ``observer`` sees the batches this call evaluates (this rank's shard,
+    after any resumed ones).
+    """
+    model.eval()
+    loader = distributed.shard_loader(loader)
+    attack = spec.build(model, num_classes, seed)
+    if attack is not None:
+        logger.info("Attack: %r", attack)
+    state = {"batches": 0, "correct": 0, "total": 0, "seconds": 0.0}
+    if progress_file is not None and progress_file.is_file():
+        state = read_json(progress_file)["state"]
+        logger.info("Resuming %s after %d batches (%d images) from %s",
+                    spec.label, state["batches"], state["total"], progress_file)
+    bar = progress_bar(loader, total=len(loader), desc=desc or spec.label)
+    for index, batch in enumerate(bar):
+        if index < state["batches"]:
+            continue
+        start = time.perf_counter()
+        images, labels = batch["img"].to(device), batch["label"].to(device)
+        with torch.no_grad():
+            logits = model(images)
+            if observer is not None:
+                observer("clean", labels)
+        check_finite_logits(logits, f"clean images, batch {index}")
+        correct = logits.argmax(dim=1) == labels
+        if attack is not None:
+            adv = attack(images, labels)
+            with torch.no_grad():
+                logits = model(adv)
+                if observer is not None:
+                    observer("attacked", labels)
+            check_finite_logits(logits, f"{spec.label}, batch {index}")
+            correct &= logits.argmax(dim=1) == labels
+        state["correct"] += int(correct.sum())
+        state["total"] += int(labels.numel())
+        state["batches"] = index + 1
+        state["seconds"] += time.perf_counter() - start
+        bar.set_postfix_str(f"acc {100.0 * state['correct'] / state['total']:.2f}%", refresh=False)
+        if progress_file is not None:
+            write_json({"state": state}, progress_file)
+    bar.close()
+    correct, total = distributed.all_reduce_sum([state["correct"], state["total"]])
+    state = {**state, "correct": correct, "total": total, "seconds": distributed.all_reduce_max(state["seconds"])}
+    if state["total"] == 0:
+        raise RuntimeError("The evaluation saw no images: the test split (or subset) is empty")
+    extra: Dict[str, Any] = {}
+    if attack is not None and getattr(attack, "library", None):
+        extra["library"] = attack.library
+    return Outcome(100.0 * state["correct"] / state["total"], state["total"], state["seconds"], extra)
