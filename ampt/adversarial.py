@@ -7,8 +7,11 @@
   the eps-ball; only ``x + delta`` is clamped to [0, 1]; see
   :mod:`ampt.attacks.apt_pgd`), with APT's three attack prompts (and
   ``perturbed_rms``, ours);
-- the training objective from ``ADV.TRAIN.LOSS`` (:mod:`ampt.losses`: ``ce``,
-  ``trades``, ``fap``), which also sets what the attack maximises;
+- the training objective from ``ADV.TRAIN.LOSS`` (:mod:`ampt.objectives`: a
+  registered term such as ``ce``, ``trades``, ``fap``, or a weighted sum such
+  as ``fap+0.5*zs_kl``), whose ``ADV.TRAIN.ATTACK_LOSS`` term (default: the
+  first) sets what the attack maximises; each step's tensors are a
+  :class:`~ampt.objectives.TrainingStep` the terms read;
 - a training step that runs the text encoder **once**: the prompts' text
   features are computed with gradient, the attack reuses them detached at
   every step, and the loss on the adversarial images uses them again;
@@ -17,9 +20,12 @@
   written to ``results.json`` as its own record.
 
 Subclasses build ``self.model`` (a :class:`~ampt.models.PromptedCLIP` or a
-subclass) in ``build_model`` and may override :meth:`adversarial_loss` (extra
-loss terms), the evaluation prompt hook (:meth:`eval_prompt_model`) and
-:meth:`robust_test_observer` (what to read off the robust test's forwards).
+subclass) in ``build_model`` and may override :meth:`objective_terms` (terms
+their own weight keys add to ``ADV.TRAIN.LOSS``), :meth:`observe_step` (what
+to read off each training step), the evaluation prompt hook
+(:meth:`eval_prompt_model`) and :meth:`robust_test_observer` (what to read
+off the robust test's forwards). A new loss term is a registered objective
+(:mod:`ampt.objectives`), not a subclass.
 
 Text-encoder passes per training step: ``onfly`` 1, ``constant`` 1 (the
 template's features are computed once, at the first step), ``perturbed`` and
@@ -30,7 +36,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -39,11 +45,12 @@ from .attacks import ATTACK_REGISTRY, attack_mode, check_eps
 from .attacks.apt_pgd import apt_pgd
 from .attacks.per_sample import uniform_noise
 from .clip_trainer import ClipTrainer
-from .engine import distributed
+from .utils import distributed
 from .errors import UserError
 from .evaluated_prompt import prompt_model
-from .losses import TrainLoss
 from .models.interface import LEARNED, check_attack_prompt
+from .models.templates import check_template, get_template
+from .objectives import FrozenZeroShot, TrainingObjective, TrainingStep, check_inner_differentiable
 from .precision import at_precision, warn_reduced
 from .robust_accuracy import AttackSpec, BatchObserver, accuracy_under_attack
 
@@ -107,22 +114,32 @@ class AdversarialClipTrainer(ClipTrainer):
     def check_cfg(self, cfg: Any) -> None:
         super().check_cfg(cfg)
         self.budget = TrainBudget.from_cfg(cfg)
-        self.train_loss = TrainLoss.from_cfg(cfg)
-        if self.train_loss.needs_clean and self.budget.prompt in PERTURBED_MODES:
-            raise UserError(f'ADV.TRAIN.PROMPT "{self.budget.prompt}" attacks with cross-entropy; with ADV.TRAIN.LOSS '
-                             f'"{self.train_loss.name}" use PROMPT onfly or constant')
+        self.objective = self.build_objective(cfg)
+        if self.objective.attack_needs_clean and self.budget.prompt in PERTURBED_MODES:
+            raise UserError(f'ADV.TRAIN.PROMPT "{self.budget.prompt}" moves the prompts during the attack, which the '
+                             f'attack loss "{self.objective.attack_name}" (it reads the clean prediction) does not '
+                             'support: use PROMPT onfly or constant, or ADV.TRAIN.ATTACK_LOSS ce')
         self.test_attack = test_spec(cfg)
 
+    def objective_terms(self, cfg: Any) -> Sequence[Tuple[str, float]]:
+        """Hook: ``(term, weight)`` pairs the trainer's own keys add after ``ADV.TRAIN.LOSS``'s (default: none)."""
+        return ()
+
+    def build_objective(self, cfg: Any) -> TrainingObjective:
+        """``ADV.TRAIN.LOSS`` plus :meth:`objective_terms`, with ``ADV.TRAIN.ATTACK_LOSS``."""
+        return TrainingObjective(cfg, extra=self.objective_terms(cfg))
+
     def setup_model(self, model: nn.Module, trainable: Any) -> nn.Module:
-        """:meth:`ClipTrainer.setup_model`, then refuse an ``ADV.TRAIN.PROMPT`` the model does not support."""
+        """:meth:`ClipTrainer.setup_model`, then refuse an ``ADV.TRAIN.PROMPT`` or a loss term the model does not support."""
         model = super().setup_model(model, trainable)
         check_attack_prompt(model, self.budget.prompt)
+        self.objective.check_model(model)
         return model
 
     def run_metadata(self) -> Dict[str, Any]:
         b = TrainBudget.from_cfg(self.cfg)
         return {**super().run_metadata(), "train_alpha": round(b.alpha, 4), "train_steps": b.steps,
-                "train_attack_prompt": b.prompt, **TrainLoss.from_cfg(self.cfg).metadata()}
+                "train_attack_prompt": b.prompt, **self.build_objective(self.cfg).metadata()}
 
     # ------------------------------------------------------------ training attack
     def constant_text_features(self) -> Tensor:
@@ -133,9 +150,25 @@ class AdversarialClipTrainer(ClipTrainer):
             self._constant_text_features = cached
         return cached
 
+    def frozen_zero_shot(self) -> FrozenZeroShot:
+        """The frozen backbone's zero-shot classifier (``ADV.OBJECTIVE.ZERO_SHOT_TEMPLATE``), built once per run."""
+        cached = getattr(self, "_frozen_zero_shot", None)
+        if cached is None:
+            template = check_template(self.cfg.ADV.OBJECTIVE.ZERO_SHOT_TEMPLATE or get_template(self.cfg.DATASET.NAME))
+            cached = self._frozen_zero_shot = FrozenZeroShot(self.model, self.classnames, template)
+        return cached
+
+    def training_step(self, images: Tensor, labels: Tensor) -> TrainingStep:
+        """A new :class:`~ampt.objectives.TrainingStep` of this batch (the attack and the loss fill it)."""
+        return TrainingStep(self.model, images, labels, zero_shot=self.frozen_zero_shot())
+
+    # The step being trained, read by adversarial_images (whose signature subclasses and tests share).
+    current_step: Optional[TrainingStep] = None
+
     def adversarial_images(self, images: Tensor, labels: Tensor, text_features: Optional[Tensor]) -> Tensor:
         """APT's training PGD (:func:`~ampt.attacks.apt_pgd.apt_pgd`) through the whole model.
 
+        It maximises the objective's attack loss (``ADV.TRAIN.ATTACK_LOSS``).
         ``onfly``: every step reuses ``text_features`` (the current prompts'),
         detached, so the attack adds no text-encoder pass. ``constant``: the
         template's features. ``perturbed`` / ``perturbed_rms``: see
@@ -143,8 +176,9 @@ class AdversarialClipTrainer(ClipTrainer):
         attack and restored after.
         """
         b = self.budget
+        step = self.current_step or self.training_step(images, labels)
         if b.prompt in PERTURBED_MODES:
-            return self._perturbed_attack(images, labels)
+            return self._perturbed_attack(images, labels, step)
         if b.prompt == "constant":
             fixed = self.constant_text_features()
         else:
@@ -152,14 +186,13 @@ class AdversarialClipTrainer(ClipTrainer):
                 raise ValueError('the "onfly" attack needs the current text features')
             fixed = text_features.detach()
         with attack_mode(self.model):
-            forward = lambda x: self.model(x, text_features=fixed)  # noqa: E731
-            clean = None
-            if self.train_loss.needs_clean:
-                with torch.no_grad():
-                    clean = forward(images)
-            loss = self.train_loss.attack_loss(clean) if self.train_loss.needs_clean else None  # None: APT's mean CE
-            return apt_pgd(forward, images, labels, b.eps / 255, b.alpha / 255, b.steps,
-                           delta=self.attack_start(images), loss=loss)
+            step.attack_forward = lambda x: self.model(x, text_features=fixed)
+            try:
+                loss = self.objective.inner(step)
+                return apt_pgd(step.attack_forward, images, labels, b.eps / 255, b.alpha / 255, b.steps,
+                               delta=self.attack_start(images), loss=loss)
+            finally:
+                step.attack_forward = None
 
     def attack_start(self, images: Tensor) -> Optional[Tensor]:
         """The training attack's initial perturbation: None (drawn from the global RNG) in one process.
@@ -176,10 +209,10 @@ class AdversarialClipTrainer(ClipTrainer):
         seeds = [distributed.sample_seed(seed, self.epoch, int(i)) for i in indices]
         return uniform_noise(images, self.budget.eps / 255, seeds)
 
-    def _perturbed_attack(self, images: Tensor, labels: Tensor) -> Tensor:
+    def _perturbed_attack(self, images: Tensor, labels: Tensor, step: TrainingStep) -> Tensor:
         """APT's PGD on the images while the prompts ascend the same loss, then restored.
 
-        At each step the same loss (mean cross-entropy) gives both gradients:
+        At each step the same loss (the attack loss, a cross-entropy for APT) gives both gradients:
         the images take APT's step, and every prompt parameter ``p`` takes a
         step up the loss: ``perturbed`` (APT) a plain gradient step
         ``p + PROMPT_ALPHA * grad``; ``perturbed_rms`` (ours) a sign step of
@@ -209,50 +242,65 @@ class AdversarialClipTrainer(ClipTrainer):
                     p.requires_grad_(True)
                 return apt_pgd(lambda x: self.model(x, text_features=self.model.text_features()), images, labels,
                                b.eps / 255, b.alpha / 255, b.steps, delta=self.attack_start(images),
-                               params=params, param_step=prompt_step)
+                               params=params, param_step=prompt_step, loss=self.objective.inner(step))
         finally:
             with torch.no_grad():
                 for p, value in zip(params, saved):
                     p.copy_(value)
 
     # ------------------------------------------------------------ training step
-    def adversarial_loss(self, logits: Tensor, labels: Tensor, images: Tensor, adv_images: Tensor,
-                         text_features: Tensor, adv_features: Optional[Tensor] = None
-                         ) -> Tuple[Tensor, Dict[str, float]]:
-        """``ADV.TRAIN.LOSS`` on the adversarial ``logits`` (and the clean images' when it needs them).
-
-        Subclasses add terms (AMPT: clean CE, TRADES KL, router balance);
-        ``text_features`` (with gradient) let them do so without another
-        text pass; ``adv_features`` are the adversarial images' features.
-        """
-        if not self.train_loss.needs_clean:
-            return self.train_loss.outer(logits, labels)
-        clean_features = self.model.encode_image(images)
-        clean_logits = self.model.combine(clean_features, text_features)
-        return self.train_loss.outer(logits, labels, clean_logits, clean_features, adv_features)
+    def observe_step(self, step: TrainingStep) -> Dict[str, float]:
+        """Hook: read the finished step (AMPT: its router weights); returns scalars to log (default: none)."""
+        return {}
 
     def forward_backward(self, batch: Dict[str, Any]) -> Dict[str, float]:
         images, labels = self.parse_batch_train(batch)[:2]
         self.batch_indices = batch.get("index")  # dataset indices: seeds of the per-image attack start
         with self.autocast():
-            if self.budget.prompt in PERTURBED_MODES:
-                adv = self.adversarial_images(images, labels, None)
-                text_features = self.model.text_features()
-            else:
-                text_features = self.model.text_features()  # the step's only text-encoder pass
-                adv = self.adversarial_images(images, labels, text_features)
-            adv_features = self.model.encode_image(adv)
-            logits = self.model.combine(adv_features, text_features)
-            loss, extra = self.adversarial_loss(logits, labels, images, adv, text_features, adv_features)
+            step = self.current_step = self.training_step(images, labels)
+            try:
+                if self.budget.prompt in PERTURBED_MODES:
+                    adv = self.adversarial_images(images, labels, None)
+                    text_features = self.model.text_features()
+                else:
+                    text_features = self.model.text_features()  # the step's only text-encoder pass
+                    adv = self.adversarial_images(images, labels, text_features)
+            finally:
+                self.current_step = None
+            step.text_features, step.adv_images = text_features, adv
+            step.adv_features = self.model.encode_image(adv)
+            step.adv_logits = self.model.combine(step.adv_features, text_features)
+            step.adv_router_weights = self.model.router_weights()  # of this forward, before any other
+            loss, extra = self.objective.loss(step)
+            extra.update(self.observe_step(step))
         self.model_backward_and_update(loss)
-        summary = {"loss": loss.item(), "adv_acc": 100.0 * (logits.argmax(1) == labels).float().mean().item(),
+        summary = {"loss": loss.item(), "adv_acc": 100.0 * (step.adv_logits.argmax(1) == labels).float().mean().item(),
                    **extra}
         if (self.batch_idx + 1) == self.num_batches:
             self.update_lr()
         return summary
 
+    def check_attack_loss(self) -> None:
+        """Refuse, before any epoch, an attack loss whose gradient w.r.t. the image is missing or zero.
+
+        A probe of two random images at the input size goes through the
+        model in eval mode with its current text features.
+        """
+        size = tuple(int(s) for s in self.cfg.INPUT.SIZE)
+        generator = torch.Generator().manual_seed(0)
+        probe = torch.rand(2, 3, *size, generator=generator).to(self.device)
+        labels = torch.tensor([0, min(1, self.num_classes - 1)], device=self.device)
+        step = self.training_step(probe, labels)
+        with attack_mode(self.model), torch.random.fork_rng(devices=[]):
+            with torch.no_grad():
+                fixed = self.model.text_features().detach()
+            step.attack_forward = lambda x: self.model(x, text_features=fixed)
+            check_inner_differentiable(self.objective, step)
+
     def before_train(self) -> None:
-        """Check the configured robust test against the task before any epoch runs."""
+        """Check the attack loss, and the configured robust test against the task, before any epoch runs."""
+        if self.budget.eps > 0:
+            self.check_attack_loss()
         spec = self.test_attack
         if spec is not None:
             try:

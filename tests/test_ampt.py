@@ -273,7 +273,7 @@ def test_training_step_one_text_pass_gradients_and_allow_list(toy_env, tmp_path)
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     summary = trainer.forward_backward(next(iter(trainer.train_loader_x)))
     assert len(calls) == 1  # K x C prompts, one batched pass, reused by the 3 attack steps and the loss
-    assert {"loss", "adv_acc", "clean_ce", "trades_kl", "imbalance", "router_entropy"} <= set(summary)
+    assert {"loss", "adv_acc", "clean_ce", "clean_adv_kl", "router_balance", "imbalance", "router_entropy"} <= set(summary)
     assert all(np.isfinite(v) for v in summary.values())
     ctx_grad = model.prompt_learner.ctx.grad
     assert (ctx_grad.flatten(1).abs().sum(dim=1) > 0).all()  # every prompt

@@ -17,11 +17,9 @@ weighted sum depend on the image.
 from __future__ import annotations
 
 import logging
-import math
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from yacs.config import CfgNode as CN
 
@@ -32,10 +30,11 @@ from ampt.models import PromptLearner
 from ampt.evaluated_prompt import prompt_model
 from ampt.models.interface import LEARNED
 from ampt.robust_accuracy import CLEAN, AttackSpec, accuracy_under_attack
+from ampt.objectives import TrainingStep
 from ampt.models.mixture import MIX_MODES, FixedRouting, MixturePromptedCLIP
 from ampt.models.prompt_init import orthogonal_contexts, split_templates, template_contexts
 from ampt.models.router import ROUTER_KINDS, Router, weight_entropy
-from ampt.engine import distributed
+from ampt.utils import distributed
 from ampt.models.router_stats import EpochAccumulator, TestWeightLog, bank_summary, eval_split_stats
 from ampt.optim import build_lr_scheduler, build_optimizer
 from ampt.sweep.layout import num
@@ -145,9 +144,12 @@ class AMPT(AdversarialClipTrainer):
     def check_cfg(self, cfg: Any) -> None:
         super().check_cfg(cfg)
         check_ampt_cfg(cfg.TRAINER.AMPT)
-        if cfg.ADV.TRAIN.LOSS != "ce":
-            raise UserError(f'AMPT trains with ADV.TRAIN.LOSS "ce" plus its own TRAINER.AMPT.CLEAN_CE_WEIGHT and '
-                             f'TRADES_KL_WEIGHT terms (got LOSS "{cfg.ADV.TRAIN.LOSS}")')
+
+    def objective_terms(self, cfg: Any) -> Sequence[Tuple[str, float]]:
+        """AMPT's weight keys as loss terms after ``ADV.TRAIN.LOSS``'s: clean CE, TRADES-style KL, router balance."""
+        node = cfg.TRAINER.AMPT
+        return (("clean_ce", float(node.CLEAN_CE_WEIGHT)), ("clean_adv_kl", float(node.TRADES_KL_WEIGHT)),
+                ("router_balance", float(node.BALANCE_WEIGHT)))
 
     def run_metadata(self) -> Dict[str, Any]:
         node = self.cfg.TRAINER.AMPT
@@ -223,31 +225,11 @@ class AMPT(AdversarialClipTrainer):
         with self.model.routing(ATTACK_ROUTES[self.cfg.TRAINER.AMPT.ATTACK_ROUTER]):
             return super().adversarial_images(images, labels, text_features)
 
-    def adversarial_loss(self, logits: Tensor, labels: Tensor, images: Tensor, adv_images: Tensor,
-                         text_features: Tensor, adv_features: Optional[Tensor] = None
-                         ) -> Tuple[Tensor, Dict[str, float]]:
-        """CE on the adversarial logits, plus the optional clean CE, TRADES KL and balance terms."""
-        node = self.cfg.TRAINER.AMPT
-        weights = self.model.routed_weights  # of the adversarial forward that gave ``logits``
-        loss = F.cross_entropy(logits, labels)
-        extra: Dict[str, float] = {}
-        if node.CLEAN_CE_WEIGHT > 0 or node.TRADES_KL_WEIGHT > 0:
-            clean_logits = self.model(images, text_features=text_features)
-            if node.CLEAN_CE_WEIGHT > 0:
-                clean_ce = F.cross_entropy(clean_logits, labels)
-                loss = loss + node.CLEAN_CE_WEIGHT * clean_ce
-                extra["clean_ce"] = clean_ce.item()
-            if node.TRADES_KL_WEIGHT > 0:
-                kl = F.kl_div(F.log_softmax(logits, dim=1), F.softmax(clean_logits, dim=1), reduction="batchmean")
-                loss = loss + node.TRADES_KL_WEIGHT * kl
-                extra["trades_kl"] = kl.item()
-        if node.BALANCE_WEIGHT > 0:
-            imbalance = math.log(weights.shape[1]) - weight_entropy(weights.mean(dim=0, keepdim=True))[0]
-            loss = loss + node.BALANCE_WEIGHT * imbalance
-            extra["imbalance"] = imbalance.item()
-        self._accumulate_router_stats(weights.detach())
-        extra["router_entropy"] = weight_entropy(weights.detach()).mean().item()
-        return loss, extra
+    def observe_step(self, step: TrainingStep) -> Dict[str, float]:
+        """The adversarial forward's router weights go into the epoch's statistics; their mean entropy is logged."""
+        weights = step.adv_router_weights.detach()
+        self._accumulate_router_stats(weights)
+        return {"router_entropy": weight_entropy(weights).mean().item()}
 
     # ------------------------------------------------------------ router statistics
     def _epoch_stats(self) -> EpochAccumulator:

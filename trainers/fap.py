@@ -25,12 +25,12 @@ class FAP(AdversarialClipTrainer):
     """Few-shot Adversarial Prompt learning: image-to-text coupled deep prompts, the fap loss."""
 
     cfg_node = "FAP"
+    default_loss = "fap"
 
     @staticmethod
     def add_config(cfg: CN) -> None:
         cfg.TRAINER.FAP = CN()
         add_coupled_keys(cfg.TRAINER.FAP)
-        cfg.ADV.TRAIN.LOSS = "fap"
 
     def build_model(self) -> None:
         node = self.cfg.TRAINER.FAP

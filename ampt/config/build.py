@@ -205,6 +205,9 @@ def setup_cfg(args: argparse.Namespace, trainer_cls: Optional[type] = None, base
     cfg = base_cfg.clone() if base_cfg is not None else get_cfg_default()
     if trainer_cls is not None and hasattr(trainer_cls, "add_config"):
         trainer_cls.add_config(cfg)
+    default_loss = getattr(trainer_cls, "default_loss", "")
+    if default_loss:  # the trainer's declared objective (FAP: "fap"), before the yamls may change it
+        cfg.ADV.TRAIN.LOSS = default_loss
     aliases = active_aliases(cfg, getattr(trainer_cls, "config_aliases", None) or {})
     used: Set[str] = set()
     if getattr(args, "dataset_config_file", ""):

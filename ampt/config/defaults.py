@@ -143,12 +143,16 @@ _C.ADV.TRAIN.EPS = 4.0  # training attack L-inf budget, in 1/255 units (>= 1 typ
 _C.ADV.TRAIN.ALPHA = -1.0  # training attack step size, in 1/255 units; -1 = 2/3 * EPS (APT)
 _C.ADV.TRAIN.STEPS = 3  # training attack PGD steps (>= 1)
 _C.ADV.TRAIN.PROMPT = "onfly"  # prompt the training attack uses: onfly | constant | perturbed | perturbed_rms
-_C.ADV.TRAIN.LOSS = "ce"  # outer loss + attack's inner loss: ce (APT/TeCoA) | trades | fap (ampt/losses.py)
-_C.ADV.TRAIN.TRADES_BETA = 6.0  # LOSS trades only: weight (>= 0) of the KL term
-_C.ADV.TRAIN.FAP_LAMBDA = 1.5  # LOSS fap only: weight (>= 0) of the cosine-weighted KL term
+# training objective: a registered term or a weighted sum, e.g. "ce", "trades", "fap+0.5*zs_kl" (ampt/objectives/);
+# each term's own keys are added by the term (ADV.TRAIN.TRADES_BETA, ADV.TRAIN.FAP_LAMBDA, ADV.OBJECTIVE.<TERM>.*)
+_C.ADV.TRAIN.LOSS = "ce"
+_C.ADV.TRAIN.ATTACK_LOSS = ""  # term whose attack loss the training PGD maximises; "" = the first term of LOSS
 # Prompt step per attack step (>= 0): "perturbed" (APT's PALPHA) a learning rate, the context moves by
 # PROMPT_ALPHA x grad of the mean CE; "perturbed_rms" a fraction, it moves by PROMPT_ALPHA x RMS(context) x sign(grad)
 _C.ADV.TRAIN.PROMPT_ALPHA = 0.05
+_C.ADV.OBJECTIVE = CN()  # the loss terms' own keys, one node per term (ADV.OBJECTIVE.MART.BETA, ...)
+# prompt of the frozen zero-shot CLIP that terms such as zs_kl compare with, one "{}"; "" = the dataset's template
+_C.ADV.OBJECTIVE.ZERO_SHOT_TEMPLATE = ""
 _C.ADV.TEST = CN()
 _C.ADV.TEST.ATTACK = "pgd"  # robust test after training: an attack name, or "" for clean only
 _C.ADV.TEST.EPS = -1.0  # in 1/255 units; -1 = ADV.TRAIN.EPS
@@ -161,5 +165,9 @@ _C.TRAINER.NAME = ""
 
 
 def get_cfg_default() -> CN:
-    """A fresh, mutable copy of the defaults."""
-    return _C.clone()
+    """A fresh, mutable copy of the defaults, with every registered loss term's own keys."""
+    from ..objectives import add_objective_configs
+
+    cfg = _C.clone()
+    add_objective_configs(cfg)
+    return cfg

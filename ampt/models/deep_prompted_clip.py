@@ -13,7 +13,7 @@
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, FrozenSet, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -44,6 +44,10 @@ class DeepPromptCLIP(PromptedCLIP):
         pixels = self.normalizer(x).type(self.dtype)
         features = encode_image_with_prompts(self.image_encoder, pixels, self.prompt_learner.vision_tokens())
         return l2_normalize(features.float())
+
+    def model_features(self) -> FrozenSet[str]:
+        learned = bool(self.prompt_learner.vision_tokens())
+        return super().model_features() | ({"learned_image_features"} if learned else set())
 
     def word_prompts(self) -> Dict[str, torch.Tensor]:
         """The text prompt's first-block tokens (deeper tokens are not word embeddings)."""
@@ -96,6 +100,9 @@ class VisualPromptCLIP(FixedPromptCLIP):
 
     def prompt_parameters(self) -> List[nn.Parameter]:
         return list(self.visual_prompt.parameters())
+
+    def model_features(self) -> FrozenSet[str]:
+        return super().model_features() | {"learned_image_features"}
 
     def prompt_label(self) -> str:
         """"learned": the visual prompt is learned, whatever the text template."""

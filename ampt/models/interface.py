@@ -25,11 +25,20 @@ never looks for attributes such as ``prompt_learner`` or ``template``.
 - ``template_features(classnames, template)``: ``[K, C, D]`` features of a
   hand-written template on this backbone (``--prompt TEMPLATE`` and the
   ``constant`` attack prompt).
+- ``model_features()``: what the model offers the loss terms of
+  :mod:`ampt.objectives` beyond logits and features (:data:`MODEL_FEATURES`);
+  a term that needs something the model does not declare is refused in one
+  line before training.
+- ``router_weights()``: the mixture weights ``[B, K]`` of the latest forward
+  (with gradient), for a model that declares ``router_weights``; else None.
+- ``frozen_image_features(x)``: normalized features of the frozen image
+  tower without any learned prompt (the zero-shot model's), for a model that
+  declares ``frozen_zero_shot``.
 """
 from __future__ import annotations
 
 import abc
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -39,7 +48,14 @@ from ..errors import UserError
 LEARNED = "learned"
 ATTACK_PROMPT_MODES = ("onfly", "constant", "perturbed", "perturbed_rms")
 REQUIRED = ("text_features", "encode_image", "combine", "forward", "prompt_parameters", "word_prompts", "prompt_label",
-            "attack_prompt_modes", "template_features", "n_prompts")
+            "attack_prompt_modes", "template_features", "n_prompts", "model_features", "router_weights",
+            "frozen_image_features")
+# What model_features() may declare:
+MODEL_FEATURES = {
+    "frozen_zero_shot": "frozen_image_features(x) and template_features give the zero-shot CLIP without prompts",
+    "learned_image_features": "encode_image depends on learned parameters (deep or visual prompts)",
+    "router_weights": "router_weights() returns the mixture weights of the latest forward",
+}
 
 
 class PromptModel(abc.ABC):
@@ -73,6 +89,18 @@ class PromptModel(abc.ABC):
     @abc.abstractmethod
     def template_features(self, classnames: Sequence[str], template: str) -> torch.Tensor:
         """``[K, C, D]`` features of ``template`` (K identical copies: any mixture of them is the template)."""
+
+    def model_features(self) -> FrozenSet[str]:
+        """Names from :data:`MODEL_FEATURES` this model offers the loss terms (default: none)."""
+        return frozenset()
+
+    def router_weights(self) -> Optional[torch.Tensor]:
+        """Mixture weights ``[B, K]`` of the latest forward, with gradient (default: None, no router)."""
+        return None
+
+    def frozen_image_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalized ``[B, D]`` features of the image tower without learned prompts (``frozen_zero_shot``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not declare frozen_zero_shot")
 
 
 def check_prompt_model(model: nn.Module) -> None:

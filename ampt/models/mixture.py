@@ -16,7 +16,7 @@ depend on the image, and attacks differentiate through both.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import FrozenSet, Iterator, Optional
 
 import torch
 import torch.nn as nn
@@ -63,6 +63,13 @@ class MixturePromptedCLIP(PromptedCLIP):
         self.route = "learned"
         self.routed_weights: Optional[torch.Tensor] = None
         self._router_input: Optional[torch.Tensor] = None
+
+    def model_features(self) -> FrozenSet[str]:
+        return super().model_features() | {"router_weights"}
+
+    def router_weights(self) -> Optional[torch.Tensor]:
+        """Weights ``[B, K]`` of the latest ``combine`` call, with gradient (None before the first)."""
+        return self.routed_weights
 
     @property
     def last_weights(self) -> Optional[torch.Tensor]:

@@ -8,7 +8,7 @@ attack does not re-run the text encoder at every step.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, FrozenSet, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -91,6 +91,13 @@ class PromptedCLIP(PromptModel, nn.Module):
 
     def template_features(self, classnames: Sequence[str], template: str) -> torch.Tensor:
         return template_text_features(self.text_encoder, classnames, template).expand(self.n_prompts, -1, -1)
+
+    def model_features(self) -> FrozenSet[str]:
+        return frozenset({"frozen_zero_shot"})
+
+    def frozen_image_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The image tower without prompts: :meth:`encode_image` of this class, whatever a subclass adds."""
+        return PromptedCLIP.encode_image(self, x)
 
     def combine(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, C]``: CLIP's scaled cosine with the single prompt's features ``[1, C, D]``."""
