@@ -84,7 +84,7 @@ def _config_tag(config_file: str, cfg: CN, overridden: Set[str]) -> str:
 
 def _extra_tag(opts: OptPairs, encoded: Set[str]) -> str:
     parts = [f"{key}-{value}" for key, value in zip(opts[0::2], opts[1::2]) if key not in encoded]
-    return "_".join(parts).replace("/", "-").replace(" ", "")
+    return "_".join(parts).replace("/", "-").replace(" ", "").replace("*", "x")  # "ce+0.5*zs_kl" -> "ce+0.5xzs_kl"
 
 
 def run_dir(output: str, trainer: str, dataset_config: str, config_file: str, seed: int,
