@@ -32,7 +32,7 @@ import torch
 
 from ampt.attacks import DEFAULT_STEPS, check_eps
 from ampt.data.splits import SUBSAMPLE_CHOICES
-from ampt.engine import distributed
+from ampt.utils import distributed
 from ampt.errors import UserError, UserFileNotFoundError
 from ampt.evaluation import EvalPlan, evaluate_trainer, results_table
 from ampt.models.interface import LEARNED

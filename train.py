@@ -8,7 +8,7 @@ moved aside) and APT's ``--eps --alpha --steps
 Trailing ``KEY VALUE`` pairs override the config last.
 
 On many GPUs: ``torchrun --nproc_per_node N train.py <the same arguments>``
-(:mod:`ampt.engine.distributed`); rank 0 writes the run folder.
+(:mod:`ampt.utils.distributed`); rank 0 writes the run folder.
 
 Example (CoOp's script arguments work unchanged)::
 
@@ -28,7 +28,7 @@ from typing import List, Optional
 import torch
 
 from ampt.config import peek_trainer_name, setup_cfg
-from ampt.engine import distributed
+from ampt.utils import distributed
 from ampt.engine.run_config import CONFIG_FILE, write_run_config
 from ampt.engine.select import ENGINES, active_api
 from ampt.errors import UserError

@@ -20,8 +20,12 @@ class UserFileNotFoundError(UserError, FileNotFoundError):
     """A file or folder the user named (or that their config implies) does not exist."""
 
 
+class MissingDependencyError(UserError, ImportError):
+    """A package the chosen setting needs is not installed; the message says how to install it."""
+
+
 class NonFiniteError(UserError):
     """Weights or logits that hold NaN or Inf: any accuracy computed from them would be meaningless."""
 
 
-__all__ = ["NonFiniteError", "UserError", "UserFileNotFoundError"]
+__all__ = ["MissingDependencyError", "NonFiniteError", "UserError", "UserFileNotFoundError"]

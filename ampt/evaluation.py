@@ -35,7 +35,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from .engine.checkpoint import weights_digest
-from .engine import distributed
+from .utils import distributed
 from .errors import UserError
 from .evaluated_prompt import prompt_model, record_prompt
 from .models.interface import LEARNED

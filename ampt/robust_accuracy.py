@@ -6,7 +6,7 @@ back end (:mod:`ampt.evaluation`) and by the adversarial trainers' own
 robust test (:meth:`ampt.adversarial.AdversarialClipTrainer.final_evaluation`).
 
 Under ``torchrun`` each rank attacks whole batches of the loader, dealt
-round-robin (:mod:`ampt.engine.distributed`): every batch is the batch of a
+round-robin (:mod:`ampt.utils.distributed`): every batch is the batch of a
 one-process run, attacked with the same seed, and the ranks' integer counts
 are summed, so the accuracy is exactly the one-process accuracy.
 """
@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from .attacks import ATTACK_REGISTRY, build_attack, check_eps
 from .engine.progress import progress_bar
-from .engine import distributed
+from .utils import distributed
 from .finite import check_finite_logits
 from .utils.io import read_json, write_json
 

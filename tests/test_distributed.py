@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 
 from ampt.attacks.per_sample import uniform_start
-from ampt.engine import distributed
+from ampt.utils import distributed
 from ampt.models import save_clip_state_dict
 from ampt.results import RunResults, record_key
 from ampt.utils.logger import reset_logger

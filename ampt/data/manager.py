@@ -9,7 +9,7 @@ import torchvision.transforms as T
 from tabulate import tabulate
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler, SequentialSampler
 
-from ..engine import distributed
+from ..utils import distributed
 
 from .datum import Datum
 from .images import read_image
@@ -103,7 +103,7 @@ def build_data_loader(cfg: Any, sampler_type: str, data_source: List[Datum], bat
     """A loader over ``data_source``; drops the last partial batch when training on >= one batch (Dassl).
 
     Training under torchrun: a :class:`DistributedSampler` and this
-    process's share of ``batch_size`` (see :func:`ampt.engine.distributed.per_device_batch`).
+    process's share of ``batch_size`` (see :func:`ampt.utils.distributed.per_device_batch`).
     Evaluation loaders are sharded when a test runs (whole batches per rank).
     """
     wrapper = dataset_wrapper or DatasetWrapper

@@ -16,6 +16,8 @@ from typing import Tuple
 
 from yacs.config import CfgNode as CN
 
+from ..errors import MissingDependencyError
+
 INSTALL_HINT = (
     "--engine dassl needs Dassl.pytorch, which is not on PyPI. Install it with:\n"
     "  git clone https://github.com/KaiyangZhou/Dassl.pytorch\n"
@@ -42,7 +44,7 @@ def _import_dassl() -> Tuple[ModuleType, ModuleType, ModuleType, ModuleType]:
         import dassl.data.datasets as dassl_datasets
         import dassl.engine as dassl_engine
     except ImportError as err:
-        raise ImportError(f"{INSTALL_HINT}\n(import failed: {err})") from None
+        raise MissingDependencyError(f"{INSTALL_HINT}\n(import failed: {err})") from None
     finally:
         logging.disable(previous)
     return dassl_engine, dassl_data, dassl_datasets, dassl_config

@@ -11,7 +11,7 @@ import torch
 from sklearn.metrics import confusion_matrix, f1_score
 
 from ..registry import Registry
-from . import distributed
+from ..utils import distributed
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ result with the checkpoint it measured. Both
 engines mix it in: here over :class:`TrainerBase`, under ``--engine dassl``
 over Dassl's own ``TrainerX``.
 
-Under ``torchrun`` (:mod:`ampt.engine.distributed`) every rank trains on its
+Under ``torchrun`` (:mod:`ampt.utils.distributed`) every rank trains on its
 share of each global batch, gradients are averaged before each optimizer
 step, tests are sharded and their counts summed, and rank 0 alone takes the
 run lock and writes results.json, config.yaml, checkpoints and tensorboard.
@@ -34,7 +34,7 @@ from ..utils.locks import run_lock
 from .checkpoint import BEST_FILE, CheckpointMissingError, CheckpointMixin, load_checkpoint, weights_digest
 from .run_config import check_resume_config, write_run_config
 from ..models.backbone import backbone_label
-from . import distributed
+from ..utils import distributed
 from .evaluator import build_evaluator
 from .progress import AverageMeter, MetricMeter, ScalarWriterMixin, format_eta, progress_bar, train_log_line
 from ..errors import UserFileNotFoundError

@@ -28,12 +28,10 @@ def run_cli(main: Callable[[], int], user_errors: Tuple[Type[BaseException], ...
             argv: Optional[Sequence[str]] = None) -> int:
     """Run ``main``; a user error prints one line and returns 2 (unless ``--debug`` is in ``argv``).
 
-    ``argv`` defaults to ``sys.argv[1:]``. User errors are :class:`UserError`,
-    the ``ImportError`` that says how to install Dassl, and ``user_errors``
-    (extra types a tool has not yet moved to :class:`UserError`).
+    ``argv`` defaults to ``sys.argv[1:]``. User errors are :class:`UserError`
+    (a missing Dassl too: :class:`~ampt.errors.MissingDependencyError`) and
+    ``user_errors`` (extra types a tool has not yet moved to :class:`UserError`).
     """
-    from ..engine.dassl_api import INSTALL_HINT
-
     debug = DEBUG_FLAG in (sys.argv[1:] if argv is None else argv)
     try:
         return main()
@@ -41,9 +39,5 @@ def run_cli(main: Callable[[], int], user_errors: Tuple[Type[BaseException], ...
         if debug:
             raise
         message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
-    except ImportError as err:
-        if debug or INSTALL_HINT not in str(err):
-            raise
-        message = str(err)
     print(f"error: {' '.join(message.split())}", file=sys.stderr)
     return 2
