@@ -35,6 +35,7 @@ from .models.backbone import backbone_info, pretrained_setting
 from .models.clip_loader import load_clip
 from .models.interface import check_prompt_model
 from .models.text_encoder import TextPassOptions, configure_text_encoders
+from .optim import build_lr_scheduler, build_optimizer
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +130,29 @@ class ClipTrainer(TrainerX):
                     ", ".join(f"{n} {shapes[n]}" for n in names) or "none")
         configure_text_encoders(model, TextPassOptions.from_cfg(self.cfg))
         return model.to(self.device)
+
+    def install_model(self, model: nn.Module, trainable: Sequence[str], learned: str = "prompt_learner",
+                      more_learned: Optional[Dict[str, Any]] = None) -> None:
+        """The end of every ``build_model``: ``self.model`` set up, and what it learns registered.
+
+        :meth:`setup_model` freezes all but ``trainable``; ``MODEL.INIT_WEIGHTS``
+        is loaded into ``model.<learned>``; then ``model.<learned>`` is
+        registered as ``learned`` with an optimizer and LR schedule from
+        ``OPTIM`` (also ``self.optim``, ``self.sched``), and each
+        ``model.<name>`` of ``more_learned`` as ``name`` with its own ``OPTIM``
+        node. Every registered name is a folder of the run's checkpoints.
+        """
+        cfg = self.cfg
+        self.model = self.setup_model(model, trainable=trainable)
+        if cfg.MODEL.INIT_WEIGHTS:
+            self.load_init_weights(getattr(self.model, learned), cfg.MODEL.INIT_WEIGHTS)
+        for name, optim_cfg in {learned: cfg.OPTIM, **(more_learned or {})}.items():
+            module = getattr(self.model, name)
+            optim = build_optimizer(module, optim_cfg)
+            sched = build_lr_scheduler(optim, optim_cfg)
+            self.register_model(name, module, optim, sched)
+            if name == learned:
+                self.optim, self.sched = optim, sched
 
     def check_trainable(self, model: Optional[nn.Module] = None) -> List[str]:
         """Names of the parameters that require grad; raises unless they are exactly the allow-list's."""

@@ -12,7 +12,6 @@ from typing import Any
 from yacs.config import CfgNode as CN
 
 from .models import PromptedCLIP, PromptLearner
-from .optim import build_lr_scheduler, build_optimizer
 
 
 COOP_FOLDER_KEYS = ("N_CTX", "CSC", "CLASS_TOKEN_POSITION")
@@ -34,15 +33,9 @@ def add_coop_prompt_keys(node: CN) -> None:
 
 def build_coop_prompt_model(trainer: Any, node: CN) -> None:
     """Set ``trainer.model``, ``optim`` and ``sched`` for one CoOp prompt read from ``node``."""
-    cfg = trainer.cfg
     clip_model = trainer.load_clip_model()
     learner = PromptLearner(
         clip_model, trainer.classnames, n_ctx=node.N_CTX, ctx_init=node.CTX_INIT, csc=node.CSC,
         class_token_position=node.CLASS_TOKEN_POSITION,
     )
-    trainer.model = trainer.setup_model(PromptedCLIP(clip_model, learner), trainable=["prompt_learner.ctx"])
-    if cfg.MODEL.INIT_WEIGHTS:
-        trainer.load_init_weights(trainer.model.prompt_learner, cfg.MODEL.INIT_WEIGHTS)
-    trainer.optim = build_optimizer(trainer.model.prompt_learner, cfg.OPTIM)
-    trainer.sched = build_lr_scheduler(trainer.optim, cfg.OPTIM)
-    trainer.register_model("prompt_learner", trainer.model.prompt_learner, trainer.optim, trainer.sched)
+    trainer.install_model(PromptedCLIP(clip_model, learner), trainable=["prompt_learner.ctx"])

@@ -15,7 +15,6 @@ from yacs.config import CfgNode as CN
 
 from .models import DeepPromptCLIP, DeepPromptLearner, DeepTextLayout
 from .models.clip_loader import clip
-from .optim import build_lr_scheduler, build_optimizer
 from .errors import UserError
 
 
@@ -53,15 +52,9 @@ def _check_depths(clip_model: nn.Module, node_name: str, depth_text: int, depth_
 def build_deep_prompt_model(trainer: Any, node_name: str, coupling: str, n_ctx_text: int, n_ctx_vision: int,
                             depth_text: int, depth_vision: int, ctx_init: str) -> None:
     """Set ``trainer.model``, ``optim`` and ``sched`` for deep prompts with ``coupling``."""
-    cfg = trainer.cfg
     clip_model = trainer.load_clip_model()
     _check_depths(clip_model, node_name, depth_text if n_ctx_text else 0, depth_vision if n_ctx_vision else 0)
     layout = DeepTextLayout(clip_model, trainer.classnames, n_ctx_text if depth_text else 0, ctx_init)
     learner = DeepPromptLearner(clip_model.ln_final.weight.shape[0], clip_model.visual.conv1.weight.shape[0],
                                 coupling, n_ctx_text, n_ctx_vision, depth_text, depth_vision, layout.initial_ctx())
-    trainer.model = trainer.setup_model(DeepPromptCLIP(clip_model, learner, layout), trainable=["prompt_learner"])
-    if cfg.MODEL.INIT_WEIGHTS:
-        trainer.load_init_weights(trainer.model.prompt_learner, cfg.MODEL.INIT_WEIGHTS)
-    trainer.optim = build_optimizer(trainer.model.prompt_learner, cfg.OPTIM)
-    trainer.sched = build_lr_scheduler(trainer.optim, cfg.OPTIM)
-    trainer.register_model("prompt_learner", trainer.model.prompt_learner, trainer.optim, trainer.sched)
+    trainer.install_model(DeepPromptCLIP(clip_model, learner, layout), trainable=["prompt_learner"])

@@ -20,7 +20,6 @@ from ampt.api import TRAINER_REGISTRY
 from ampt.models import VisualPrompt, VisualPromptCLIP
 from ampt.models.clip_loader import clip
 from ampt.models.templates import check_template, get_template
-from ampt.optim import build_lr_scheduler, build_optimizer
 from ampt.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -50,10 +49,5 @@ class AdvVP(AdversarialClipTrainer):
         template = check_template(node.TEMPLATE or get_template(cfg.DATASET.NAME))
         logger.info('Text prompt (frozen): "%s"', template)
         prompt = VisualPrompt(visual.input_resolution, node.PAD_SIZE, node.N_TOKENS, visual.conv1.weight.shape[0])
-        self.model = self.setup_model(VisualPromptCLIP(clip_model, self.classnames, template, prompt),
-                                      trainable=["visual_prompt"])
-        if cfg.MODEL.INIT_WEIGHTS:
-            self.load_init_weights(self.model.visual_prompt, cfg.MODEL.INIT_WEIGHTS)
-        self.optim = build_optimizer(self.model.visual_prompt, cfg.OPTIM)
-        self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
-        self.register_model("visual_prompt", self.model.visual_prompt, self.optim, self.sched)
+        self.install_model(VisualPromptCLIP(clip_model, self.classnames, template, prompt),
+                           trainable=["visual_prompt"], learned="visual_prompt")

@@ -36,7 +36,6 @@ from ampt.models.prompt_init import orthogonal_contexts, split_templates, templa
 from ampt.models.router import ROUTER_KINDS, Router, weight_entropy
 from ampt.utils import distributed
 from ampt.models.router_stats import EpochAccumulator, TestWeightLog, bank_summary, eval_split_stats
-from ampt.optim import build_lr_scheduler, build_optimizer
 from ampt.sweep.layout import num
 from ampt.utils.io import read_json, write_json
 
@@ -170,16 +169,9 @@ class AMPT(AdversarialClipTrainer):
         model = MixturePromptedCLIP(clip_model, learner, router, mix=node.MIX)
         has_router = any(True for _ in router.parameters())
         trainable = ["prompt_learner.ctx"] + (["router"] if has_router else [])
-        self.model = self.setup_model(model, trainable=trainable)
-        if cfg.MODEL.INIT_WEIGHTS:
-            self.load_init_weights(self.model.prompt_learner, cfg.MODEL.INIT_WEIGHTS)
         # Two registered models, so checkpoints read prompt_learner/ (ctx) and router/ (its weights).
-        optim = build_optimizer(self.model.prompt_learner, cfg.OPTIM)
-        self.register_model("prompt_learner", self.model.prompt_learner, optim, build_lr_scheduler(optim, cfg.OPTIM))
-        if has_router:
-            router_optim_cfg = scaled_lr(cfg.OPTIM, node.ROUTER_LR_MULT)
-            optim = build_optimizer(self.model.router, router_optim_cfg)
-            self.register_model("router", self.model.router, optim, build_lr_scheduler(optim, router_optim_cfg))
+        self.install_model(model, trainable, more_learned={"router": scaled_lr(cfg.OPTIM, node.ROUTER_LR_MULT)}
+                           if has_router else None)
         logger.info("Router: %s; mixing %s; training attack weights: %s; training router input: %s image",
                     router, node.MIX, node.ATTACK_ROUTER, node.ROUTER_INPUT)
 
