@@ -12,6 +12,7 @@ from typing import Any
 from yacs.config import CfgNode as CN
 
 from .models import PromptedCLIP, PromptLearner
+from .precision import add_precision_key
 
 
 COOP_FOLDER_KEYS = ("N_CTX", "CSC", "CLASS_TOKEN_POSITION")
@@ -27,7 +28,7 @@ def add_coop_prompt_keys(node: CN) -> None:
     node.N_CTX = 16  # number of learned context tokens (>= 1); CTX_INIT's token count overrides it
     node.CSC = False  # class-specific context (one per class) instead of one shared (unified)
     node.CTX_INIT = ""  # words to start from, e.g. "a photo of a"; "" = random N(0, 0.02)
-    node.PREC = "fp16"  # training compute: fp32 | bf16 | fp16 (= amp: autocast + grad scaler; fp32 on CPU); weights stay fp32
+    add_precision_key(node)
     node.CLASS_TOKEN_POSITION = "end"  # end | middle | front
 
 

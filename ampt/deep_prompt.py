@@ -16,6 +16,7 @@ from yacs.config import CfgNode as CN
 from .models import DeepPromptCLIP, DeepPromptLearner, DeepTextLayout
 from .models.clip_loader import clip
 from .errors import UserError
+from .precision import add_precision_key
 
 
 def add_coupled_keys(node: CN) -> None:
@@ -23,7 +24,7 @@ def add_coupled_keys(node: CN) -> None:
     node.N_CTX = 2  # learned tokens per block in each tower (>= 1)
     node.CTX_INIT = "a photo of a"  # text prompt words; the first N_CTX tokens are learned ("" = N(0, 0.02))
     node.PROMPT_DEPTH = 9  # J, blocks of each tower that read learned tokens (1..number of blocks)
-    node.PREC = "fp16"  # fp16 | fp32 | amp; on CPU fp16 and amp fall back to fp32
+    add_precision_key(node)
 
 
 def add_independent_keys(node: CN) -> None:
@@ -33,7 +34,7 @@ def add_independent_keys(node: CN) -> None:
     node.PROMPT_DEPTH_TEXT = 9  # text blocks that read learned tokens (0..text blocks)
     node.PROMPT_DEPTH_VISION = 9  # image blocks that read learned tokens (0..image blocks)
     node.CTX_INIT = "a photo of a"  # text prompt words; the first N_CTX_TEXT tokens are learned
-    node.PREC = "fp16"  # fp16 | fp32 | amp; on CPU fp16 and amp fall back to fp32
+    add_precision_key(node)
 
 
 def _check_depths(clip_model: nn.Module, node_name: str, depth_text: int, depth_vision: int) -> None:

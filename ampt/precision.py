@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
-from typing import ContextManager, Optional
+from typing import Any, ContextManager, Optional
 
 import torch
 from torch import Tensor, nn
@@ -32,6 +32,11 @@ REDUCED_EVAL_WARNING = (
     "evaluating in {prec}: attack gradients through reduced-precision logits can vanish at CLIP's "
     "logit scale and overstate robustness; the record says precision {prec}. Use fp32 for reported numbers."
 )
+
+
+def add_precision_key(node: Any) -> None:
+    """Declare ``PREC`` in a trainer's config node (``TRAINER.<X>.PREC``, read by ``ClipTrainer.load_clip_model``)."""
+    node.PREC = "fp16"  # training compute: fp32 | bf16 | fp16 (= amp: autocast + grad scaler; fp32 on CPU); weights stay fp32
 
 
 def resolve_train_precision(prec: str, device: torch.device) -> str:

@@ -20,6 +20,7 @@ from ampt.api import TRAINER_REGISTRY
 from ampt.models import VisualPrompt, VisualPromptCLIP
 from ampt.models.clip_loader import clip
 from ampt.models.templates import check_template, get_template
+from ampt.precision import add_precision_key
 from ampt.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ class AdvVP(AdversarialClipTrainer):
         cfg.TRAINER.ADVVP.PAD_SIZE = 30  # width in pixels (>= 0, < half the input size) of the learned frame
         cfg.TRAINER.ADVVP.N_TOKENS = 5  # learned image tokens at the first block (>= 0; ViT backbones)
         cfg.TRAINER.ADVVP.TEMPLATE = ""  # text prompt with one "{}"; "" = the dataset's CoOp template
-        cfg.TRAINER.ADVVP.PREC = "fp16"  # fp16 | fp32 | amp; on CPU fp16 and amp fall back to fp32
+        add_precision_key(cfg.TRAINER.ADVVP)
 
     def build_model(self) -> None:
         cfg, node = self.cfg, self.cfg.TRAINER.ADVVP

@@ -16,6 +16,7 @@ from ampt.api import TRAINER_REGISTRY
 from ampt.clip_trainer import ClipTrainer
 from ampt.models import FixedPromptCLIP
 from ampt.models.templates import check_template, get_template
+from ampt.precision import add_precision_key
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +30,7 @@ class ZeroshotCLIP(ClipTrainer):
         cfg.TRAINER.ZEROSHOTCLIP = CN()
         # prompt with one "{}" for the class name; "" = the dataset's CoOp template ("a photo of a {}." if none)
         cfg.TRAINER.ZEROSHOTCLIP.TEMPLATE = ""
-        # fp16 | fp32 | amp; on CPU fp16 and amp fall back to fp32
-        cfg.TRAINER.ZEROSHOTCLIP.PREC = "fp16"
+        add_precision_key(cfg.TRAINER.ZEROSHOTCLIP)  # kept for configs that set it; nothing is trained
 
     def build_model(self) -> None:
         clip_model = self.load_clip_model()
