@@ -12,7 +12,7 @@ from yacs.config import CfgNode as CN
 
 from ampt.adversarial import AdversarialClipTrainer
 from ampt.api import TRAINER_REGISTRY
-from ampt.deep_prompt import add_independent_keys, build_deep_prompt_model
+from ampt.deep_prompt_trainer_kit import add_independent_keys, build_deep_prompt_model
 
 
 @TRAINER_REGISTRY.register()

@@ -1,4 +1,4 @@
-"""CLIP with deep prompts (:mod:`ampt.models.deep_prompts`) or a visual prompt, as prompt models.
+"""The prompt models of deep prompts (:mod:`ampt.models.deep_prompt_learner`) and of a visual prompt.
 
 - :class:`DeepPromptCLIP`: learned tokens in the first J blocks of one or
   both towers (AdvVLP, AdvMaPLe, FAP). ``text_features()`` runs the text
@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .interface import LEARNED
-from .deep_prompts import DeepPromptLearner, DeepTextLayout, encode_image_with_prompts
+from .deep_prompt_learner import DeepPromptLearner, DeepTextLayout, encode_image_with_prompts
 from .prompted_clip import FixedPromptCLIP, PromptedCLIP, l2_normalize
 from ..errors import UserError
 
