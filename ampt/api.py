@@ -2,8 +2,8 @@
 
 ``from ampt.api import TRAINER_REGISTRY, TrainerX`` gives the built-in
 engine's objects, or Dassl's when ``train.py --engine dassl`` selected it.
-Names: TRAINER_REGISTRY, DATASET_REGISTRY, TrainerX, build_trainer,
-DataManager, DatasetBase, Datum.
+Names: TRAINER_REGISTRY, DATASET_REGISTRY, TrainerX, SimpleTrainer,
+build_trainer, DataManager, DatasetBase, Datum, get_cfg_default.
 """
 from __future__ import annotations
 

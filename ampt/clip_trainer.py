@@ -1,4 +1,4 @@
-"""``ClipTrainer``: the ``TrainerX`` base of every CLIP trainer (ZeroshotCLIP, CoOp, APT, AMPT).
+"""``ClipTrainer``: the ``TrainerX`` base of every CLIP trainer (``trainers/*.py``).
 
 What it adds to Dassl's ``TrainerX``:
 

@@ -19,11 +19,6 @@ from .models.interface import LEARNED
 from .models.templates import check_template
 
 
-def prompt_count(model: nn.Module) -> int:
-    """K, the number of prompts of ``model`` (the interface's ``n_prompts``)."""
-    return int(model.n_prompts)
-
-
 def named_prompt_modes(trainer: Any) -> Tuple[str, ...]:
     """The prompt names ``trainer`` understands, besides templates: "learned" plus its own."""
     return (LEARNED, *trainer.eval_prompt_modes)

@@ -7,7 +7,7 @@ with the valid names and the closest match.
 from __future__ import annotations
 
 import difflib
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from .errors import UserError
 
@@ -67,8 +67,3 @@ def unknown_name_message(kind: str, name: str, valid: List[str]) -> str:
     hint = f' Did you mean "{close[0]}"?' if close else ""
     return f'Unknown {kind} "{name}".{hint} Valid names: {", ".join(valid) or "(none registered)"}'
 
-
-def build_from_registry(registry: Registry, name: str, *args: Any, **kwargs: Any) -> Any:
-    """Look ``name`` up and call it with the remaining arguments."""
-    factory: Callable[..., Any] = registry.get(name)
-    return factory(*args, **kwargs)
