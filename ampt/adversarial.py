@@ -49,7 +49,6 @@ from .utils import distributed
 from .errors import UserError
 from .evaluated_prompt import prompt_model
 from .models.interface import LEARNED, check_attack_prompt
-from .models.templates import check_template, get_template
 from .objectives import FrozenZeroShot, TrainingObjective, TrainingStep, check_inner_differentiable
 from .precision import at_precision, warn_reduced
 from .robust_accuracy import AttackSpec, BatchObserver, accuracy_under_attack
@@ -154,8 +153,7 @@ class AdversarialClipTrainer(ClipTrainer):
         """The frozen backbone's zero-shot classifier (``ADV.OBJECTIVE.ZERO_SHOT_TEMPLATE``), built once per run."""
         cached = getattr(self, "_frozen_zero_shot", None)
         if cached is None:
-            template = check_template(self.cfg.ADV.OBJECTIVE.ZERO_SHOT_TEMPLATE or get_template(self.cfg.DATASET.NAME))
-            cached = self._frozen_zero_shot = FrozenZeroShot(self.model, self.classnames, template)
+            cached = self._frozen_zero_shot = FrozenZeroShot.from_cfg(self.model, self.classnames, self.cfg)
         return cached
 
     def training_step(self, images: Tensor, labels: Tensor) -> TrainingStep:

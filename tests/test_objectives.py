@@ -291,3 +291,15 @@ def test_a_non_differentiable_attack_loss_is_refused_before_training(toy_env, tm
                                         "image, so PGD cannot move the pixels"):
         trainer.train()
     assert not (tmp_path / "run" / "prompt_learner").exists()  # refused before any epoch
+
+
+def test_coop_trains_any_sum_on_clean_images(toy_env, tmp_path):
+    coop = REPO / "configs" / "trainers" / "CoOp" / "digits.yaml"
+    trainer = make_trainer(toy_env, tmp_path, trainer="CoOp", config=coop, opts=["ADV.TRAIN.LOSS", "ce+zs_kl"])
+    assert trainer.run_metadata()["train_loss"] == "ce+zs_kl" and "attack_loss" not in trainer.run_metadata()["objective"]
+    summary = _grad_check(trainer)
+    assert summary["zs_kl"] > 0 and math.isclose(summary["loss"], summary["ce"] + summary["zs_kl"], rel_tol=1e-5)
+    with pytest.raises(UserError, match="CoOp trains on clean images, without a training attack"):
+        make_trainer(toy_env, tmp_path / "b", trainer="CoOp", config=coop, opts=["ADV.TRAIN.ATTACK_LOSS", "ce"])
+    with pytest.raises(UserError, match='loss term "router_balance" needs router_weights'):
+        make_trainer(toy_env, tmp_path / "c", trainer="CoOp", config=coop, opts=["ADV.TRAIN.LOSS", "ce+router_balance"])

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-import torch.nn.functional as F
 from yacs.config import CfgNode as CN
 
 from ampt.api import TRAINER_REGISTRY
 from ampt.clip_trainer import ClipTrainer
+from ampt.errors import UserError
+from ampt.objectives import FrozenZeroShot, TrainingObjective, TrainingStep
 from ampt.coop_prompt import COOP_FOLDER_KEYS, add_coop_prompt_keys, build_coop_prompt_model, coop_folder_tag
 
 
@@ -33,18 +34,31 @@ class CoOp(ClipTrainer):
         cfg.TRAINER.COOP = CN()
         add_coop_prompt_keys(cfg.TRAINER.COOP)
 
+    def check_cfg(self, cfg: Any) -> None:
+        super().check_cfg(cfg)
+        if cfg.ADV.TRAIN.ATTACK_LOSS:
+            raise UserError(f'ADV.TRAIN.ATTACK_LOSS "{cfg.ADV.TRAIN.ATTACK_LOSS}": CoOp trains on clean images, '
+                            "without a training attack; leave it empty")
+        self.objective = TrainingObjective(cfg, attack=False)
+
     def build_model(self) -> None:
         build_coop_prompt_model(self, self.cfg.TRAINER.COOP)
+        self.objective.check_model(self.model)
+        self.zero_shot = FrozenZeroShot.from_cfg(self.model, self.classnames, self.cfg)
+
+    def run_metadata(self) -> Dict[str, Any]:
+        return {**super().run_metadata(), **TrainingObjective(self.cfg, attack=False).metadata()}
 
     def forward_backward(self, batch: Dict[str, Any]) -> Dict[str, float]:
         image, label = self.parse_batch_train(batch)
         with self.autocast():
-            output = self.model(image)
-            loss = F.cross_entropy(output, label)
+            step = TrainingStep.on_clean_images(self.model, image, label, self.model.text_features(), self.zero_shot)
+            loss, extra = self.objective.loss(step)
         self.model_backward_and_update(loss)
         summary = {
             "loss": loss.item(),
-            "acc": 100.0 * (output.argmax(dim=1) == label).float().mean().item(),
+            "acc": 100.0 * (step.adv_logits.argmax(dim=1) == label).float().mean().item(),
+            **extra,
         }
         if (self.batch_idx + 1) == self.num_batches:
             self.update_lr()

@@ -34,7 +34,7 @@ class TrainingObjective:
     own weight keys (AMPT's ``CLEAN_CE_WEIGHT`` ...) become terms this way.
     """
 
-    def __init__(self, cfg: Any, extra: Sequence[Tuple[str, float]] = ()) -> None:
+    def __init__(self, cfg: Any, extra: Sequence[Tuple[str, float]] = (), attack: bool = True) -> None:
         valid = OBJECTIVE_REGISTRY.registered_names()
         written = parse_expression(str(cfg.ADV.TRAIN.LOSS), valid)
         names = [name for name, _ in written]
@@ -45,7 +45,12 @@ class TrainingObjective:
         self.written = str(cfg.ADV.TRAIN.LOSS)
         self.weights: List[Tuple[str, float]] = written + [(name, float(w)) for name, w in extra if w > 0]
         self.terms: Dict[str, Objective] = {name: OBJECTIVE_REGISTRY.get(name)(cfg) for name, _ in self.weights}
-        self.attack_name = str(cfg.ADV.TRAIN.ATTACK_LOSS) or written[0][0]
+        self.attack_name, self.attack_term = "", None
+        if attack:  # a clean trainer (CoOp) has no training attack
+            self._set_attack_term(cfg, written[0][0], valid)
+
+    def _set_attack_term(self, cfg: Any, first: str, valid: Sequence[str]) -> None:
+        self.attack_name = str(cfg.ADV.TRAIN.ATTACK_LOSS) or first
         if self.attack_name not in valid:
             raise UserError("ADV.TRAIN.ATTACK_LOSS: " + unknown_name_message("loss term", self.attack_name, valid))
         self.attack_term = self.terms.get(self.attack_name) or OBJECTIVE_REGISTRY.get(self.attack_name)(cfg)
@@ -63,12 +68,13 @@ class TrainingObjective:
     @property
     def attack_needs_clean(self) -> bool:
         """Whether the attack's loss reads the clean images' prediction (refused with APT's ``perturbed`` modes)."""
-        return self.attack_term.inner_needs_clean
+        return self.attack_term is not None and self.attack_term.inner_needs_clean
 
     def check_model(self, model: nn.Module) -> None:
         """One line naming a term whose declared model features ``model`` does not offer."""
         offered = model_features(model)
-        for name, term in list(self.terms.items()) + [(self.attack_name, self.attack_term)]:
+        attack = [(self.attack_name, self.attack_term)] if self.attack_term is not None else []
+        for name, term in list(self.terms.items()) + attack:
             missing = [f for f in term.model_features if f not in offered]
             if missing:
                 raise UserError(f'loss term "{name}" needs {", ".join(missing)}, which {type(model).__name__} does '
@@ -104,10 +110,12 @@ class TrainingObjective:
             settings = self.terms[name].settings()
             meta.update(settings)
             terms.append({"name": name, "weight": weight, **settings})
-        attack_settings = self.attack_term.settings()
-        meta["objective"] = {"terms": terms, "attack_loss": self.attack_name, **(
-            {"attack_loss_settings": attack_settings} if self.attack_name not in self.terms and attack_settings
-            else {})}
+        meta["objective"] = {"terms": terms}
+        if self.attack_term is not None:
+            meta["objective"]["attack_loss"] = self.attack_name
+            settings = self.attack_term.settings()
+            if self.attack_name not in self.terms and settings:
+                meta["objective"]["attack_loss_settings"] = settings
         return meta
 
 

@@ -17,10 +17,12 @@ each at most once per step:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
+
+from ..models.templates import check_template, get_template
 
 
 
@@ -36,6 +38,12 @@ class FrozenZeroShot:
         self.classnames = list(classnames)
         self.template = template
         self._text: Optional[Tensor] = None
+
+    @classmethod
+    def from_cfg(cls, model: nn.Module, classnames: Sequence[str], cfg: Any) -> "FrozenZeroShot":
+        """The template of ``ADV.OBJECTIVE.ZERO_SHOT_TEMPLATE``, or the dataset's hand-written one."""
+        template = cfg.ADV.OBJECTIVE.ZERO_SHOT_TEMPLATE or get_template(cfg.DATASET.NAME)
+        return cls(model, classnames, check_template(template))
 
     def text_features(self) -> Tensor:
         """``[C, D]`` normalized features of ``template`` for every class (no gradient; cached)."""
@@ -66,6 +74,16 @@ class TrainingStep:
     zero_shot: Optional[FrozenZeroShot] = None
     notes: Dict[str, float] = field(default_factory=dict)
     _cache: Dict[str, Tensor] = field(default_factory=dict)
+
+    @classmethod
+    def on_clean_images(cls, model: nn.Module, images: Tensor, labels: Tensor, text_features: Tensor,
+                        zero_shot: Optional[FrozenZeroShot] = None) -> "TrainingStep":
+        """A step of clean training (CoOp): the "adversarial" images are the clean ones, computed once."""
+        step = cls(model, images, labels, text_features=text_features, adv_images=images, zero_shot=zero_shot)
+        step.adv_features = step._cache["clean_features"] = model.encode_image(images)
+        step.adv_logits = step._cache["clean_logits"] = model.combine(step.adv_features, text_features)
+        step.adv_router_weights = model.router_weights()
+        return step
 
     def note(self, name: str, value: Tensor) -> None:
         """Log a term's component (a scalar) in the training log's line of this step."""
