@@ -36,6 +36,7 @@ from .models.clip_loader import load_clip
 from .models.interface import check_prompt_model
 from .models.text_encoder import TextPassOptions, configure_text_encoders
 from .optim import build_lr_scheduler, build_optimizer
+from .utils import distributed
 
 logger = logging.getLogger(__name__)
 
@@ -213,14 +214,20 @@ class ClipTrainer(TrainerX):
     def model_backward_and_update(
         self, loss: torch.Tensor, names: Union[None, str, Sequence[str]] = None
     ) -> None:
-        """Zero grad, backward, step; through the gradient scaler under ``amp``."""
+        """Zero grad, backward, step; through the gradient scaler under ``amp``.
+
+        The scaled path averages the gradients over torchrun ranks itself
+        (:func:`ampt.utils.distributed.average_gradients`): it may use only
+        what both engines define, and Dassl's ``TrainerX`` has no ``sync_gradients``.
+        """
         if getattr(self, "scaler", None) is None:
             super().model_backward_and_update(loss, names)
             return
         self.model_zero_grad(names)
         self.detect_anomaly(loss)
         self.scaler.scale(loss).backward()
-        self.sync_gradients(names)
+        distributed.average_gradients(p for name in self.get_model_names(names)
+                                      for p in self._models[name].parameters())
         for name in self.get_model_names(names):
             if self._optims[name] is not None:
                 self.scaler.step(self._optims[name])
