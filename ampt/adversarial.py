@@ -42,7 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from .attacks import ATTACK_REGISTRY, attack_mode, check_eps
-from .attacks.apt_pgd import apt_pgd
+from .attacks.apt_pgd import PROJECTIONS, apt_pgd
 from .attacks.per_sample import uniform_noise
 from .clip_trainer import ClipTrainer
 from .utils import distributed
@@ -71,6 +71,7 @@ class TrainBudget:
     steps: int
     prompt: str
     prompt_alpha: float
+    projection: str = "apt"
 
     @classmethod
     def from_cfg(cls, cfg: Any) -> "TrainBudget":
@@ -87,7 +88,10 @@ class TrainBudget:
         prompt_alpha = float(node.PROMPT_ALPHA)
         if prompt_alpha < 0:
             raise UserError(f"ADV.TRAIN.PROMPT_ALPHA must be >= 0 (got {prompt_alpha})")
-        return cls(eps, alpha, steps, node.PROMPT, prompt_alpha)
+        if node.PROJECTION not in PROJECTIONS:
+            raise UserError(f'ADV.TRAIN.PROJECTION "{node.PROJECTION}" is not one of {", ".join(PROJECTIONS)} '
+                            "(apt: APT's trainer, for APT and AMPT; fap: FAP's attack/pgd.py, for the FAP family)")
+        return cls(eps, alpha, steps, node.PROMPT, prompt_alpha, node.PROJECTION)
 
 
 def test_spec(cfg: Any) -> Optional[AttackSpec]:
@@ -138,7 +142,7 @@ class AdversarialClipTrainer(ClipTrainer):
     def run_metadata(self) -> Dict[str, Any]:
         b = TrainBudget.from_cfg(self.cfg)
         return {**super().run_metadata(), "train_alpha": round(b.alpha, 4), "train_steps": b.steps,
-                "train_attack_prompt": b.prompt, **self.build_objective(self.cfg).metadata()}
+                "train_attack_prompt": b.prompt, "train_projection": b.projection, **self.build_objective(self.cfg).metadata()}
 
     # ------------------------------------------------------------ training attack
     def constant_text_features(self) -> Tensor:
@@ -188,7 +192,7 @@ class AdversarialClipTrainer(ClipTrainer):
             try:
                 loss = self.objective.inner(step)
                 return apt_pgd(step.attack_forward, images, labels, b.eps / 255, b.alpha / 255, b.steps,
-                               delta=self.attack_start(images), loss=loss)
+                               delta=self.attack_start(images), loss=loss, projection=b.projection)
             finally:
                 step.attack_forward = None
 
@@ -240,7 +244,8 @@ class AdversarialClipTrainer(ClipTrainer):
                     p.requires_grad_(True)
                 return apt_pgd(lambda x: self.model(x, text_features=self.model.text_features()), images, labels,
                                b.eps / 255, b.alpha / 255, b.steps, delta=self.attack_start(images),
-                               params=params, param_step=prompt_step, loss=self.objective.inner(step))
+                               params=params, param_step=prompt_step, loss=self.objective.inner(step),
+                               projection=b.projection)
         finally:
             with torch.no_grad():
                 for p, value in zip(params, saved):

@@ -15,6 +15,13 @@ with ``delta ~ U(-eps, eps)`` drawn from the global RNG at the start and
 ``clamp(x + delta, 0, 1)`` returned at the end. ``params`` (APT's
 "perturbed" prompt mode) receive the gradient of the same loss at every
 step, handed to ``param_step`` after the image step.
+
+``projection="fap"`` is the update of FAP's ``attack/pgd.py`` (Zhou et al.,
+NeurIPS 2024), which the FAP family trains with: ``delta`` itself is kept
+inside the pixel range, ``delta = min(max(delta, -x), 1 - x)``, after the
+random start and after every step, the model sees ``x + delta`` (no clamp),
+and ``x + delta`` is returned. The two rules differ on pixels within eps of
+0 or 1 from the first step.
 """
 from __future__ import annotations
 
@@ -25,6 +32,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 ParamStep = Callable[[Sequence[Tensor]], None]
+PROJECTIONS = ("apt", "fap")  # the training attack's rule for the pixel range (module docstring)
+
+
+def _into_pixel_range(delta: Tensor, images: Tensor) -> Tensor:
+    """FAP's projection: ``delta`` clamped elementwise to [-x, 1 - x]."""
+    return torch.max(torch.min(delta, 1 - images), -images)
 
 
 def apt_pgd(
@@ -38,6 +51,7 @@ def apt_pgd(
     param_step: Optional[ParamStep] = None,
     delta: Optional[Tensor] = None,
     loss: Optional[Callable[[Tensor, Tensor], Tensor]] = None,
+    projection: str = "apt",
 ) -> Tensor:
     """APT's L-inf PGD in pixel units (fractions of 1); returns detached images in [0, 1].
 
@@ -47,28 +61,35 @@ def apt_pgd(
     initial perturbation in [-eps, eps] (e.g. drawn per image under torchrun,
     :func:`~ampt.attacks.per_sample.uniform_noise`). ``loss`` replaces APT's
     mean cross-entropy (``(logits, labels) -> scalar``, e.g. TRADES' KL for
-    ``ADV.TRAIN.LOSS trades``). The model's mode and
-    ``requires_grad`` flags are the caller's business.
+    ``ADV.TRAIN.LOSS trades``). ``projection``: ``apt`` or ``fap`` (module
+    docstring). The model's mode and ``requires_grad`` flags are the caller's business.
     """
     if steps < 0 or eps < 0 or alpha < 0:
         raise ValueError(f"need eps, alpha, steps >= 0 (got {eps}, {alpha}, {steps})")
     if bool(params) != (param_step is not None):
         raise ValueError("params and param_step are given together")
+    if projection not in PROJECTIONS:
+        raise ValueError(f'projection must be one of {", ".join(PROJECTIONS)}, got {projection!r}')
+    fap = projection == "fap"
     images = images.detach()
     if eps == 0:
         return images.clone()
     if delta is None:
         delta = torch.empty_like(images).uniform_(-eps, eps)
+    if fap:
+        delta = _into_pixel_range(delta, images)
     for _ in range(steps):
-        adv = torch.clamp(images + delta, 0, 1).requires_grad_(True)
+        adv = (images + delta if fap else torch.clamp(images + delta, 0, 1)).requires_grad_(True)
         with torch.enable_grad():
             logits = forward(adv)
             value = F.cross_entropy(logits, labels) if loss is None else loss(logits, labels)
             grads = torch.autograd.grad(value, [adv, *params])
         delta = torch.clamp(delta + alpha * grads[0].sign(), -eps, eps)
+        if fap:
+            delta = _into_pixel_range(delta, images)
         if param_step is not None:
             param_step(grads[1:])
-    return torch.clamp(images + delta, 0, 1).detach()
+    return (images + delta if fap else torch.clamp(images + delta, 0, 1)).detach()
 
 
-__all__ = ["apt_pgd"]
+__all__ = ["PROJECTIONS", "apt_pgd"]

@@ -143,6 +143,9 @@ _C.ADV.TRAIN.EPS = 4.0  # training attack L-inf budget, in 1/255 units (>= 1 typ
 _C.ADV.TRAIN.ALPHA = -1.0  # training attack step size, in 1/255 units; -1 = 2/3 * EPS (APT)
 _C.ADV.TRAIN.STEPS = 3  # training attack PGD steps (>= 1)
 _C.ADV.TRAIN.PROMPT = "onfly"  # prompt the training attack uses: onfly | constant | perturbed | perturbed_rms
+# how the training PGD keeps pixels in [0, 1]: apt (APT's trainer: delta in [-EPS, EPS], only x + delta clamped;
+# APT, AMPT) | fap (FAP's attack/pgd.py: delta itself kept in [-x, 1 - x]; the FAP family)
+_C.ADV.TRAIN.PROJECTION = "apt"
 # training objective: a registered term or a weighted sum, e.g. "ce", "trades", "fap+0.5*zs_kl" (ampt/objectives/);
 # each term's own keys are added by the term (ADV.TRAIN.TRADES_BETA, ADV.TRAIN.FAP_LAMBDA, ADV.OBJECTIVE.<TERM>.*)
 _C.ADV.TRAIN.LOSS = "ce"

@@ -25,8 +25,9 @@ RUNS: Dict[str, Tuple[str, str, List[str]]] = {
     "APT-ce-perturbed": ("APT", "APT/digits.yaml", ["ADV.TRAIN.PROMPT", "perturbed"]),
     "APT-trades": ("APT", "APT/digits.yaml", ["ADV.TRAIN.LOSS", "trades", "ADV.TRAIN.TRADES_BETA", "2.0"]),
     "APT-fap": ("APT", "APT/digits.yaml", ["ADV.TRAIN.LOSS", "fap"]),
-    "FAP": ("FAP", "FAP/digits.yaml", []),
-    "AdvVP": ("AdvVP", "AdvVP/digits.yaml", []),
+    # recorded with APT's projection, the FAP family's training attack before its configs chose FAP's
+    "FAP": ("FAP", "FAP/digits.yaml", ["ADV.TRAIN.PROJECTION", "apt"]),
+    "AdvVP": ("AdvVP", "AdvVP/digits.yaml", ["ADV.TRAIN.PROJECTION", "apt"]),
     "AMPT": ("AMPT", "AMPT/digits.yaml", []),
     "AMPT-terms": ("AMPT", "AMPT/digits.yaml", ["TRAINER.AMPT.CLEAN_CE_WEIGHT", "0.5", "TRAINER.AMPT.TRADES_KL_WEIGHT",
                                                 "1.0", "TRAINER.AMPT.BALANCE_WEIGHT", "0.1"]),
