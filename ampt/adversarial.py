@@ -1,4 +1,4 @@
-"""The adversarial CLIP trainer base: APT now, AMPT later.
+"""The adversarial CLIP trainer base of APT, AMPT and the FAP family.
 
 :class:`AdversarialClipTrainer` adds to :class:`~ampt.clip_trainer.ClipTrainer`:
 

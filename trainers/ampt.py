@@ -26,6 +26,7 @@ from yacs.config import CfgNode as CN
 from ampt.adversarial import AdversarialClipTrainer
 from ampt.api import TRAINER_REGISTRY
 from ampt.errors import UserError
+from ampt.precision import add_precision_key
 from ampt.models import PromptLearner
 from ampt.evaluated_prompt import prompt_model
 from ampt.models.interface import LEARNED
@@ -138,7 +139,7 @@ class AMPT(AdversarialClipTrainer):
         c.TRADES_KL_WEIGHT = 0.0  # weight (>= 0) of KL(p_clean || p_adv), batch mean (TRADES-style)
         c.BALANCE_WEIGHT = 0.0  # weight (>= 0) of log K - entropy of the batch-mean router weights
         c.ATTACK_ROUTER = "full"  # training attack's weights: full (through the router) | uniform | detached
-        c.PREC = "fp16"  # training compute: fp32 | bf16 | fp16 (= amp: autocast + grad scaler; fp32 on CPU); weights stay fp32
+        add_precision_key(c)
 
     def check_cfg(self, cfg: Any) -> None:
         super().check_cfg(cfg)
