@@ -42,7 +42,6 @@ class TrainingObjective:
         if duplicated:
             raise UserError(f'ADV.TRAIN.LOSS "{cfg.ADV.TRAIN.LOSS}" names {duplicated}, which the trainer\'s own '
                             "weight keys add too: set the weight in one place")
-        self.written = str(cfg.ADV.TRAIN.LOSS)
         self.weights: List[Tuple[str, float]] = written + [(name, float(w)) for name, w in extra if w > 0]
         self.terms: Dict[str, Objective] = {name: OBJECTIVE_REGISTRY.get(name)(cfg) for name, _ in self.weights}
         self.attack_name, self.attack_term = "", None
