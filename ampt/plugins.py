@@ -1,4 +1,4 @@
-"""Load the plug-in folders ``trainers/`` and ``datasets/``: the repository's, then ``$AMPT_PLUGIN_PATH``'s.
+"""Load the plug-in folders: the repository's ``trainers/`` and ``datasets/``, then ``$AMPT_PLUGIN_PATH``'s.
 
 Each ``*.py`` file in those folders is imported as
 ``ampt_plugins.<folder>.<file>``; its ``@register()`` decorators fill the
@@ -7,12 +7,23 @@ their own names, so this repository's ``datasets/`` cannot shadow Hugging
 Face's ``datasets`` package, in this process or any other.
 
 ``AMPT_PLUGIN_PATH`` (folders separated by ``:``, ``;`` on Windows) adds
-methods and datasets that live elsewhere, e.g. in their own repository: each
-folder has the repository's layout, a ``trainers/`` and/or a ``datasets/``
-subfolder of ``*.py`` files (an ``__init__.py`` is optional; files starting
-with ``_`` are skipped). Their files are imported after the repository's, as
-``ampt_plugins.ext_<hash of the folder>.<trainers|datasets>.<file>``, and
-register next to the built-in ones (a name registered twice is an error).
+methods, loss terms and datasets that live elsewhere, e.g. in their own
+repository. Each folder holds at least one of four subfolders:
+
+- ``objectives/``: loss terms (``@register_objective``, :mod:`ampt.objectives`);
+- ``datasets/``: datasets (``@DATASET_REGISTRY.register()``);
+- ``trainers/``: methods (``@TRAINER_REGISTRY.register()``);
+- ``configs/``: their yaml, laid out like the repository's
+  (``configs/trainers/<Trainer>/<name>.yaml``, ``configs/datasets/<id>.yaml``;
+  found by :mod:`ampt.config_paths`).
+
+The code folders hold ``*.py`` files (an ``__init__.py`` is optional; files
+starting with ``_`` are skipped), imported in that order (objectives first, so
+their config keys exist before any config is built) after the repository's,
+as ``ampt_plugins.ext_<hash of the folder>.<objectives|datasets|trainers>.<file>``;
+they register next to the built-in ones (a name registered twice is an error).
+Built-in loss terms live in ``ampt/objectives/``: the repository has no
+``objectives/`` plug-in folder.
 """
 from __future__ import annotations
 
@@ -28,7 +39,9 @@ from typing import List, Optional
 from .engine.select import use_engine
 from .errors import UserFileNotFoundError
 
-PLUGIN_FOLDERS = ("datasets", "trainers")
+PLUGIN_FOLDERS = ("datasets", "trainers")  # the repository's plug-in folders
+EXTERNAL_CODE_FOLDERS = ("objectives", "datasets", "trainers")  # an AMPT_PLUGIN_PATH folder's, in import order
+EXTERNAL_FOLDERS = ("trainers", "datasets", "objectives", "configs")  # at least one of them
 PLUGIN_PACKAGE = "ampt_plugins"
 PLUGIN_PATH_ENV = "AMPT_PLUGIN_PATH"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -59,16 +72,17 @@ def _package(name: str, path: Optional[Path]) -> types.ModuleType:
 
 
 def plugin_path() -> List[Path]:
-    """The folders of ``$AMPT_PLUGIN_PATH`` (empty entries skipped); each must hold trainers/ or datasets/."""
+    """The folders of ``$AMPT_PLUGIN_PATH`` (empty entries skipped); each holds one of :data:`EXTERNAL_FOLDERS`."""
     roots = []
     for entry in os.environ.get(PLUGIN_PATH_ENV, "").split(os.pathsep):
         if not entry.strip():
             continue
         root = Path(entry).expanduser().resolve()
-        if not any((root / folder).is_dir() for folder in PLUGIN_FOLDERS):
+        if not any((root / folder).is_dir() for folder in EXTERNAL_FOLDERS):
             raise UserFileNotFoundError(
-                f"{PLUGIN_PATH_ENV} entry {root} has no trainers/ or datasets/ folder: put the plug-in files "
-                "in <folder>/trainers/*.py and <folder>/datasets/*.py, or remove the entry"
+                f"{PLUGIN_PATH_ENV} entry {root} has no trainers/, datasets/, objectives/ or configs/ folder: "
+                "put the plug-in files in <folder>/trainers/*.py, <folder>/datasets/*.py, <folder>/objectives/*.py "
+                "and their yaml in <folder>/configs/, or remove the entry"
             )
         roots.append(root)
     return roots
@@ -86,7 +100,7 @@ def _load_external(root: Path) -> List[str]:
     tag = "ext_" + hashlib.sha1(str(root).encode()).hexdigest()[:10]
     _namespace(f"{PLUGIN_PACKAGE}.{tag}", root)
     loaded = []
-    for folder in PLUGIN_FOLDERS:
+    for folder in EXTERNAL_CODE_FOLDERS:
         path = root / folder
         if not path.is_dir():
             continue

@@ -15,11 +15,12 @@ from typing import Any, Optional, Sequence
 from yacs.config import CfgNode
 
 from .config import check_eps_units, merge_from_file
+from .config_paths import find_config
 from .data.splits import SUBSAMPLE_CHOICES
 from .engine.checkpoint import latest_checkpoint
 from .engine.select import active_api
 from .errors import UserError, UserFileNotFoundError
-from .plugins import load_plugins, plugin_root
+from .plugins import load_plugins
 from .results import RunResults
 from .utils.seed import set_random_seed
 
@@ -35,12 +36,13 @@ class LoadedRun:
 
 
 def resolve_dataset_name(name: str) -> str:
-    """A registered dataset name; a config id (``configs/datasets/<id>.yaml``) is accepted too."""
+    """A registered dataset name; a config id (``configs/datasets/<id>.yaml``, the repository's or a
+    plug-in folder's, :func:`ampt.config_paths.find_config`) is accepted too."""
     registry = active_api().DATASET_REGISTRY
     if name in registry.registered_names():
         return name
-    yaml_path = plugin_root() / "configs" / "datasets" / f"{name}.yaml"
-    if yaml_path.is_file():
+    yaml_path = find_config("datasets", name, required=False)
+    if yaml_path is not None:
         with open(yaml_path, "r", encoding="utf-8") as f:
             configured = (CfgNode.load_cfg(f).get("DATASET") or {}).get("NAME", "")
         if configured:

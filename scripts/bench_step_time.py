@@ -50,6 +50,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from ampt.attacks import build_attack  # noqa: E402
 from ampt.config import get_cfg_default, merge_from_file, merge_from_list  # noqa: E402
+from ampt.config_paths import find_config  # noqa: E402
 from ampt.engine.select import active_api  # noqa: E402
 from ampt.evaluated_prompt import prompt_model  # noqa: E402
 from ampt.models import ImageNormalizer, build_tiny_clip, load_clip, save_clip_state_dict  # noqa: E402
@@ -102,8 +103,8 @@ def build_trainer(name: str, args: argparse.Namespace, backbone: str, image_size
     cls.add_config(cfg)
     node_name = getattr(cls, "cfg_node", "") or name.upper()
     node = cfg.TRAINER.get(node_name)
-    tiny_config = REPO_ROOT / "configs" / "trainers" / name / "digits.yaml"
-    if args.arch == "tiny" and tiny_config.is_file():  # settings sized for the tiny CLIP (e.g. prompt depths)
+    tiny_config = find_config("trainers", name, "digits", required=False)  # the repository's or a plug-in's
+    if args.arch == "tiny" and tiny_config is not None:  # settings sized for the tiny CLIP (e.g. prompt depths)
         merge_from_file(cfg, str(tiny_config))
     overrides = [
         "MODEL.BACKBONE.NAME", backbone, "INPUT.SIZE", f"({image_size}, {image_size})",

@@ -30,6 +30,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from ampt.config import get_cfg_default, merge_from_file, merge_from_list  # noqa: E402
+from ampt.config_paths import find_config  # noqa: E402
 from ampt.engine.select import active_api  # noqa: E402
 from ampt.models import build_tiny_clip, save_clip_state_dict  # noqa: E402
 from ampt.plugins import load_plugins  # noqa: E402
@@ -59,7 +60,7 @@ def build(trainer_name: str, config: str, overrides: List[str], args: argparse.N
     cls = active_api().TRAINER_REGISTRY.get(trainer_name)
     cfg = get_cfg_default()
     cls.add_config(cfg)
-    merge_from_file(cfg, str(REPO_ROOT / "configs" / "trainers" / trainer_name / config))
+    merge_from_file(cfg, str(find_config("trainers", trainer_name, Path(config).stem)))
     pad = ["TRAINER.ADVVP.PAD_SIZE", str(max(1, args.image_size * 30 // 224))] if trainer_name == "AdvVP" else []
     merge_from_list(cfg, ["MODEL.BACKBONE.NAME", backbone, "INPUT.SIZE", f"({args.image_size}, {args.image_size})",
                           f"TRAINER.{trainer_name.upper()}.PREC", "fp32", "USE_CUDA", "False",

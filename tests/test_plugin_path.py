@@ -126,5 +126,5 @@ def test_plugin_path_entries(tmp_path, monkeypatch):
     monkeypatch.setenv(PLUGIN_PATH_ENV, f"{tmp_path / 'a'}{os.pathsep}{os.pathsep}")
     assert plugin_path() == [(tmp_path / "a").resolve()]
     monkeypatch.setenv(PLUGIN_PATH_ENV, str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="has no trainers/ or datasets/ folder"):
+    with pytest.raises(FileNotFoundError, match="has no trainers/, datasets/, objectives/ or configs/ folder"):
         plugin_path()

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, List, Mapping, Optional, Sequence, Union
 
+from ..config_paths import find_config
 from ..report import Report, collect_runs, render
 from ..report.methods import assign_methods
 from ..report.model import make_report
@@ -30,7 +31,7 @@ from .pretrain import pretrain_tiny_clip, sidecar_path
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DATASET_CONFIG = "configs/datasets/digits.yaml"
+DATASET_CONFIG = "digits"  # configs/datasets/<id>.yaml (ampt.config_paths)
 DATASET_NAME = "Digits"
 DEFAULT_METHODS = ("ZeroshotCLIP", "CoOp", "APT", "AMPT")
 EVAL_EPS = 4.0  # robust test budget, in 1/255 units
@@ -40,7 +41,8 @@ PathLike = Union[str, Path]
 
 
 def method_config(method: str) -> Path:
-    return REPO_ROOT / "configs" / "trainers" / method / "digits.yaml"
+    """``configs/trainers/<method>/digits.yaml``, the repository's or a plug-in folder's (one-line error if none)."""
+    return find_config("trainers", method, "digits")
 
 
 def train_command(method: str, root: Path, run_dir: Path, seed: int, backbone: Path,
@@ -49,7 +51,7 @@ def train_command(method: str, root: Path, run_dir: Path, seed: int, backbone: P
     cmd = [
         sys.executable, str(REPO_ROOT / "train.py"),
         "--root", str(root), "--seed", str(seed), "--trainer", method,
-        "--dataset-config-file", str(REPO_ROOT / DATASET_CONFIG),
+        "--dataset-config-file", str(find_config("datasets", DATASET_CONFIG)),
         "--config-file", str(method_config(method)),
         "--output-dir", str(run_dir), *(["--force"] if force else []),
     ]
@@ -108,8 +110,7 @@ def run_method(method: str, root: Path, out_dir: Path, seed: int, backbone: Path
     training).
     """
     run_dir = out_dir / method / f"seed{seed}"
-    if not method_config(method).is_file():
-        raise FileNotFoundError(f"No demo config for {method}: {method_config(method)}")
+    method_config(method)  # a method without a demo config: one line, before anything runs
     start = time.perf_counter()
     if RunResults(run_dir).finished and not force:
         logger.info("%s seed %d: finished run in %s, not trained again", method, seed, run_dir)
@@ -134,6 +135,8 @@ def run_demo(root: PathLike, out_dir: PathLike, seeds: Sequence[int] = (1,),
     ``pretrain_overrides`` are :class:`~ampt.demo.pretrain.PretrainSettings` fields.
     """
     root, out_dir = Path(root).expanduser().resolve(), Path(out_dir).expanduser().resolve()
+    for method in methods:
+        method_config(method)  # a missing demo config: one line before the data and backbone are made
     start = time.perf_counter()
     prepare_digits(root)
     name = "tiny_clip_digits_tecoa.pt" if adversarial else "tiny_clip_digits.pt"

@@ -55,22 +55,19 @@ def read_log_accuracy(log: Path) -> Tuple[Optional[float], bool]:
     return (found[-1] if found else None), bool(found)
 
 
-@lru_cache(maxsize=None)
 def dataset_names() -> Dict[str, str]:
-    """CoOp's config ids (``oxford_pets``) -> registered names (``OxfordPets``), from configs/datasets/."""
-    import yaml
+    """CoOp's config ids (``oxford_pets``) -> registered names (``OxfordPets``), from the configs/datasets/
+    of the repository and of the plug-in folders (:mod:`ampt.config_paths`)."""
+    from ..config_paths import config_roots
 
-    from ..plugins import plugin_root
+    return _dataset_names(tuple(config_roots()))
 
-    names = {}
-    for path in sorted((plugin_root() / "configs" / "datasets").glob("*.yaml")):
-        try:
-            name = ((yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("DATASET") or {}).get("NAME")
-        except yaml.YAMLError:
-            continue
-        if name:
-            names[path.stem] = str(name)
-    return names
+
+@lru_cache(maxsize=None)
+def _dataset_names(roots: Tuple[Path, ...]) -> Dict[str, str]:  # roots: the cache key
+    from ..config_paths import dataset_config_names
+
+    return dataset_config_names()
 
 
 def parse_layout(run_dir: Path) -> Optional[Dict[str, Any]]:

@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import yaml
 
+from ..config_paths import config_roots, find_config, list_configs
 from ..registry import unknown_name_message
 from .runspec import REPO_ROOT, RunSpec
 
@@ -112,11 +113,17 @@ def _grid(path: str, where: str, value: Any) -> Dict[str, List[Any]]:
 
 
 def resolve_file(path: str, name: str, where: str) -> str:
-    """A config file as given, else relative to the repository root; missing: an error naming it."""
-    for candidate in (Path(name).expanduser(), REPO_ROOT / name):
+    """A config file as given, else relative to the repository root; a ``configs/...`` path also relative
+    to each plug-in folder (:func:`ampt.config_paths.config_roots`); missing: an error naming it."""
+    candidates = [Path(name).expanduser(), REPO_ROOT / name]
+    parts = Path(name).parts
+    if not Path(name).is_absolute() and parts[:1] == ("configs",) and len(parts) > 1:
+        candidates += [root.joinpath(*parts[1:]) for root in config_roots()]
+    for candidate in candidates:
         if candidate.is_file():
             return str(candidate.resolve())
-    raise _fail(path, f"{where}: no file {name} (relative paths are tried from the current folder and {REPO_ROOT})")
+    raise _fail(path, f"{where}: no file {name} (relative paths are tried from the current folder and {REPO_ROOT}, "
+                      "configs/... also from the AMPT_PLUGIN_PATH folders)")
 
 
 def _method(path: str, label: str, raw: Any) -> Method:
@@ -172,10 +179,13 @@ def load_sweep(path: str) -> Sweep:
 
 
 def dataset_config_file(sweep: Sweep, dataset: str) -> str:
-    name = sweep.dataset_config.get(dataset, f"configs/datasets/{dataset}.yaml")
-    try:
-        return resolve_file(sweep.path, name, f"dataset {dataset}")
-    except SweepError:
-        valid = sorted(p.stem for p in (REPO_ROOT / "configs" / "datasets").glob("*.yaml"))
-        raise _fail(sweep.path, unknown_name_message("dataset (no configs/datasets/<id>.yaml; map it under "
-                                                     "dataset_config)", dataset, valid)) from None
+    """The dataset's yaml: the sweep's ``dataset_config`` entry, else ``configs/datasets/<dataset>.yaml`` of the
+    repository or a plug-in folder (:func:`ampt.config_paths.find_config`)."""
+    if dataset in sweep.dataset_config:
+        return resolve_file(sweep.path, sweep.dataset_config[dataset], f"dataset {dataset}")
+    found = find_config("datasets", dataset, required=False)
+    if found is not None:
+        return str(found)
+    valid = sorted(list_configs("datasets"))
+    raise _fail(sweep.path, unknown_name_message("dataset (no configs/datasets/<id>.yaml; map it under "
+                                                 "dataset_config)", dataset, valid))
