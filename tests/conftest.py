@@ -1,8 +1,17 @@
-"""Suite-wide settings and shared fixtures."""
+"""Suite-wide settings and shared fixtures.
+
+The fixtures that several test modules use live here or in the helper modules
+imported below (``toys.py``: the toy data sets, tiny CLIPs and the quiet-logging
+fixture; ``engine_toys.py``: the built-in engine's linear toy trainer); a test
+module asks for them by name and imports no fixture from another test module.
+Each builds its data once per session.
+"""
 import pytest
 import torch
 
 from ampt.models.tiny import build_tiny_clip
+from engine_toys import data_root  # noqa: F401  (fixture; test_coop overrides it with its own)
+from toys import _quiet, colour_digits_env, demo_shape_env, digits_root, toy_env, toy_root  # noqa: F401  (fixtures)
 
 torch.set_num_threads(1)  # tiny tensors: more threads only add overhead
 

@@ -12,138 +12,25 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Dict, List
+from typing import List
 
-import clip
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from ampt.api import DATASET_REGISTRY, TRAINER_REGISTRY, DatasetBase, Datum, build_trainer
+from ampt.api import TRAINER_REGISTRY, build_trainer
 from ampt.config import setup_cfg
 from ampt.errors import NonFiniteError, UserError
 from ampt.robust_accuracy import AttackSpec, accuracy_under_attack
-from ampt.models import ImageNormalizer, save_clip_state_dict, template_text_features
-from ampt.models.tiny import build_tiny_clip
-from ampt.plugins import load_plugins
+from ampt.models import template_text_features
 from ampt.results import RunResults
-from ampt.utils.logger import reset_logger
 from ampt.utils.seed import set_random_seed
 
-REPO = Path(__file__).resolve().parent.parent
-APT_DIGITS = REPO / "configs" / "trainers" / "APT" / "digits.yaml"
-COOP_DIGITS = REPO / "configs" / "trainers" / "CoOp" / "digits.yaml"
-TOY_SETS = {  # dataset name -> (folder, class names); colours make the classes separable
-    "AptToy": ("apt_toy", ["red", "green", "blue", "white"]),
-    "AptToyShapes": ("apt_toy_shapes", ["dark", "light", "yellow"]),
-}
-COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "white": (230, 230, 230),
-           "dark": (20, 20, 20), "light": (160, 160, 160), "yellow": (220, 220, 30)}
-SPLITS = {"train": 4, "val": 1, "test": 3}  # images per class
-
-load_plugins("builtin")
-
-
-def _toy_lists(root: Path, folder: str, classnames: List[str]) -> Dict[str, List[Datum]]:
-    base = root / folder
-    return {split: [Datum(str(p), int(p.parent.name), classname=classnames[int(p.parent.name)])
-                    for p in sorted((base / split).glob("*/*.png"))] for split in SPLITS}
-
-
-@DATASET_REGISTRY.register()
-class AptToy(DatasetBase):
-    """4 colour classes of 32x32 noisy images under ROOT/apt_toy/<split>/<label>/."""
-
-    def __init__(self, cfg) -> None:
-        lists = _toy_lists(Path(cfg.DATASET.ROOT), *TOY_SETS["AptToy"])
-        super().__init__(train_x=lists["train"], val=lists["val"], test=lists["test"])
-
-
-@DATASET_REGISTRY.register()
-class AptToyShapes(DatasetBase):
-    """3 other classes, the target of the cross-dataset tests."""
-
-    def __init__(self, cfg) -> None:
-        lists = _toy_lists(Path(cfg.DATASET.ROOT), *TOY_SETS["AptToyShapes"])
-        super().__init__(train_x=lists["train"], val=lists["val"], test=lists["test"])
-
-
-def write_toy_data(root: Path) -> Path:
-    rng = np.random.RandomState(0)
-    for folder, classnames in TOY_SETS.values():
-        for split, count in SPLITS.items():
-            for label, name in enumerate(classnames):
-                out = root / folder / split / str(label)
-                out.mkdir(parents=True, exist_ok=True)
-                for i in range(count):
-                    pixels = np.clip(np.array(COLOURS[name]) + rng.randint(-40, 40, (32, 32, 3)), 0, 255)
-                    Image.fromarray(pixels.astype(np.uint8)).save(out / f"{i}.png")
-    return root
-
-
-def pretrain_toy_clip(root: Path, steps: int = 15) -> torch.nn.Module:
-    """The tiny CLIP, fitted for a few steps to caption the toy train images (so accuracies are not 0)."""
-    torch.manual_seed(0)
-    model = build_tiny_clip(seed=0).train()
-    model.token_embedding.requires_grad_(False)
-    names, images, labels = [], [], []
-    for folder, classnames in TOY_SETS.values():
-        for p in sorted((root / folder / "train").glob("*/*.png")):
-            images.append(torch.from_numpy(np.array(Image.open(p))).permute(2, 0, 1).float() / 255)
-            labels.append(len(names) + int(p.parent.name))
-        names += classnames
-    x, y = ImageNormalizer()(torch.stack(images)), torch.tensor(labels)
-    tokens = clip.tokenize([f"a photo of a {name}." for name in names])
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=5e-3)
-    for _ in range(steps):
-        image = F.normalize(model.encode_image(x), dim=-1)
-        text = F.normalize(model.encode_text(tokens), dim=-1)
-        loss = F.cross_entropy(20 * image @ text.t(), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.eval()
-
-
-@pytest.fixture(scope="session")
-def toy_env(tmp_path_factory):
-    """(data root, tiny CLIP checkpoint) shared by the APT and evaluate tests."""
-    base = tmp_path_factory.mktemp("apt_env")
-    root = write_toy_data(base / "data")
-    backbone = save_clip_state_dict(pretrain_toy_clip(root), base / "tiny_clip.pt")
-    return root, backbone
-
-
-@pytest.fixture(autouse=True)
-def _quiet(monkeypatch):
-    monkeypatch.setenv("AMPT_NO_PROGRESS", "1")
-    yield
-    reset_logger()
-
-
-def make_cfg(toy_env, out: Path, trainer: str = "APT", config: Path = APT_DIGITS, dataset: str = "AptToy",
-             **flags) -> object:
-    """The frozen config train.py would build (same merge order and guards)."""
-    root, backbone = toy_env
-    args = argparse.Namespace(root=str(root), output_dir=str(out), trainer=trainer, config_file=str(config),
-                              dataset_config_file="", seed=flags.pop("seed", 1), opts=list(flags.pop("opts", [])))
-    for key in ("eps", "alpha", "steps", "adv_prompt"):
-        setattr(args, key, flags.pop(key, None))
-    assert not flags, flags
-    args.opts += ["DATASET.NAME", dataset, "MODEL.BACKBONE.NAME", str(backbone), "DATALOADER.TRAIN_X.BATCH_SIZE", "8"]
-    return setup_cfg(args, TRAINER_REGISTRY.get(trainer))
-
-
-def make_trainer(toy_env, tmp_path, **flags):
-    torch.manual_seed(0)
-    return build_trainer(make_cfg(toy_env, tmp_path / "run", **flags))
-
-
-def one_batch(trainer):
-    trainer.batch_idx, trainer.num_batches = 0, 2  # not the last batch: no LR step
-    return next(iter(trainer.train_loader_x))
+# The toy data, tiny CLIP and helpers moved to toys.py (fixtures: conftest.py); re-exported here
+# under their old names for the modules that import them from test_apt.
+from toys import (APT_DIGITS, COLOURS, COOP_DIGITS, REPO, SPLITS, TOY_SETS, AptToy, AptToyShapes,  # noqa: F401
+                  _quiet, make_cfg, make_trainer, one_batch, pretrain_toy_clip, toy_env, write_toy_data)
 
 
 def count_text_passes(trainer) -> List[int]:

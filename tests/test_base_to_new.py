@@ -17,23 +17,21 @@ import torch
 
 import ampt.evaluation as evaluation
 from ampt.run_loader import load_run
-from ampt.demo.digits_data import CLASSNAMES, prepare_digits
+from ampt.demo.digits_data import CLASSNAMES
 from ampt.report import build_report
 from ampt.results import RunResults
-from test_apt import COOP_DIGITS, toy_env, _quiet  # noqa: F401  (fixtures)
+from toys import COOP_DIGITS  # toy_env, digits_root: conftest
 
 EVAL = ["--n-samples", "40", "--batch-size", "20"]
 
 
 @pytest.fixture(scope="module")
-def base_run(toy_env, tmp_path_factory):
+def base_run(toy_env, digits_root, tmp_path_factory):
     import train
 
     _, backbone = toy_env
-    base = tmp_path_factory.mktemp("b2n")
-    root = base / "data"
-    prepare_digits(root)
-    out = base / "coop_base"
+    root = digits_root
+    out = tmp_path_factory.mktemp("b2n") / "coop_base"
     argv = ["--root", str(root), "--seed", "1", "--trainer", "CoOp", "--config-file", str(COOP_DIGITS),
             "--dataset-config-file", str(Path(train.__file__).parent / "configs" / "datasets" / "digits.yaml"),
             "--output-dir", str(out), "MODEL.BACKBONE.NAME", str(backbone), "DATASET.SUBSAMPLE_CLASSES", "base",

@@ -8,9 +8,9 @@ embedded Digits data and a briefly fitted tiny CLIP:
   random start is drawn per image from (seed, epoch, dataset index), the
   sampler deals one permutation, gradients are averaged. One results.json,
   no duplicate records, the world size in its run block;
-- sharded PGD evaluation gives exactly the one-process accuracy, with
-  ``--n-samples``, and after a SIGKILL of every process mid-evaluation and
-  a resume from the per-shard progress files;
+- sharded clean and PGD evaluation gives exactly the one-process accuracy,
+  with ``--n-samples``, after a SIGKILL of every process mid-evaluation and
+  a resume from the per-shard progress files (one torchrun run checks both);
 - autocast (bf16 on CPU) training keeps fp32 parameters and optimizer state;
   a bf16 evaluation is its own record with ``precision: bf16``.
 """
@@ -25,54 +25,19 @@ import time
 from pathlib import Path
 from typing import List
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from ampt.attacks.per_sample import uniform_start
 from ampt.utils import distributed
-from ampt.models import save_clip_state_dict
 from ampt.results import RunResults, record_key
-from ampt.utils.logger import reset_logger
-from test_apt import COLOURS, TOY_SETS, pretrain_toy_clip, write_toy_data
-
-REPO = Path(__file__).resolve().parent.parent
-APT_DIGITS = REPO / "configs" / "trainers" / "APT" / "digits.yaml"
-DIGITS = REPO / "configs" / "datasets" / "digits.yaml"
-
-
-def _write_colour_digits(root: Path) -> None:
-    """Four noisy colour classes in the Digits layout (split file + images), read by the Digits plug-in."""
-    rng = np.random.RandomState(1)
-    names = TOY_SETS["AptToy"][1]
-    split: dict = {"train": [], "val": [], "test": []}
-    for label, name in enumerate(names):
-        folder = root / "digits" / "images" / name
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in range(16):
-            pixels = np.clip(np.array(COLOURS[name]) + rng.randint(-90, 90, (32, 32, 3)), 0, 255)
-            Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.png")
-            part = "train" if i < 4 else "val" if i < 6 else "test"
-            split[part].append([f"{name}/{i}.png", label, name])
-    (root / "digits" / "split_zhou_Digits.json").write_text(json.dumps(split))
-    (root / "digits" / "pretrain.json").write_text(json.dumps({"pretrain": []}))
+from toys import APT_DIGITS, DIGITS, REPO
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    """(data root, tiny CLIP fitted briefly to caption the colours): 4 classes, 40 test images."""
-    base = tmp_path_factory.mktemp("dist")
-    root = write_toy_data(base / "data")
-    _write_colour_digits(root)
-    return root, save_clip_state_dict(pretrain_toy_clip(root), base / "tiny_clip.pt")
-
-
-@pytest.fixture(autouse=True)
-def _quiet(monkeypatch):
-    monkeypatch.setenv("AMPT_NO_PROGRESS", "1")
-    yield
-    reset_logger()
+def env(colour_digits_env):
+    """(data root, tiny CLIP fitted briefly to caption the colours): 4 classes, 40 test images (conftest)."""
+    return colour_digits_env
 
 
 def _train_args(env, out: Path, *extra: str) -> List[str]:
@@ -113,16 +78,33 @@ def _check_run(cmd: List[str]) -> str:
     return done.stdout
 
 
+def _check_runs(*cmds: List[str], logs: Path) -> None:
+    """Run the commands at the same time (each torchrun picks its own free port); each must succeed."""
+    logs.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for i, cmd in enumerate(cmds):
+        with open(logs / f"{i}.log", "w") as log:
+            procs.append(subprocess.Popen(cmd, cwd=REPO, env=_run_env(), stdout=log, stderr=subprocess.STDOUT))
+    try:
+        codes = [proc.wait(timeout=600) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    for i, code in enumerate(codes):
+        assert code == 0, (logs / f"{i}.log").read_text()[-6000:]
+
+
 def _ctx(run: Path) -> torch.Tensor:
     return torch.load(run / "prompt_learner" / "model.pth.tar-2", weights_only=True)["state_dict"]["ctx"]
 
 
 @pytest.fixture(scope="module")
 def runs(env, tmp_path_factory):
-    """The same APT run trained by torchrun on 1 and on 2 processes."""
+    """The same APT run trained by torchrun on 1 and on 2 processes (both launched at once)."""
     base = tmp_path_factory.mktemp("runs")
-    for n in (1, 2):
-        _check_run(_torchrun(n, "train.py", *_train_args(env, base / f"np{n}")))
+    _check_runs(*(_torchrun(n, "train.py", *_train_args(env, base / f"np{n}")) for n in (1, 2)), logs=base / "logs")
     return base / "np1", base / "np2"
 
 
@@ -162,21 +144,6 @@ def _copy_run(run: Path, target: Path) -> Path:
     return target
 
 
-def test_sharded_evaluation_equals_one_process_with_n_samples(runs, tmp_path):
-    args = ["--attack", "clean", "pgd", "--eps", "16", "--steps", "3", "--n-samples", "30", "--batch-size", "4", "--seed", "7"]
-    single = _evaluate_in_process(_copy_run(runs[0], tmp_path / "single"), *args)
-    sharded_run = _copy_run(runs[0], tmp_path / "sharded")
-    _check_run(_torchrun(2, "evaluate.py", sharded_run, *args))
-    sharded = {r["attack"]: r for r in RunResults(sharded_run).records if r.get("seed") == 7}
-    assert set(sharded) == {"clean", "pgd"}
-    for attack, record in sharded.items():
-        assert record["accuracy"] == single[attack]["accuracy"] and record["n_samples"] == 30
-        assert record["world_size"] == 2 and record["precision"] == "fp32"
-    assert 0 < single["pgd"]["accuracy"] < single["clean"]["accuracy"]  # the attack does something
-    keys = [record_key(r) for r in RunResults(sharded_run).records]
-    assert len(keys) == len(set(keys))
-
-
 def _children(pid: int) -> List[int]:
     found = []
     for task in Path(f"/proc/{pid}/task").glob("*"):
@@ -197,8 +164,13 @@ def _shard_batches(progress_dir: Path) -> List[int]:
     return batches
 
 
-def test_sharded_evaluation_resumes_after_sigkill(runs, tmp_path):
-    args = ["--attack", "pgd", "--eps", "16", "--steps", "30", "--n-samples", "36", "--batch-size", "4", "--seed", "7"]
+def test_sharded_evaluation_equals_one_process_and_resumes_after_sigkill(runs, tmp_path):
+    """torchrun evaluate.py on 2 processes, killed mid-PGD and resumed, equals one process (PGD and clean).
+
+    34 of the 40 test images in batches of 4: 9 batches, 5 and 4 per shard, the last one of 2 images.
+    """
+    args = ["--attack", "pgd", "clean", "--eps", "16", "--steps", "30", "--n-samples", "34", "--batch-size", "4",
+            "--seed", "7"]
     run = _copy_run(runs[0], tmp_path / "killed")
     progress_dir = run / "eval_progress"
     agent = subprocess.Popen(_torchrun(2, "evaluate.py", run, *args), cwd=REPO, env=_run_env(),
@@ -219,6 +191,7 @@ def test_sharded_evaluation_resumes_after_sigkill(runs, tmp_path):
     finally:
         agent.wait(timeout=60)
     time.sleep(0.5)
+    assert sorted(p.name.split("-")[0] for p in progress_dir.glob("*.json")) == ["pgd", "pgd"]  # killed in the PGD
     left = _shard_batches(progress_dir)
     assert len(left) == 2 and 1 <= min(left) and max(left) < 5  # 9 batches: 5 and 4 per shard
     assert not any(r.get("seed") == 7 for r in RunResults(run).records)
@@ -226,10 +199,16 @@ def test_sharded_evaluation_resumes_after_sigkill(runs, tmp_path):
     _check_run(_torchrun(2, "evaluate.py", run, *args))
     assert "Resuming robust accuracy (PGD-30" in (run / "evaluate_log.txt").read_text()
     assert not list(progress_dir.glob("*.json"))
-    (resumed,) = [r for r in RunResults(run).records if r.get("seed") == 7]
+    sharded = {r["attack"]: r for r in RunResults(run).records if r.get("seed") == 7}
+    assert set(sharded) == {"clean", "pgd"}
     single = _evaluate_in_process(_copy_run(runs[0], tmp_path / "single"), *args)
-    assert resumed["accuracy"] == single["pgd"]["accuracy"] and resumed["n_samples"] == 36
-    assert 0 < resumed["accuracy"] < 100
+    for attack, record in sharded.items():
+        assert record["accuracy"] == single[attack]["accuracy"] and record["n_samples"] == 34
+        assert record["world_size"] == 2 and record["precision"] == "fp32"
+    assert 0 < single["pgd"]["accuracy"] < single["clean"]["accuracy"]  # the attack does something
+    assert 0 < sharded["pgd"]["accuracy"] < 100
+    keys = [record_key(r) for r in RunResults(run).records]
+    assert len(keys) == len(set(keys))
 
 
 def test_reduced_precision_evaluation_is_recorded_apart(runs, tmp_path):

@@ -21,7 +21,7 @@ import pytest
 import ampt.evaluation as evaluation
 import ampt.robust_accuracy as robust_accuracy
 from ampt.results import RunResults
-from test_apt import APT_DIGITS, COOP_DIGITS, REPO, toy_env, _quiet  # noqa: F401  (fixtures)
+from toys import APT_DIGITS, COOP_DIGITS, REPO, LazyRuns  # toy_env: conftest
 
 ZS_DIGITS = REPO / "configs" / "trainers" / "ZeroshotCLIP" / "digits.yaml"
 RESULTS_MD_FIELDS = {"dataset", "split", "attack", "eps", "steps", "n_samples", "accuracy"}
@@ -43,10 +43,10 @@ def _train(toy_env, out: Path, trainer: str, config: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(toy_env, tmp_path_factory):
+    """Finished CoOp, APT and zero-shot runs, each trained when a test first asks for it (tests copy them)."""
     base = tmp_path_factory.mktemp("eval_runs")
-    return {"CoOp": _train(toy_env, base / "coop", "CoOp", COOP_DIGITS),
-            "APT": _train(toy_env, base / "apt", "APT", APT_DIGITS),
-            "ZeroshotCLIP": _train(toy_env, base / "zs", "ZeroshotCLIP", ZS_DIGITS)}
+    runs = {"CoOp": ("coop", COOP_DIGITS), "APT": ("apt", APT_DIGITS), "ZeroshotCLIP": ("zs", ZS_DIGITS)}
+    return LazyRuns(runs, lambda name: _train(toy_env, base / runs[name][0], name, runs[name][1]))
 
 
 def evaluate(*argv: str) -> int:

@@ -279,16 +279,14 @@ AMPT_DIGITS = Path(__file__).resolve().parent.parent / "configs" / "trainers" / 
 
 
 @pytest.fixture(scope="module")
-def open_clip_toy_env(saved, tmp_path_factory):
-    """The APT tests' toy data with the tiny open_clip folder as the backbone."""
-    from test_apt import write_toy_data
-
-    return write_toy_data(tmp_path_factory.mktemp("oc_toy") / "data"), saved["standard"][1]
+def open_clip_toy_env(saved, toy_root):
+    """The APT tests' toy data (conftest) with the tiny open_clip folder as the backbone."""
+    return toy_root, saved["standard"][1]
 
 
 @pytest.mark.parametrize("trainer_name", ["CoOp", "APT", "AMPT"])
 def test_trainers_train_two_steps_and_evaluate(open_clip_toy_env, tmp_path, monkeypatch, trainer_name):
-    from test_apt import APT_DIGITS, COOP_DIGITS, make_cfg
+    from toys import APT_DIGITS, COOP_DIGITS, make_cfg
 
     from ampt.api import build_trainer
     from ampt.results import RunResults

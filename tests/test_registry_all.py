@@ -2,32 +2,59 @@
 
 Each trainer plug-in (``trainers/*.py``, ``$AMPT_PLUGIN_PATH``) must ship
 ``configs/trainers/<Name>/digits.yaml`` for the demo's tiny CLIP shape
-(ViT width 96, 3 blocks; text width 64, 2 blocks). On a 4-class generated
-dataset it trains one epoch (two steps of 8 images) through ``train.py``,
+(ViT width 96, 3 blocks; text width 64, 2 blocks), in the repository's
+``configs/`` or its plug-in folder's (:func:`ampt.config_paths.find_config`).
+Every other ``configs/trainers/<Trainer>/digits_<x>.yaml`` found there is a
+contract case too: that is how a plug-in loss term (``objectives/*.py``) is
+covered, by a config whose ``ADV.TRAIN.LOSS`` names it, and each plug-in
+term must have one. On a 4-class generated
+dataset each case trains one epoch (two steps of 8 images) through ``train.py``,
 saves, and ``evaluate.py`` reloads it and runs every registered attack
 (1 step; parameter-free attacks such as AutoAttack on 4 images at a budget
 that ends them in their first sub-attack). The reloaded model's clean
 accuracy equals the run's own. Every registered attack keeps the attack
-invariants on a deep-prompt model.
+invariants on a deep-prompt model. ``tests/test_plugin_folders.py`` runs
+these tests with ``examples/plugin`` on ``AMPT_PLUGIN_PATH``.
 """
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from ampt.api import TRAINER_REGISTRY
 from ampt.attacks import ATTACK_REGISTRY, build_attack
-from ampt.models import DeepPromptCLIP, DeepPromptLearner, DeepTextLayout, FixedTextFeatures, save_clip_state_dict
+from ampt.config_paths import find_config, list_configs
+from ampt.models import DeepPromptCLIP, DeepPromptLearner, DeepTextLayout, FixedTextFeatures
 from ampt.models.tiny import build_tiny_clip
+from ampt.objectives import OBJECTIVE_REGISTRY
 from ampt.results import RunResults
-from test_apt import REPO, write_toy_data, _quiet  # noqa: F401  (fixture)
+from toys import DEMO_SHAPE, LazyRuns  # demo_shape_env: conftest
 
 TRAINERS = sorted(name for name in TRAINER_REGISTRY.registered_names()
                   if TRAINER_REGISTRY.get(name).__module__.startswith("ampt_plugins."))
+PLUGIN_OBJECTIVES = sorted(name for name in OBJECTIVE_REGISTRY.registered_names()
+                           if OBJECTIVE_REGISTRY.get(name).__module__.startswith("ampt_plugins."))
 ATTACKS = sorted(ATTACK_REGISTRY.registered_names())
+
+
+def _cases():
+    """case -> (trainer, config or None): each trainer plug-in's ``digits.yaml`` (case: its name), then every
+    ``<Trainer>/digits_<x>.yaml`` of a registered trainer in the config folders (case: ``<Trainer>/digits_<x>``)."""
+    cases = {name: (name, find_config("trainers", name, "digits", required=False)) for name in TRAINERS}
+    registered = set(TRAINER_REGISTRY.registered_names())
+    for key, path in list_configs("trainers").items():
+        trainer, setting = key.split("/")
+        if setting.startswith("digits_") and trainer in registered:
+            cases[key] = (trainer, path)
+    return cases
+
+
+CASES = _cases()
 
 
 def _parameter_free(name: str) -> bool:
@@ -35,42 +62,48 @@ def _parameter_free(name: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    base = tmp_path_factory.mktemp("registry_env")
-    root = write_toy_data(base / "data")
-    backbone = save_clip_state_dict(build_tiny_clip(seed=0, vision_width=96, vision_layers=3), base / "tiny.pt")
-    return root, backbone, base
-
-
-@pytest.fixture(scope="module")
-def runs(env):
-    """Each registered trainer trained once (module-scoped: the evaluation tests share the runs)."""
+def runs(demo_shape_env, tmp_path_factory):
+    """Each registered trainer trained once, when its test first asks for it (selecting one trains one)."""
     import train
 
-    root, backbone, base = env
-    done = {}
-    for name in TRAINERS:
-        config = REPO / "configs" / "trainers" / name / "digits.yaml"
-        out = base / "runs" / name
+    root, backbone = demo_shape_env
+    base = tmp_path_factory.mktemp("registry_runs")
+
+    def train_one(case):
+        name, config = CASES[case]
+        out = base / "runs" / case.replace("/", "-")
         argv = ["--root", str(root), "--seed", "1", "--trainer", name, "--config-file", str(config),
                 "--output-dir", str(out), "DATASET.NAME", "AptToy", "MODEL.BACKBONE.NAME", str(backbone),
                 "OPTIM.MAX_EPOCH", "1", "DATALOADER.TRAIN_X.BATCH_SIZE", "8", "DATALOADER.TEST.BATCH_SIZE", "6"]
         if getattr(TRAINER_REGISTRY.get(name), "adversarial", False):
             argv += ["ADV.TEST.STEPS", "1"]
         try:
-            done[name] = (train.main(argv) if config.is_file() else None, out)
+            return (train.main(argv) if config is not None else None, out)
         except Exception as err:  # reported by that trainer's test, not as an error of every test
-            done[name] = (err, out)
-    return done
+            return (err, out)
+
+    return LazyRuns(CASES, train_one)
 
 
 def test_every_trainer_ships_a_digits_config():
     assert TRAINERS, "no trainer plug-in registered"
-    missing = [n for n in TRAINERS if not (REPO / "configs" / "trainers" / n / "digits.yaml").is_file()]
+    missing = [n for n in TRAINERS if CASES[n][1] is None]
     assert not missing, f"configs/trainers/<Name>/digits.yaml missing for {missing}"
 
 
-@pytest.mark.parametrize("name", TRAINERS)
+def _loss_terms(config: Path) -> set:
+    train = ((yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("ADV") or {}).get("TRAIN") or {}
+    return set(re.findall(r"[A-Za-z_]\w*", f"{train.get('LOSS', '')} {train.get('ATTACK_LOSS', '')}"))
+
+
+def test_every_plugin_objective_is_trained_by_a_digits_config():
+    named = set().union(*(_loss_terms(path) for _, path in CASES.values() if path is not None))
+    missing = [n for n in PLUGIN_OBJECTIVES if n not in named]
+    assert not missing, (f"no configs/trainers/<Trainer>/digits*.yaml names the plug-in loss terms {missing} in "
+                         "ADV.TRAIN.LOSS: ship one (e.g. <Trainer>/digits_<term>.yaml) in the plug-in's configs/")
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
 def test_trains_saves_reloads_and_every_attack_evaluates(runs, name):
     import evaluate
 
@@ -94,7 +127,7 @@ def test_trains_saves_reloads_and_every_attack_evaluates(runs, name):
 
 @pytest.fixture(scope="module")
 def deep_model():
-    clip_model = build_tiny_clip(seed=0, vision_width=96, vision_layers=3)
+    clip_model = build_tiny_clip(seed=0, **DEMO_SHAPE)
     for p in clip_model.parameters():
         p.requires_grad_(False)
     layout = DeepTextLayout(clip_model, ["red", "green", "blue", "white"], 2, "a photo of a")

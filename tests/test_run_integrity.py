@@ -31,7 +31,7 @@ from ampt.results import RunResults
 from ampt.utils.locks import acquire_run_lock, release_run_lock
 from ampt.utils.logger import reset_logger
 from ampt.utils.torchfile import CheckpointFileError
-from test_engine import _train_argv, data_root, make_cfg, weights  # noqa: F401  (fixture, toy trainer)
+from engine_toys import _train_argv, make_cfg, weights  # the linear toy trainer (data_root: conftest)
 
 REPO = Path(__file__).resolve().parent.parent
 

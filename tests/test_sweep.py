@@ -1,5 +1,9 @@
 """Sweeps: expansion and validation, the local pool (retry, skip), submitit's local executor, status,
-and the run layout shared with the shell scripts."""
+and the run layout shared with the shell scripts.
+
+Every cell that runs is a ``train.py`` or ``evaluate.py`` process (seconds of imports each): one test
+checks the local pool and the shell scripts on one output folder, so that no cell runs twice.
+"""
 from __future__ import annotations
 
 import json
@@ -14,7 +18,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ampt.demo.digits_data import prepare_digits
 from ampt.models.tiny import build_tiny_clip, save_clip_state_dict
 from ampt.results import RunResults
 from ampt.sweep import __main__ as sweep_cli
@@ -29,12 +32,9 @@ FAST = ["OPTIM.MAX_EPOCH", 1, "DATALOADER.TEST.BATCH_SIZE", 300]
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    """Digits data and a tiny CLIP checkpoint, shared by the module."""
-    base = tmp_path_factory.mktemp("sweep")
-    prepare_digits(base / "data")
-    backbone = save_clip_state_dict(build_tiny_clip(seed=0), base / "tiny.pt")
-    return base, backbone
+def assets(digits_root, tmp_path_factory):
+    """(Digits data root (conftest), a tiny CLIP checkpoint), shared by the module."""
+    return digits_root, save_clip_state_dict(build_tiny_clip(seed=0), tmp_path_factory.mktemp("sweep") / "tiny.pt")
 
 
 def write_sweep(path: Path, **content) -> str:
@@ -43,7 +43,7 @@ def write_sweep(path: Path, **content) -> str:
 
 
 def base_sweep(root: Path, out: Path, backbone: Path, **extra) -> dict:
-    sweep = {"name": "t", "data_root": str(root / "data"), "output_root": str(out), "backbone": str(backbone),
+    sweep = {"name": "t", "data_root": str(root), "output_root": str(out), "backbone": str(backbone),
              "grid": {"dataset": ["digits"], "shots": [1], "seed": [1, 2]},
              "methods": {"CoOp": {"trainer": "CoOp", "config": "configs/trainers/CoOp/digits.yaml", "opts": FAST}},
              "executor": {"name": "local", "workers": 2, "threads": 1}}
@@ -115,22 +115,37 @@ def _fix_when_failed(out: Path, broken: Path, source: Path, seen: list, stop: th
         time.sleep(0.05)
 
 
-def test_local_sweep_runs_retries_a_failed_cell_and_skips_on_a_second_call(tmp_path, assets, capsys):
+def test_local_sweep_retries_skips_and_shares_run_folders_with_the_shell_scripts(tmp_path, assets, capsys):
+    """One output folder, in the order a user may mix them: scripts/coop/main.sh trains seed 2; the local
+    sweep (2 workers) finds that run, trains the rest, retries a failed cell, evaluates every cell and skips
+    everything on a second call; the script then finds the sweep's runs and skips both."""
     root, backbone = assets
     out = tmp_path / "out"
+    env = {**os.environ, "DATA": str(root), "SEEDS": "2", "EPOCHS": "1", "BACKBONE": str(backbone),
+           "OUTPUT": str(out), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    script = [str(REPO / "scripts" / "coop" / "main.sh"), "digits", "digits", "end", "4", "1", "False"]
+    subprocess.run(["bash", *script], env=env, check=True, capture_output=True, text=True)
+    from ampt.sweep.status import cell_state
+
+    plain = base_sweep(root, out, backbone)  # CoOp's cells only, nothing to evaluate: the script's folders
+    plain["methods"]["CoOp"]["opts"] = ["OPTIM.MAX_EPOCH", 1]
+    plain["grid"]["seed"] = [1, 2]
+    coop_cells = expand(load_sweep(write_sweep(tmp_path / "plain.yaml", **plain)))
+    assert [cell_state(c, str(out)) for c in coop_cells] == ["pending", "done"]  # the script's seed-2 run
+
     late = tmp_path / "late.pt"  # missing at the start: ZeroshotCLIP's first attempts fail
-    spec = base_sweep(root, out, backbone, retries=2, retry_delay_s=1.5,
-                      evaluate=[{"attack": "clean"}, {"attack": "pgd", "eps": 1, "steps": 1, "n_samples": 20}])
+    spec = {**plain, "retries": 2, "retry_delay_s": 1.5,
+            "evaluate": [{"attack": "clean"}, {"attack": "pgd", "eps": 1, "steps": 1, "n_samples": 20}]}
     zs = {"trainer": "ZeroshotCLIP", "config": "configs/trainers/ZeroshotCLIP/digits.yaml",
           "backbone": str(late), "grid": {"seed": [1]}}
-    spec["methods"] = {"ZS": zs, **spec["methods"]}  # first, so it fails while the others run
+    spec["methods"] = {"ZS": zs, **plain["methods"]}  # first, so it fails while the others run
     path = write_sweep(tmp_path / "s.yaml", **spec)
     seen: list = []
     stop = threading.Event()
     fixer = threading.Thread(target=_fix_when_failed, args=(out, late, backbone, seen, stop))
     fixer.start()
     try:
-        assert sweep_cli.main(["run", path]) == 0
+        assert sweep_cli.main(["run", path, "--workers", "2"]) == 0  # trains ZS and CoOp seed 1; evaluates all 3
     finally:
         stop.set()
         fixer.join()
@@ -138,6 +153,7 @@ def test_local_sweep_runs_retries_a_failed_cell_and_skips_on_a_second_call(tmp_p
     assert "this call: 3 done" in text
     assert seen and seen[0]["error"] == "train.py exited with status 2" and "late.pt" in seen[0]["error_tail"]
     cells = expand(load_sweep(path))
+    assert [c.run_dir for c in cells if c.method == "CoOp"] == [c.run_dir for c in coop_cells]
     states = {c.name: CellState(str(out), c.run_dir).read() for c in cells}
     assert {s["state"] for s in states.values()} == {"done"}
     assert [s["attempt"] for n, s in states.items() if n.startswith("ZS")] == [2]  # retried once
@@ -160,6 +176,11 @@ def test_local_sweep_runs_retries_a_failed_cell_and_skips_on_a_second_call(tmp_p
     assert "| ZS       | digits    |      1 |         0 |        0 |         0 |       1 |" in status
     assert "| CoOp     | digits    |      2 |" in status
 
+    again = subprocess.run(["bash", *script], env={**env, "SEEDS": "1 2"}, check=True, capture_output=True,
+                           text=True).stdout
+    for cell in coop_cells:  # the script skips both, in the sweep's folders
+        assert f"Finished run at {cell.run_dir} (skipped" in again
+
 
 def test_submitit_local_executor_runs_a_cell_and_requeues_the_same_cell(tmp_path, assets, capsys):
     root, backbone = assets
@@ -177,28 +198,6 @@ def test_submitit_local_executor_runs_a_cell_and_requeues_the_same_cell(tmp_path
     again = task.checkpoint(cell)  # what SLURM's requeue submits: the same task and cell
     assert again.function is task and again.args == (cell,)
     assert again.result() == "skipped"  # the cell finished: the requeued task skips it
-
-
-def test_runs_of_the_shell_scripts_and_of_the_sweep_find_each_other(tmp_path, assets):
-    root, backbone = assets
-    out = tmp_path / "out"
-    spec = base_sweep(root, out, backbone)
-    spec["methods"]["CoOp"]["opts"] = ["OPTIM.MAX_EPOCH", 1]
-    spec["grid"]["seed"] = [1, 2]
-    path = write_sweep(tmp_path / "s.yaml", **spec)
-    env = {**os.environ, "DATA": str(root / "data"), "SEEDS": "2", "EPOCHS": "1", "BACKBONE": str(backbone),
-           "OUTPUT": str(out), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
-    script = [str(REPO / "scripts" / "coop" / "main.sh"), "digits", "digits", "end", "4", "1", "False"]
-    subprocess.run(["bash", *script], env=env, check=True, capture_output=True, text=True)
-    cells = expand(load_sweep(path))
-    from ampt.sweep.status import cell_state
-
-    assert [cell_state(c, str(out)) for c in cells] == ["pending", "done"]  # the script's seed-2 run
-    assert sweep_cli.main(["run", path, "--workers", "1"]) == 0  # trains seed 1 only
-    again = subprocess.run(["bash", *script], env={**env, "SEEDS": "1 2"}, check=True, capture_output=True,
-                           text=True).stdout
-    for cell in cells:  # the script skips both, in the sweep's folders
-        assert f"Finished run at {cell.run_dir} (skipped" in again
 
 
 def test_a_base_to_new_record_does_not_answer_an_all_classes_entry():

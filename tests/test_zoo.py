@@ -8,18 +8,15 @@ import torch
 
 from ampt.api import TRAINER_REGISTRY, build_trainer
 from ampt.config import setup_cfg
-from ampt.models import save_clip_state_dict
-from ampt.models.tiny import build_tiny_clip
-from test_apt import REPO, one_batch, write_toy_data, _quiet  # noqa: F401  (fixture)
+from toys import REPO, one_batch
 
 ZOO = ("FAP", "AdvMaPLe", "AdvVLP", "AdvVP")
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    base = tmp_path_factory.mktemp("zoo_env")
-    backbone = save_clip_state_dict(build_tiny_clip(seed=0, vision_width=96, vision_layers=3), base / "tiny.pt")
-    return write_toy_data(base / "data"), backbone
+def env(demo_shape_env):
+    """(toy data root, untrained tiny CLIP of the demo's shape), shared with test_registry_all (conftest)."""
+    return demo_shape_env
 
 
 def make(env, tmp_path, trainer, *opts):
