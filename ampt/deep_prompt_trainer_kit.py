@@ -1,4 +1,4 @@
-"""Deep prompts for trainers: config keys and the model builder shared by FAP, AdvMaPLe and AdvVLP.
+"""Deep prompts for trainers: config keys and the model builder shared by FAP, AdvMaPLe, AdvMaPLeOrig and AdvVLP.
 
 ``add_coupled_keys`` / ``add_independent_keys`` fill a ``TRAINER.<NAME>``
 node; ``build_deep_prompt_model`` builds a

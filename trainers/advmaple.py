@@ -1,11 +1,18 @@
-"""AdvMaPLe: MaPLe (Khattak et al., "MaPLe: Multi-modal Prompt Learning", CVPR 2023) trained adversarially,
-the baseline FAP's paper and code (lionel-w2/FAP, ``trainers/advmaple.py``) compare against.
+"""AdvMaPLe as FAP's code runs it (lionel-w2/FAP, ``trainers/advmaple.py``): the baseline FAP's paper
+names "AdvMaPLe" (MaPLe, Khattak et al., CVPR 2023, trained adversarially).
 
-Deep prompts in both towers coupled text to image: N_CTX learned text tokens
-in each of the first PROMPT_DEPTH text blocks, and the image tokens of each
-depth a linear map (text width -> image width) of the text tokens of that
-depth. Trained with ``ADV.TRAIN.LOSS`` (default ``ce``: cross-entropy on the
-adversarial images, TeCoA's loss). CLIP stays frozen.
+FAP's ``advmaple.py`` does not use MaPLe's text-to-image coupling: its
+prompt learner is FAP's own (the two files differ only in the config node
+and the loss). N_CTX text tokens are learned for the first text block and
+mapped to the first image block by one Linear (text width -> image width);
+at every deeper block j = 1..PROMPT_DEPTH-1 the image tokens are learned and
+the text tokens are ``Linear_j(image tokens)`` (image width -> text width).
+This is the ``fap`` coupling of :class:`~ampt.models.DeepPromptLearner`, the
+same learner as the FAP trainer's, trained here with ``ADV.TRAIN.LOSS``
+(default ``ce``: cross-entropy on the adversarial images, FAP's ADV_TERM ce).
+MaPLe's own coupling (text tokens learned at every depth, image tokens
+projected from them) is the trainer ``AdvMaPLeOrig`` (``trainers/advmaple_orig.py``).
+CLIP stays frozen. docs/method.md section 2 (the FAP family).
 """
 from __future__ import annotations
 
@@ -18,7 +25,7 @@ from ampt.deep_prompt_trainer_kit import add_coupled_keys, build_deep_prompt_mod
 
 @TRAINER_REGISTRY.register()
 class AdvMaPLe(AdversarialClipTrainer):
-    """Adversarial MaPLe: text-to-image coupled deep prompts."""
+    """Adversarial MaPLe as in FAP's code: FAP's image-to-text coupled deep prompts, cross-entropy."""
 
     cfg_node = "ADVMAPLE"
 
@@ -29,5 +36,5 @@ class AdvMaPLe(AdversarialClipTrainer):
 
     def build_model(self) -> None:
         node = self.cfg.TRAINER.ADVMAPLE
-        build_deep_prompt_model(self, "ADVMAPLE", "maple", node.N_CTX, node.N_CTX, node.PROMPT_DEPTH,
+        build_deep_prompt_model(self, "ADVMAPLE", "fap", node.N_CTX, node.N_CTX, node.PROMPT_DEPTH,
                                 node.PROMPT_DEPTH, node.CTX_INIT)

@@ -1,7 +1,7 @@
 """CLIP loading and the shared prompt-learning modules (see docs/architecture.md)."""
 from .clip_loader import load_clip, load_robust_visual_weights
 from .deep_prompt_learner import COUPLINGS, DeepPromptLearner, DeepTextLayout, encode_image_with_prompts
-from .deep_prompt_models import DeepPromptCLIP, VisualPrompt, VisualPromptCLIP
+from .deep_prompt_models import DeepPromptCLIP, FrameUnderAttackOnly, VisualPrompt, VisualPromptCLIP
 from .interface import LEARNED, PromptModel, check_prompt_model
 from .normalizer import CLIP_MEAN, CLIP_STD, ImageNormalizer
 from .prompt_learner import CLASS_TOKEN_POSITIONS, PromptLearner
@@ -21,6 +21,7 @@ __all__ = [
     "DeepPromptCLIP",
     "DeepPromptLearner",
     "DeepTextLayout",
+    "FrameUnderAttackOnly",
     "LEARNED",
     "PromptModel",
     "VisualPrompt",

@@ -15,10 +15,10 @@ Learned tokens enter the first J transformer blocks of a tower:
 the towers:
 
 - ``independent`` (IVLP, AdvVLP): text and image tokens learned separately;
-- ``maple`` (MaPLe, AdvMaPLe): text tokens learned at every depth, the image
+- ``maple`` (MaPLe, AdvMaPLeOrig): text tokens learned at every depth, the image
   tokens of depth j are ``Linear_j(text tokens of depth j)`` (text width ->
   vision width);
-- ``fap`` (FAP): depth 0 as MaPLe (image = ``Linear(ctx)``); at depths
+- ``fap`` (FAP, and AdvMaPLe as FAP's code runs it): depth 0 as MaPLe (image = ``Linear(ctx)``); at depths
   1..J-1 the image tokens are learned and the text tokens are
   ``Linear_j(image tokens)`` (vision width -> text width).
 

@@ -1,7 +1,7 @@
 """The prompt models of deep prompts (:mod:`ampt.models.deep_prompt_learner`) and of a visual prompt.
 
 - :class:`DeepPromptCLIP`: learned tokens in the first J blocks of one or
-  both towers (AdvVLP, AdvMaPLe, FAP). ``text_features()`` runs the text
+  both towers (AdvVLP, AdvMaPLe, AdvMaPLeOrig, FAP). ``text_features()`` runs the text
   tower with its deep prompts (no image needed: computed once per step or
   evaluation, reused by every attack step); ``encode_image`` builds the image
   tokens from the learner (a few small matrix products) and runs the image
@@ -10,6 +10,9 @@
   visual prompt (AdvVP, TeCoA's visual prompting as FAP ships it): a padding
   of learned pixels around the normalized image and learned tokens appended
   to the image tokens at the input of the first block.
+- :class:`FrameUnderAttackOnly`: a :class:`VisualPromptCLIP` evaluated as
+  FAP's code evaluates AdvVP (the attack sees the frame, the scored logits
+  do not; ``TRAINER.ADVVP.EVAL_FRAME False``).
 """
 from __future__ import annotations
 
@@ -92,11 +95,21 @@ class VisualPromptCLIP(FixedPromptCLIP):
         super().__init__(clip_model, classnames, templates, dtype=dtype)
         self.visual_prompt = prompt
 
-    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
-        pixels = self.normalizer(x) + self.visual_prompt.frame().to(x.dtype)
+    def encode_image(self, x: torch.Tensor, frame: bool = True) -> torch.Tensor:
+        """Image features with the learned tokens, and the learned frame unless ``frame`` is False."""
+        pixels = self.normalizer(x)
+        if frame:
+            pixels = pixels + self.visual_prompt.frame().to(x.dtype)
         features = encode_image_with_prompts(self.image_encoder, pixels.type(self.dtype),
                                              self.visual_prompt.token_prompts())
         return l2_normalize(features.float())
+
+    def forward(self, x: torch.Tensor, text_features: Optional[torch.Tensor] = None,
+                frame: bool = True) -> torch.Tensor:
+        """Logits ``[B, C]``; ``frame=False`` leaves the learned frame out (the tokens stay)."""
+        if text_features is None:
+            text_features = self.text_features()
+        return self.combine(self.encode_image(x, frame=frame), text_features)
 
     def prompt_parameters(self) -> List[nn.Parameter]:
         return list(self.visual_prompt.parameters())
@@ -112,3 +125,24 @@ class VisualPromptCLIP(FixedPromptCLIP):
         """``onfly`` (its own template) and ``perturbed`` (the visual prompt pushed); ``constant`` would
         only swap one hand-written template for another."""
         return ("onfly", "perturbed")
+
+
+class FrameUnderAttackOnly(nn.Module):
+    """FAP's evaluation of AdvVP (``TRAINER.ADVVP.EVAL_FRAME False``): the frame only where a gradient is taken.
+
+    FAP's ``trainers/zsrobust.py`` ``test()`` attacks through the framed
+    model (``attack_pgd`` gets the ``PadPrompter``) and scores the clean and
+    the attacked images without the frame, under ``torch.no_grad()``. Here
+    likewise: a forward with gradients enabled (an attack's) adds the frame,
+    one without (the scored logits, and any no-gradient forward an attack
+    makes, e.g. TPGD's clean target, AutoAttack's checks) leaves it out.
+    Text features fixed, as :class:`~ampt.models.FixedTextFeatures`.
+    """
+
+    def __init__(self, model: VisualPromptCLIP, text_features: torch.Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("text_features", text_features.detach(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x, text_features=self.text_features, frame=torch.is_grad_enabled())

@@ -1,0 +1,36 @@
+"""AdvMaPLeOrig: MaPLe's own coupling (Khattak et al., "MaPLe: Multi-modal Prompt Learning", CVPR 2023;
+code muzairkhattak/multimodal-prompt-learning, ``trainers/maple.py``), trained adversarially.
+
+N_CTX text tokens are learned in each of the first PROMPT_DEPTH text blocks,
+and the image tokens of each depth are a linear map (text width -> image
+width) of the text tokens of that depth: the ``maple`` coupling of
+:class:`~ampt.models.DeepPromptLearner`. This is not what FAP's code runs
+under the name AdvMaPLe (its learner is FAP's image-to-text one; that is the
+trainer ``AdvMaPLe``). Same keys as AdvMaPLe (``TRAINER.ADVMAPLE``), so a run
+of either reads the other's configs; trained with ``ADV.TRAIN.LOSS`` (default
+``ce``). CLIP stays frozen. docs/method.md section 2 (the FAP family).
+"""
+from __future__ import annotations
+
+from yacs.config import CfgNode as CN
+
+from ampt.adversarial import AdversarialClipTrainer
+from ampt.api import TRAINER_REGISTRY
+from ampt.deep_prompt_trainer_kit import add_coupled_keys, build_deep_prompt_model
+
+
+@TRAINER_REGISTRY.register()
+class AdvMaPLeOrig(AdversarialClipTrainer):
+    """Adversarial MaPLe with MaPLe's text-to-image coupled deep prompts."""
+
+    cfg_node = "ADVMAPLE"
+
+    @staticmethod
+    def add_config(cfg: CN) -> None:
+        cfg.TRAINER.ADVMAPLE = CN()
+        add_coupled_keys(cfg.TRAINER.ADVMAPLE)
+
+    def build_model(self) -> None:
+        node = self.cfg.TRAINER.ADVMAPLE
+        build_deep_prompt_model(self, "ADVMAPLE", "maple", node.N_CTX, node.N_CTX, node.PROMPT_DEPTH,
+                                node.PROMPT_DEPTH, node.CTX_INIT)
