@@ -275,3 +275,17 @@ def test_dassl_engine_wiring_with_a_stand_in_dassl(tmp_path, monkeypatch):
         logging.disable(logging.NOTSET)
         for name in [m for m in sys.modules if m == "dassl" or m.startswith("dassl.")]:
             del sys.modules[name]
+
+
+def test_macro_f1_equals_scikit_learns():
+    import numpy as np
+    from sklearn.metrics import f1_score
+
+    from ampt.engine.evaluator import macro_f1_score
+
+    rng = np.random.RandomState(0)
+    for n_classes in (2, 5, 11):
+        y_true, y_pred = rng.randint(0, n_classes, 200), rng.randint(0, n_classes + 2, 200)
+        y_pred[:50] = y_true[:50]
+        expected = f1_score(y_true, y_pred, average="macro", labels=np.unique(y_true), zero_division=0)
+        assert abs(macro_f1_score(y_true, y_pred) - expected) < 1e-12

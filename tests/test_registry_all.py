@@ -19,7 +19,6 @@ these tests with ``examples/plugin`` on ``AMPT_PLUGIN_PATH``.
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import pytest
