@@ -18,8 +18,11 @@ $(STAMP): setup.py
 	$(PY) -m pip install --quiet -e ".[test,openclip]"
 	touch $(STAMP)
 
+# Two worker processes (pytest-xdist), each test file on one worker: the subprocess-heavy files
+# (sweeps, torchrun) run beside the rest. TEST_WORKERS=auto uses every core; TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest tests -q $(PYTEST_ARGS)
+	$(PY) -m pytest tests -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(PY) -m ampt.demo --root $(DATA_ROOT) --output-dir $(DEMO_OUT)

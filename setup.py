@@ -35,6 +35,6 @@ setup(
         "openclip": ["open_clip_torch>=2.24"],  # open_clip backbones (LAION, TeCoA/FARE checkpoints)
         "slurm": ["submitit>=1.5"],  # sweeps on a SLURM cluster
         "report": ["matplotlib>=3.7"],  # the report's plots
-        "test": ["pytest>=7", "torchattacks>=3.5", "tensorboard>=2.10", "submitit>=1.5", "matplotlib>=3.7"],
+        "test": ["pytest>=7", "pytest-xdist>=3.5", "torchattacks>=3.5", "tensorboard>=2.10", "submitit>=1.5", "matplotlib>=3.7"],
     },
 )
