@@ -34,12 +34,12 @@ from ampt.attacks import DEFAULT_STEPS, check_eps
 from ampt.data.splits import SUBSAMPLE_CHOICES
 from ampt.utils import distributed
 from ampt.errors import UserError, UserFileNotFoundError
-from ampt.evaluation import EvalPlan, evaluate_trainer, results_table
+from ampt.evaluation.evaluate_cli import EvalPlan, evaluate_trainer, results_table
 from ampt.models.interface import LEARNED
 from ampt.precision import EVAL_PRECISIONS
 from ampt.results import RunResults
-from ampt.robust_accuracy import CLEAN, AttackSpec
-from ampt.run_loader import load_run
+from ampt.evaluation.robust_accuracy import CLEAN, AttackSpec
+from ampt.evaluation.run_loader import load_run
 from ampt.utils import setup_logger
 from ampt.utils.cli import DEBUG_FLAG, DEBUG_HELP, OneLineArgumentParser, run_cli
 

@@ -101,7 +101,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.topk < 1:
         parser.error("--topk must be >= 1")
 
-    from .run_loader import load_run
+    from .evaluation.run_loader import load_run
 
     run = load_run(args.run_dir, root=args.root, load_epoch=args.epoch)
     model = run.trainer.model

@@ -52,7 +52,7 @@ from ampt.attacks import build_attack  # noqa: E402
 from ampt.config import get_cfg_default, merge_from_file, merge_from_list  # noqa: E402
 from ampt.config_paths import find_config  # noqa: E402
 from ampt.engine.select import active_api  # noqa: E402
-from ampt.evaluated_prompt import prompt_model  # noqa: E402
+from ampt.evaluation.evaluated_prompt import prompt_model  # noqa: E402
 from ampt.models import ImageNormalizer, build_tiny_clip, load_clip, save_clip_state_dict  # noqa: E402
 from ampt.plugins import load_plugins  # noqa: E402
 
@@ -143,7 +143,7 @@ def trainable(trainer: Any) -> bool:
 
 
 def default_trainers() -> List[str]:
-    from ampt.clip_trainer import ClipTrainer
+    from ampt.trainer_base.clip import ClipTrainer
 
     registry = active_api().TRAINER_REGISTRY
     return [n for n in registry.registered_names() if issubclass(registry.get(n), ClipTrainer)]

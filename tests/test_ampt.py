@@ -453,7 +453,7 @@ def test_clean_router_input_routes_every_forward_of_the_step_on_the_clean_images
 
 def test_diagnostics_of_a_tiny_run_are_in_range(toy_env, tmp_path, monkeypatch):
     import train
-    from ampt.robust_accuracy import AttackSpec
+    from ampt.evaluation.robust_accuracy import AttackSpec
 
     builds = []
     real_build = AttackSpec.build

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ampt.api import TRAINER_REGISTRY, build_trainer
 from ampt.config import setup_cfg
 from ampt.errors import NonFiniteError, UserError
-from ampt.robust_accuracy import AttackSpec, accuracy_under_attack
+from ampt.evaluation.robust_accuracy import AttackSpec, accuracy_under_attack
 from ampt.models import template_text_features
 from ampt.results import RunResults
 from ampt.utils.seed import set_random_seed

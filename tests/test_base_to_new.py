@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import ampt.evaluation as evaluation
-from ampt.run_loader import load_run
+import ampt.evaluation.evaluate_cli as evaluation
+from ampt.evaluation.run_loader import load_run
 from ampt.demo.digits_data import CLASSNAMES
 from ampt.report import build_report
 from ampt.results import RunResults

@@ -4,7 +4,7 @@ Dassl is not installed in CI, so a stand-in ``dassl`` package with Dassl's
 ``TrainerBase`` update methods (``model_zero_grad``, ``model_backward``,
 ``model_update``, ``model_backward_and_update``: no ``sync_gradients``,
 which only the built-in engine has) is put on the path of a fresh process
-that selects the dassl engine before ``ampt.clip_trainer`` is imported.
+that selects the dassl engine before ``ampt.trainer_base.clip`` is imported.
 """
 from __future__ import annotations
 
@@ -98,7 +98,7 @@ import dassl.engine
 from ampt.engine.select import use_engine
 
 use_engine("dassl")
-from ampt.clip_trainer import ClipTrainer
+from ampt.trainer_base.clip import ClipTrainer
 
 
 class Probe(ClipTrainer):

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-import ampt.evaluation as evaluation
-import ampt.robust_accuracy as robust_accuracy
+import ampt.evaluation.evaluate_cli as evaluation
+import ampt.evaluation.robust_accuracy as robust_accuracy
 from ampt.results import RunResults
 from toys import APT_DIGITS, COOP_DIGITS, REPO, LazyRuns  # toy_env: conftest
 

@@ -25,11 +25,11 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from ampt.adversarial import TrainBudget
+from ampt.trainer_base.adversarial import TrainBudget
 from ampt.api import TRAINER_REGISTRY
 from ampt.attacks import build_attack
 from ampt.config import setup_cfg
-from ampt.evaluated_prompt import prompt_model
+from ampt.evaluation.evaluated_prompt import prompt_model
 from ampt.models import (CLIP_MEAN, CLIP_STD, LEARNED, DeepPromptCLIP, DeepPromptLearner, DeepTextLayout,
                          FixedTextFeatures, build_tiny_clip, save_clip_state_dict)
 from ampt.models.clip_loader import clip

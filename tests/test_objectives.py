@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from yacs.config import CfgNode as CN
 
-import ampt.adversarial as adversarial
+import ampt.trainer_base.adversarial as adversarial
 from ampt.api import TRAINER_REGISTRY, build_trainer
 from ampt.config import get_cfg_default, setup_cfg
 from ampt.engine.run_config import config_changes

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from yacs.config import CfgNode as CN
 
 from ampt.api import TRAINER_REGISTRY
-from ampt.clip_trainer import ClipTrainer
-from ampt.coop_prompt import add_coop_prompt_keys, build_coop_prompt_model
+from ampt.trainer_base.clip import ClipTrainer
+from ampt.method_kits.coop_prompt import add_coop_prompt_keys, build_coop_prompt_model
 
 
 @TRAINER_REGISTRY.register()

@@ -50,7 +50,7 @@ def test_unsupported_attack_prompt_refused_before_training(env, tmp_path):
 
 
 def test_advvp_records_are_labelled_learned_not_by_its_template(env, tmp_path):
-    from ampt.evaluated_prompt import record_prompt
+    from ampt.evaluation.evaluated_prompt import record_prompt
     from ampt.models.interface import LEARNED
 
     t = make(env, tmp_path, "AdvVP", "TRAINER.ADVVP.TEMPLATE", "a drawing of a {}.")

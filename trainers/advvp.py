@@ -26,7 +26,7 @@ from torch import nn
 from yacs.config import CfgNode as CN
 
 from ampt import precision as precision_policy
-from ampt.adversarial import AdversarialClipTrainer
+from ampt.trainer_base.adversarial import AdversarialClipTrainer
 from ampt.api import TRAINER_REGISTRY
 from ampt.finite import check_finite_logits
 from ampt.models import FrameUnderAttackOnly, LEARNED, VisualPrompt, VisualPromptCLIP

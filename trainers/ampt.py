@@ -11,7 +11,7 @@ extra loss weights 0) is ours (docs/method.md section 3) and is a config key.
 
 Cost: the K x C prompts are encoded in one batched, trimmed text pass per
 training step, reused (detached) by every attack step (see
-:class:`~ampt.adversarial.AdversarialClipTrainer`); only the router and the
+:class:`~ampt.trainer_base.adversarial.AdversarialClipTrainer`); only the router and the
 weighted sum depend on the image.
 """
 from __future__ import annotations
@@ -23,14 +23,14 @@ import torch
 from torch import Tensor, nn
 from yacs.config import CfgNode as CN
 
-from ampt.adversarial import AdversarialClipTrainer
+from ampt.trainer_base.adversarial import AdversarialClipTrainer
 from ampt.api import TRAINER_REGISTRY
 from ampt.errors import UserError
 from ampt.precision import add_precision_key
 from ampt.models import PromptLearner
-from ampt.evaluated_prompt import prompt_model
+from ampt.evaluation.evaluated_prompt import prompt_model
 from ampt.models.interface import LEARNED
-from ampt.robust_accuracy import CLEAN, AttackSpec, accuracy_under_attack
+from ampt.evaluation.robust_accuracy import CLEAN, AttackSpec, accuracy_under_attack
 from ampt.objectives import TrainingStep
 from ampt.models.mixture import MIX_MODES, FixedRouting, MixturePromptedCLIP
 from ampt.models.prompt_init import orthogonal_contexts, split_templates, template_contexts

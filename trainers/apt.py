@@ -6,7 +6,7 @@ end, middle or front, random or word init) trained with cross-entropy on
 adversarial images only, CLIP frozen. The training attack and its prompt
 modes (``ADV.TRAIN.*``, also ``train.py --eps --alpha --steps --adv-prompt``)
 and the clean + robust final test come from
-:class:`~ampt.adversarial.AdversarialClipTrainer`. APT's trainer read its
+:class:`~ampt.trainer_base.adversarial.AdversarialClipTrainer`. APT's trainer read its
 settings from ``TRAINER.COOP`` and flags only; here they are ``TRAINER.APT``
 keys, settable from YAML and ``KEY VALUE`` overrides, and ``TRAINER.COOP.*``
 (APT's command lines) is read as ``TRAINER.APT.*``.
@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from yacs.config import CfgNode as CN
 
-from ampt.adversarial import AdversarialClipTrainer
+from ampt.trainer_base.adversarial import AdversarialClipTrainer
 from ampt.api import TRAINER_REGISTRY
-from ampt.coop_prompt import COOP_FOLDER_KEYS, add_coop_prompt_keys, build_coop_prompt_model, coop_folder_tag
+from ampt.method_kits.coop_prompt import COOP_FOLDER_KEYS, add_coop_prompt_keys, build_coop_prompt_model, coop_folder_tag
 
 
 @TRAINER_REGISTRY.register()

@@ -13,10 +13,10 @@ from typing import Any, Dict
 from yacs.config import CfgNode as CN
 
 from ampt.api import TRAINER_REGISTRY
-from ampt.clip_trainer import ClipTrainer
+from ampt.trainer_base.clip import ClipTrainer
 from ampt.errors import UserError
 from ampt.objectives import FrozenZeroShot, TrainingObjective, TrainingStep
-from ampt.coop_prompt import COOP_FOLDER_KEYS, add_coop_prompt_keys, build_coop_prompt_model, coop_folder_tag
+from ampt.method_kits.coop_prompt import COOP_FOLDER_KEYS, add_coop_prompt_keys, build_coop_prompt_model, coop_folder_tag
 
 
 @TRAINER_REGISTRY.register()

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from yacs.config import CfgNode as CN
 
-from ampt.adversarial import AdversarialClipTrainer
+from ampt.trainer_base.adversarial import AdversarialClipTrainer
 from ampt.api import TRAINER_REGISTRY
-from ampt.deep_prompt_trainer_kit import add_coupled_keys, build_deep_prompt_model
+from ampt.method_kits.deep_prompts import add_coupled_keys, build_deep_prompt_model
 
 
 @TRAINER_REGISTRY.register()

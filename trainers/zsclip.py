@@ -13,7 +13,7 @@ from typing import Any, Dict
 from yacs.config import CfgNode as CN
 
 from ampt.api import TRAINER_REGISTRY
-from ampt.clip_trainer import ClipTrainer
+from ampt.trainer_base.clip import ClipTrainer
 from ampt.models import FixedPromptCLIP
 from ampt.models.templates import check_template, get_template
 from ampt.precision import add_precision_key

@@ -1,8 +1,8 @@
 """The declared interface between a trainer's model and the core.
 
 Every CLIP trainer's ``self.model`` implements :class:`PromptModel`; the core
-(``evaluate.py`` / :mod:`ampt.evaluation`, the training attack in
-:mod:`ampt.adversarial`, :mod:`ampt.interpret`) asks only these methods and
+(``evaluate.py`` / :mod:`ampt.evaluation.evaluate_cli`, the training attack in
+:mod:`ampt.trainer_base.adversarial`, :mod:`ampt.interpret`) asks only these methods and
 never looks for attributes such as ``prompt_learner`` or ``template``.
 :func:`check_prompt_model` runs once, when a trainer sets its model up.
 

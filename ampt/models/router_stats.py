@@ -132,7 +132,7 @@ class EpochAccumulator:
 
 
 class TestWeightLog:
-    """The router's weights on every test batch, clean and attacked: an :data:`ampt.robust_accuracy.BatchObserver`.
+    """The router's weights on every test batch, clean and attacked: an :data:`ampt.evaluation.robust_accuracy.BatchObserver`.
 
     ``read_weights`` returns the weights of the model's last forward.
     """

@@ -1,6 +1,6 @@
 """The training objective of a run: ``ADV.TRAIN.LOSS`` (a weighted sum of terms) and the attack's loss.
 
-:class:`TrainingObjective` is what :class:`~ampt.adversarial.AdversarialClipTrainer`
+:class:`TrainingObjective` is what :class:`~ampt.trainer_base.adversarial.AdversarialClipTrainer`
 asks: ``loss(step)`` (the outer loss the learned parameters minimise, and
 scalars to log), ``inner(step)`` (what the training attack maximises:
 ``ADV.TRAIN.ATTACK_LOSS``, default the first term's), ``check_model``

@@ -26,7 +26,7 @@ def trainer_class(name: str) -> type:
 
 
 def is_adversarial(trainer: str) -> bool:
-    from ..adversarial import AdversarialClipTrainer
+    from ..trainer_base.adversarial import AdversarialClipTrainer
 
     return issubclass(trainer_class(trainer), AdversarialClipTrainer)
 

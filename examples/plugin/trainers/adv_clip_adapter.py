@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from yacs.config import CfgNode as CN
 
-from ampt.adversarial import AdversarialClipTrainer
+from ampt.trainer_base.adversarial import AdversarialClipTrainer
 from ampt.api import TRAINER_REGISTRY
 from ampt.errors import UserError
 from ampt.models.interface import LEARNED

@@ -1,6 +1,6 @@
 """The adversarial CLIP trainer base of APT, AMPT and the FAP family.
 
-:class:`AdversarialClipTrainer` adds to :class:`~ampt.clip_trainer.ClipTrainer`:
+:class:`AdversarialClipTrainer` adds to :class:`~ampt.trainer_base.clip.ClipTrainer`:
 
 - the training attack from ``ADV.TRAIN``: APT's L-inf PGD through the whole
   model, exactly as APT's trainer updates it (an unclamped perturbation in
@@ -41,17 +41,17 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from .attacks import ATTACK_REGISTRY, attack_mode, check_eps
-from .attacks.apt_pgd import PROJECTIONS, apt_pgd
-from .attacks.per_sample import uniform_noise
-from .clip_trainer import ClipTrainer
-from .utils import distributed
-from .errors import UserError
-from .evaluated_prompt import prompt_model
-from .models.interface import LEARNED, check_attack_prompt
-from .objectives import FrozenZeroShot, TrainingObjective, TrainingStep, check_inner_differentiable
-from .precision import at_precision, warn_reduced
-from .robust_accuracy import AttackSpec, BatchObserver, accuracy_under_attack
+from ..attacks import ATTACK_REGISTRY, attack_mode, check_eps
+from ..attacks.apt_pgd import PROJECTIONS, apt_pgd
+from ..attacks.per_sample import uniform_noise
+from ..trainer_base.clip import ClipTrainer
+from ..utils import distributed
+from ..errors import UserError
+from ..evaluation.evaluated_prompt import prompt_model
+from ..models.interface import LEARNED, check_attack_prompt
+from ..objectives import FrozenZeroShot, TrainingObjective, TrainingStep, check_inner_differentiable
+from ..precision import at_precision, warn_reduced
+from ..evaluation.robust_accuracy import AttackSpec, BatchObserver, accuracy_under_attack
 
 logger = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ from typing import Any, Tuple
 import torch
 from torch import nn
 
-from .errors import UserError
-from .models import FixedTextFeatures
-from .models.interface import LEARNED
-from .models.templates import check_template
+from ..errors import UserError
+from ..models import FixedTextFeatures
+from ..models.interface import LEARNED
+from ..models.templates import check_template
 
 
 def named_prompt_modes(trainer: Any) -> Tuple[str, ...]:

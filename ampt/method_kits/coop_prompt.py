@@ -11,8 +11,8 @@ from typing import Any
 
 from yacs.config import CfgNode as CN
 
-from .models import PromptedCLIP, PromptLearner
-from .precision import add_precision_key
+from ..models import PromptedCLIP, PromptLearner
+from ..precision import add_precision_key
 
 
 COOP_FOLDER_KEYS = ("N_CTX", "CSC", "CLASS_TOKEN_POSITION")

@@ -14,15 +14,15 @@ from typing import Any, Optional, Sequence
 
 from yacs.config import CfgNode
 
-from .config import check_eps_units, merge_from_file
-from .config_paths import find_config
-from .data.splits import SUBSAMPLE_CHOICES
-from .engine.checkpoint import latest_checkpoint
-from .engine.select import active_api
-from .errors import UserError, UserFileNotFoundError
-from .plugins import load_plugins
-from .results import RunResults
-from .utils.seed import set_random_seed
+from ..config import check_eps_units, merge_from_file
+from ..config_paths import find_config
+from ..data.splits import SUBSAMPLE_CHOICES
+from ..engine.checkpoint import latest_checkpoint
+from ..engine.select import active_api
+from ..errors import UserError, UserFileNotFoundError
+from ..plugins import load_plugins
+from ..results import RunResults
+from ..utils.seed import set_random_seed
 
 
 @dataclass

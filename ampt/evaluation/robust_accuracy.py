@@ -2,8 +2,8 @@
 
 Robust accuracy counts an image only if it is classified correctly both
 clean and attacked (:func:`accuracy_under_attack`). Used by ``evaluate.py``'s
-back end (:mod:`ampt.evaluation`) and by the adversarial trainers' own
-robust test (:meth:`ampt.adversarial.AdversarialClipTrainer.final_evaluation`).
+back end (:mod:`ampt.evaluation.evaluate_cli`) and by the adversarial trainers' own
+robust test (:meth:`ampt.trainer_base.adversarial.AdversarialClipTrainer.final_evaluation`).
 
 Under ``torchrun`` each rank attacks whole batches of the loader, dealt
 round-robin (:mod:`ampt.utils.distributed`): every batch is the batch of a
@@ -22,11 +22,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .attacks import ATTACK_REGISTRY, build_attack, check_eps
-from .engine.progress import progress_bar
-from .utils import distributed
-from .finite import check_finite_logits
-from .utils.io import read_json, write_json
+from ..attacks import ATTACK_REGISTRY, build_attack, check_eps
+from ..engine.progress import progress_bar
+from ..utils import distributed
+from ..finite import check_finite_logits
+from ..utils.io import read_json, write_json
 
 logger = logging.getLogger(__name__)
 

@@ -1,10 +1,10 @@
 """Clean and robust evaluation of a trained run: the back end of ``evaluate.py``.
 
-- **What is attacked.** :func:`~ampt.evaluated_prompt.prompt_model` gives the
-  module of ``--prompt`` (:mod:`ampt.evaluated_prompt`); its text features are
-  computed once for all attacks; :func:`~ampt.robust_accuracy.accuracy_under_attack`
-  counts (:mod:`ampt.robust_accuracy`). The run itself is rebuilt by
-  :func:`ampt.run_loader.load_run`.
+- **What is attacked.** :func:`~ampt.evaluation.evaluated_prompt.prompt_model` gives the
+  module of ``--prompt`` (:mod:`ampt.evaluation.evaluated_prompt`); its text features are
+  computed once for all attacks; :func:`~ampt.evaluation.robust_accuracy.accuracy_under_attack`
+  counts (:mod:`ampt.evaluation.robust_accuracy`). The run itself is rebuilt by
+  :func:`ampt.evaluation.run_loader.load_run`.
 - **Records.** One record per (dataset, split, attack, eps, steps, n_samples,
   prompt, subsample, alpha, seed), the key of ``results.json``
   (:mod:`ampt.results`, ``docs/results_format.md``); each says which weights it measured
@@ -17,7 +17,7 @@
   first unfinished batch, also under ``--force``. The file is keyed by every
   setting and a hash of the weights, and removed once the record is written.
 - **Shards.** Under ``torchrun`` the ranks share the (seeded) subset as
-  :mod:`ampt.robust_accuracy` says. Each rank keeps its own progress file
+  :mod:`ampt.evaluation.robust_accuracy` says. Each rank keeps its own progress file
   (resume with the same number of processes); rank 0 writes the record.
 - **Precision.** Attacks run in fp32 unless ``EvalPlan.precision`` says
   otherwise (:mod:`ampt.precision`); every record says its precision.
@@ -34,14 +34,14 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from .engine.checkpoint import weights_digest
-from .utils import distributed
-from .errors import UserError
-from .evaluated_prompt import prompt_model, record_prompt
-from .models.interface import LEARNED
-from .precision import at_precision, warn_reduced
-from .results import RunResults, same_weights
-from .robust_accuracy import CLEAN, AttackSpec, Outcome, accuracy_under_attack
+from ..engine.checkpoint import weights_digest
+from ..utils import distributed
+from ..errors import UserError
+from ..evaluation.evaluated_prompt import prompt_model, record_prompt
+from ..models.interface import LEARNED
+from ..precision import at_precision, warn_reduced
+from ..results import RunResults, same_weights
+from ..evaluation.robust_accuracy import CLEAN, AttackSpec, Outcome, accuracy_under_attack
 
 logger = logging.getLogger(__name__)
 

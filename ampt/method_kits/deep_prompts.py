@@ -13,10 +13,10 @@ from typing import Any
 from torch import nn
 from yacs.config import CfgNode as CN
 
-from .models import DeepPromptCLIP, DeepPromptLearner, DeepTextLayout
-from .models.clip_loader import clip
-from .errors import UserError
-from .precision import add_precision_key
+from ..models import DeepPromptCLIP, DeepPromptLearner, DeepTextLayout
+from ..models.clip_loader import clip
+from ..errors import UserError
+from ..precision import add_precision_key
 
 
 def add_coupled_keys(node: CN) -> None:

@@ -26,17 +26,17 @@ from typing import Any, ContextManager, Dict, List, Optional, Sequence, Tuple, U
 import torch
 from torch import nn
 
-from .api import TrainerX
-from . import precision as precision_policy
-from .engine.checkpoint import load_checkpoint
-from .errors import UserError
-from .finite import check_finite_logits, check_finite_weights
-from .models.backbone import backbone_info, pretrained_setting
-from .models.clip_loader import load_clip
-from .models.interface import check_prompt_model
-from .models.text_encoder import TextPassOptions, configure_text_encoders
-from .optim import build_lr_scheduler, build_optimizer
-from .utils import distributed
+from ..api import TrainerX
+from .. import precision as precision_policy
+from ..engine.checkpoint import load_checkpoint
+from ..errors import UserError
+from ..finite import check_finite_logits, check_finite_weights
+from ..models.backbone import backbone_info, pretrained_setting
+from ..models.clip_loader import load_clip
+from ..models.interface import check_prompt_model
+from ..models.text_encoder import TextPassOptions, configure_text_encoders
+from ..optim import build_lr_scheduler, build_optimizer
+from ..utils import distributed
 
 logger = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ class ClipTrainer(TrainerX):
 
         Subclasses list their modes in ``eval_prompt_modes`` and build them
         here (AMPT: "uniform"); "learned" and templates are built by
-        :func:`ampt.evaluated_prompt.prompt_model`.
+        :func:`ampt.evaluation.evaluated_prompt.prompt_model`.
         """
         return None
 

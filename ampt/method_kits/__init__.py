@@ -1,0 +1,1 @@
+"""Shared pieces of several trainers: CoOp's prompt (CoOp, APT) and deep prompts' keys and builder (the FAP family)."""

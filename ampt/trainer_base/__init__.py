@@ -1,0 +1,1 @@
+"""Trainer bases every method extends: ``ClipTrainer`` (:mod:`.clip`) and ``AdversarialClipTrainer`` (:mod:`.adversarial`)."""
