@@ -237,3 +237,30 @@ def test_the_method_level_of_a_run_folder_is_the_trainers_declared_tag():
     fap = RunSpec("FAP", "configs/datasets/digits.yaml", "configs/trainers/FAP/digits.yaml", 1,
                   ("TRAINER.FAP.N_CTX", "3"))  # FAP declares no folder keys: its overrides are the extra level
     assert trainer_class("FAP").run_folder_keys == () and fap.run_dir("out").parent.name == "TRAINER.FAP.N_CTX-3"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"retries": -1}, "retries: -1 is not a whole number >= 0"),
+    ({"retries": "abc"}, "retries: 'abc' is not a whole number >= 0"),
+    ({"retry_delay_s": -2}, "retry_delay_s: -2 is not a number >= 0"),
+    ({"epochs": "four"}, "epochs: 'four' is not a whole number >= 1 or by_shots"),
+    ({"executor": {"name": "local", "wrokers": 2}}, 'Did you mean "workers"?'),
+    ({"executor": {"name": "local", "workers": 0}}, "executor workers: 0 is not a whole number >= 1"),
+    ({"grid": {"dataset": ["digits"], "seed": []}}, "0 cells: the grid has no points"),
+])
+def test_bad_sweep_values_are_one_line_even_on_a_dry_run(tmp_path, assets, capsys, change, message):
+    root, backbone = assets
+    path = write_sweep(tmp_path / "s.yaml", **{**base_sweep(root, tmp_path / "out", backbone), **change})
+    for argv in (["run", path, "--dry-run"], ["run", path]):
+        assert sweep_cli.cli(argv) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {path}: ") and message in lines[0], lines
+    assert not (tmp_path / "out").exists()
+
+
+def test_malformed_sweep_yaml_names_the_file_and_line(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\nmethods: {CoOp: [\n")
+    assert sweep_cli.cli(["run", str(path), "--dry-run"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}: not valid YAML (line 3, column 1)"), lines

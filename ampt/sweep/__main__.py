@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional
 
 from ..utils.cli import run_cli
 from .cell import method_label
-from .executors import EXECUTORS, RunOptions, run_local, run_slurm
+from .executors import EXECUTORS, RunOptions, check_executor, run_local, run_slurm
 from .expand import expand
 from .spec import Sweep, SweepError, load_sweep
 from .status import cells_table, status_table
@@ -73,6 +73,10 @@ def _executor(sweep: Sweep, args: argparse.Namespace) -> Dict[str, Any]:
         executor["wait"] = True
     if executor.get("name") not in EXECUTORS:
         raise SweepError(f"{sweep.path}: executor name {executor.get('name')!r} is not one of {', '.join(EXECUTORS)}")
+    try:
+        check_executor(executor)
+    except SweepError as err:
+        raise SweepError(f"{sweep.path}: {err}") from None
     return executor
 
 

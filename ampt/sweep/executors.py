@@ -63,9 +63,10 @@ def local_slots(executor: Mapping[str, Any]) -> List[Dict[str, str]]:
     """The environment of each local worker: one GPU each (round robin), or a share of the CPU threads."""
     _check(executor, LOCAL_KEYS)
     gpus = parse_gpus(executor.get("gpus"))
-    workers = int(executor.get("workers") or len(gpus) or 1)
-    if workers < 1:
-        raise SweepError(f"executor workers must be >= 1 (got {workers})")
+    workers = executor.get("workers")
+    workers = len(gpus) or 1 if workers is None else workers
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise SweepError(f"executor workers: {workers!r} is not a whole number >= 1 (cells run at once)")
     threads = executor.get("threads") or os.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 1) // workers)
     slots = []
     for i in range(workers):
@@ -112,6 +113,14 @@ class CellTask:
         import submitit
 
         return submitit.helpers.DelayedSubmission(self, cell)
+
+
+def check_executor(executor: Mapping[str, Any]) -> None:
+    """Refuse, before anything runs, an executor key its kind does not have or a worker count below 1."""
+    if executor.get("name") == "local":
+        local_slots(executor)
+    else:
+        _check(executor, (*SLURM_KEYS, *SLURM_OTHER_KEYS))
 
 
 def slurm_executor(executor: Mapping[str, Any], output_root: str) -> Any:

@@ -93,6 +93,8 @@ def expand(sweep: Sweep) -> List[Cell]:
         axes = list(grid)
         for values in itertools.product(*(grid[a] for a in axes)):
             cells.append(make_cell(sweep, method, dict(zip(axes, values))))
+    if not cells:
+        raise SweepError(f"{sweep.path}: 0 cells: the grid has no points (an axis with an empty list of values)")
     seen: Dict[str, Cell] = {}
     for cell in cells:
         if cell.run_dir in seen:

@@ -99,6 +99,28 @@ def _opt_str(value: Any) -> str:
     return str(value)
 
 
+def _whole(path: str, key: str, value: Any, minimum: int) -> int:
+    """``value`` as an int >= ``minimum`` (not a bool, not a fraction), else one line naming ``key``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise _fail(path, f"{key}: {value!r} is not a whole number >= {minimum}")
+    return value
+
+
+def _non_negative(path: str, key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise _fail(path, f"{key}: {value!r} is not a number >= 0 (seconds)")
+    return float(value)
+
+
+def _epochs(path: str, where: str, value: Any) -> Any:
+    """None (the config's), "by_shots" (CoOp's rule), or a whole number >= 1."""
+    if value is None or value == "by_shots":
+        return value
+    if isinstance(value, str):
+        raise _fail(path, f"{where}: {value!r} is not a whole number >= 1 or by_shots")
+    return _whole(path, where, value, 1)
+
+
 def _grid(path: str, where: str, value: Any) -> Dict[str, List[Any]]:
     if value is None:
         return {}
@@ -134,7 +156,7 @@ def _method(path: str, label: str, raw: Any) -> Method:
                   config=resolve_file(path, str(raw["config"]), f"method {label} config"),
                   opts=_as_opts(path, f"method {label}", raw.get("opts")),
                   grid=_grid(path, f"method {label} grid", raw.get("grid")),
-                  epochs=raw.get("epochs"), backbone=raw.get("backbone"))
+                  epochs=_epochs(path, f"method {label} epochs", raw.get("epochs")), backbone=raw.get("backbone"))
 
 
 def _evaluate(path: str, raw: Any) -> List[Dict[str, Any]]:
@@ -153,7 +175,13 @@ def load_sweep(path: str) -> Sweep:
     file = Path(path)
     if not file.is_file():
         raise SweepError(f"No sweep file {path}")
-    raw = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    try:
+        raw = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise _fail(path, f"not valid YAML{where}: {problem}") from None
     if not isinstance(raw, Mapping):
         raise _fail(path, "a sweep file is a mapping of keys (name, data_root, output_root, grid, methods, ...)")
     _check_keys(path, "the sweep file", raw, TOP_KEYS)
@@ -171,11 +199,12 @@ def load_sweep(path: str) -> Sweep:
         grid=_grid(path, "grid", raw.get("grid")),
         methods={str(k): _method(path, str(k), v) for k, v in (raw["methods"] or {}).items()},
         evaluate=_evaluate(path, raw.get("evaluate")), executor=executor,
-        retries=int(raw.get("retries", 1)), retry_delay_s=float(raw.get("retry_delay_s", 0.0)),
+        retries=_whole(path, "retries", raw.get("retries", 1), 0),
+        retry_delay_s=_non_negative(path, "retry_delay_s", raw.get("retry_delay_s", 0.0)),
         prepare=raw.get("prepare"), backbone=raw.get("backbone"),
         opts=_as_opts(path, "opts", raw.get("opts")),
         dataset_config={str(k): str(v) for k, v in (raw.get("dataset_config") or {}).items()},
-        epochs=raw.get("epochs"))
+        epochs=_epochs(path, "epochs", raw.get("epochs")))
 
 
 def dataset_config_file(sweep: Sweep, dataset: str) -> str:
