@@ -264,3 +264,19 @@ def test_malformed_sweep_yaml_names_the_file_and_line(tmp_path, capsys):
     assert sweep_cli.cli(["run", str(path), "--dry-run"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {path}: not valid YAML (line 3, column 1)"), lines
+
+
+def test_run_folder_levels_fit_the_file_system_limit_and_stay_distinct():
+    from ampt.sweep.layout import fit_component
+    from ampt.sweep.runspec import RunSpec
+
+    opts = ("OPTIM.LR", "0.001", "OPTIM.WEIGHT_DECAY", "0.0001", "OPTIM.MOMENTUM", "0.8", "OPTIM.WARMUP_CONS_LR",
+            "0.00002", "TRAINER.COOP.CTX_INIT")
+    folders = [RunSpec("CoOp", "configs/datasets/digits.yaml", "configs/trainers/CoOp/digits.yaml", 1,
+                       opts + (value,)).run_dir("out") for value in ("a " * 150, "b " * 150)]
+    for folder in folders:  # one level would be 340 bytes
+        assert all(len(part.encode()) <= 255 for part in folder.parts)
+        assert folder.parent.name.startswith("OPTIM.LR-0.001_OPTIM.WEIGHT_DECAY") and "~" in folder.parent.name
+    assert folders[0] != folders[1]
+    assert fit_component("short") == "short"
+    assert len(fit_component("é" * 200).encode()) <= 255  # multi-byte characters are not cut in half

@@ -14,12 +14,17 @@ A run folder encodes every setting of its ``train.py`` command line::
 - attack tag (adversarial trainers): ``eps_<E>_alpha<A>_steps<S>_<PROMPT>[_palpha<P>]``;
 - extra tag: every other overridden key, ``KEY-VALUE`` joined by ``_``.
 
+A level longer than 255 bytes (many overridden keys) keeps its first bytes and
+ends in ``~`` and 12 hex digits of the whole level's SHA-1 (:func:`fit_component`);
+the run's ``config.yaml`` holds every setting.
+
 ``python -m ampt.sweep.layout --output ROOT train.py-arguments...`` prints the
 folder of a command line (what the shell scripts call).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 from pathlib import Path
 from typing import List, Optional, Sequence, Set
@@ -27,6 +32,7 @@ from typing import List, Optional, Sequence, Set
 from yacs.config import CfgNode as CN
 
 OptPairs = Sequence[str]
+MAX_COMPONENT_BYTES = 255  # a path component's limit on common file systems (ext4, xfs, APFS, NTFS)
 ADV_TRAIN_KEYS = ("ADV.TRAIN.EPS", "ADV.TRAIN.ALPHA", "ADV.TRAIN.STEPS", "ADV.TRAIN.PROMPT", "ADV.TRAIN.PROMPT_ALPHA")
 FILE_SUFFIXES = (".pt", ".pth", ".tar", ".bin", ".ckpt", ".safetensors")
 # train.py flag -> config key, for command lines that use APT's flags.
@@ -87,6 +93,16 @@ def _extra_tag(opts: OptPairs, encoded: Set[str]) -> str:
     return "_".join(parts).replace("/", "-").replace(" ", "").replace("*", "x")  # "ce+0.5*zs_kl" -> "ce+0.5xzs_kl"
 
 
+def fit_component(name: str, limit: int = MAX_COMPONENT_BYTES) -> str:
+    """``name`` as one path component of at most ``limit`` bytes: a longer one keeps a readable prefix
+    and ends in ``~`` + 12 hex digits of its SHA-1, so distinct settings stay distinct folders."""
+    if len(name.encode()) <= limit:
+        return name
+    digest = hashlib.sha1(name.encode()).hexdigest()[:12]
+    prefix = name.encode()[: limit - len(digest) - 1].decode(errors="ignore")
+    return f"{prefix}~{digest}"
+
+
 def run_dir(output: str, trainer: str, dataset_config: str, config_file: str, seed: int,
             opts: OptPairs, cfg: CN, adversarial: bool, method_tag: str = "",
             method_keys: Sequence[str] = ()) -> Path:
@@ -107,7 +123,7 @@ def run_dir(output: str, trainer: str, dataset_config: str, config_file: str, se
     extra = _extra_tag(opts, encoded)
     if extra:
         parts.append(extra)
-    return Path(output).joinpath(*parts, f"seed{seed}")
+    return Path(output).joinpath(*(fit_component(p) for p in parts), f"seed{seed}")
 
 
 def flags_to_opts(args: argparse.Namespace) -> List[str]:
