@@ -222,3 +222,16 @@ def test_open_clip_backbone_kind_end_to_end(digits_root, tmp_path):
     assert "open_clip" in (out / "open_clip" / "results.md").read_text() and table
     folder = out / "open_clip" / "backbone" / "tiny_open_clip_digits_tecoa"
     assert RunResults(out / "open_clip" / "CoOp" / "seed1").run["backbone"] == str(folder)
+
+
+def test_demo_command_reports_a_missing_config_in_one_line_before_writing_data(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "ampt.demo", "--root", str(tmp_path / "data"), "--output-dir",
+                             str(tmp_path / "out"), "--methods", "NoSuchTrainer"], capture_output=True, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: No trainers/NoSuchTrainer/digits.yaml"), lines
+    assert not (tmp_path / "data").exists()
