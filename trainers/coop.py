@@ -15,7 +15,7 @@ from yacs.config import CfgNode as CN
 from ampt.api import TRAINER_REGISTRY
 from ampt.trainer_base.clip import ClipTrainer
 from ampt.errors import UserError
-from ampt.objectives import FrozenZeroShot, TrainingObjective, TrainingStep
+from ampt.objectives import TrainingObjective, TrainingStep
 from ampt.method_kits.coop_prompt import COOP_FOLDER_KEYS, add_coop_prompt_keys, build_coop_prompt_model, coop_folder_tag
 
 
@@ -44,15 +44,15 @@ class CoOp(ClipTrainer):
     def build_model(self) -> None:
         build_coop_prompt_model(self, self.cfg.TRAINER.COOP)
         self.objective.check_model(self.model)
-        self.zero_shot = FrozenZeroShot.from_cfg(self.model, self.classnames, self.cfg)
 
     def run_metadata(self) -> Dict[str, Any]:
-        return {**super().run_metadata(), **TrainingObjective(self.cfg, attack=False).metadata()}
+        return {**super().run_metadata(), **self.objective.metadata()}
 
     def forward_backward(self, batch: Dict[str, Any]) -> Dict[str, float]:
         image, label = self.parse_batch_train(batch)
         with self.autocast():
-            step = TrainingStep.on_clean_images(self.model, image, label, self.model.text_features(), self.zero_shot)
+            step = TrainingStep.on_clean_images(self.model, image, label, self.model.text_features(),
+                                               self.frozen_zero_shot())
             loss, extra = self.objective.loss(step)
         self.model_backward_and_update(loss)
         summary = {

@@ -129,8 +129,13 @@ def check_inner_differentiable(objective: TrainingObjective, step: TrainingStep)
         adv = (step.images + 0.01 * torch.rand_like(step.images)).clamp(0, 1).requires_grad_(True)
         value = objective.inner(step)(step.attack_forward(adv), step.labels)
         grad = torch.autograd.grad(value, adv, allow_unused=True)[0] if value.requires_grad else None
-    if grad is None or not torch.isfinite(grad).all() or not grad.abs().sum() > 0:
-        reason = "no gradient" if grad is None else ("a non-finite gradient" if not torch.isfinite(grad).all()
-                                                     else "a zero gradient")
-        raise UserError(f'the training attack\'s loss "{objective.attack_name}" gives {reason} w.r.t. the image, so '
-                        "PGD cannot move the pixels: set ADV.TRAIN.ATTACK_LOSS to a differentiable term (e.g. ce)")
+    if grad is None:
+        reason = "no gradient"
+    elif not torch.isfinite(grad).all():
+        reason = "a non-finite gradient"
+    elif not grad.abs().sum() > 0:
+        reason = "a zero gradient"
+    else:
+        return
+    raise UserError(f'the training attack\'s loss "{objective.attack_name}" gives {reason} w.r.t. the image, so '
+                    "PGD cannot move the pixels: set ADV.TRAIN.ATTACK_LOSS to a differentiable term (e.g. ce)")

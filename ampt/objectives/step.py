@@ -10,9 +10,10 @@ each at most once per step:
 - ``attack_clean_logits()``: the clean images' logits as the training
   attack sees them (its text features, no gradient), the fixed target of
   KL-type attack losses;
-- ``frozen_adv_logits()``, ``frozen_clean_logits()``, ``frozen_clean_features()``:
-  the frozen CLIP without prompts (zero-shot), no gradient; its text features
-  come from :class:`FrozenZeroShot`, computed once per run.
+- ``frozen_image_features(which)``, ``frozen_logits(which)`` (``which``:
+  ``adversarial`` or ``clean``): the frozen CLIP without prompts (zero-shot),
+  no gradient; its text features come from :class:`FrozenZeroShot`, computed
+  once per run.
 """
 from __future__ import annotations
 
@@ -23,7 +24,6 @@ import torch
 from torch import Tensor, nn
 
 from ..models.templates import check_template, get_template
-
 
 
 class FrozenZeroShot:

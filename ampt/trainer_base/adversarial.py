@@ -49,7 +49,7 @@ from ..utils import distributed
 from ..errors import UserError
 from ..evaluation.evaluated_prompt import prompt_model
 from ..models.interface import LEARNED, check_attack_prompt
-from ..objectives import FrozenZeroShot, TrainingObjective, TrainingStep, check_inner_differentiable
+from ..objectives import TrainingObjective, TrainingStep, check_inner_differentiable
 from ..precision import at_precision, warn_reduced
 from ..evaluation.robust_accuracy import AttackSpec, BatchObserver, accuracy_under_attack
 
@@ -140,9 +140,9 @@ class AdversarialClipTrainer(ClipTrainer):
         return model
 
     def run_metadata(self) -> Dict[str, Any]:
-        b = TrainBudget.from_cfg(self.cfg)
+        b = self.budget
         return {**super().run_metadata(), "train_alpha": round(b.alpha, 4), "train_steps": b.steps,
-                "train_attack_prompt": b.prompt, "train_projection": b.projection, **self.build_objective(self.cfg).metadata()}
+                "train_attack_prompt": b.prompt, "train_projection": b.projection, **self.objective.metadata()}
 
     # ------------------------------------------------------------ training attack
     def constant_text_features(self) -> Tensor:
@@ -151,13 +151,6 @@ class AdversarialClipTrainer(ClipTrainer):
         if cached is None:
             cached = self.model.template_features(self.dm.dataset.classnames, self.CONSTANT_TEMPLATE).detach()
             self._constant_text_features = cached
-        return cached
-
-    def frozen_zero_shot(self) -> FrozenZeroShot:
-        """The frozen backbone's zero-shot classifier (``ADV.OBJECTIVE.ZERO_SHOT_TEMPLATE``), built once per run."""
-        cached = getattr(self, "_frozen_zero_shot", None)
-        if cached is None:
-            cached = self._frozen_zero_shot = FrozenZeroShot.from_cfg(self.model, self.classnames, self.cfg)
         return cached
 
     def training_step(self, images: Tensor, labels: Tensor) -> TrainingStep:

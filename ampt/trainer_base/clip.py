@@ -35,6 +35,7 @@ from ..models.backbone import backbone_info, pretrained_setting
 from ..models.clip_loader import load_clip
 from ..models.interface import check_prompt_model
 from ..models.text_encoder import TextPassOptions, configure_text_encoders
+from ..objectives import FrozenZeroShot
 from ..optim import build_lr_scheduler, build_optimizer
 from ..utils import distributed
 
@@ -93,6 +94,14 @@ class ClipTrainer(TrainerX):
     @property
     def classnames(self) -> List[str]:
         return list(self.dm.dataset.classnames)
+
+    def frozen_zero_shot(self) -> FrozenZeroShot:
+        """The frozen backbone's zero-shot classifier that loss terms compare with
+        (``ADV.OBJECTIVE.ZERO_SHOT_TEMPLATE``), built once per run."""
+        cached = getattr(self, "_frozen_zero_shot", None)
+        if cached is None:
+            cached = self._frozen_zero_shot = FrozenZeroShot.from_cfg(self.model, self.classnames, self.cfg)
+        return cached
 
     # ------------------------------------------------------------ model
     def load_clip_model(self) -> nn.Module:
