@@ -12,25 +12,13 @@ of either reads the other's configs; trained with ``ADV.TRAIN.LOSS`` (default
 """
 from __future__ import annotations
 
-from yacs.config import CfgNode as CN
-
-from ampt.trainer_base.adversarial import AdversarialClipTrainer
 from ampt.api import TRAINER_REGISTRY
-from ampt.method_kits.deep_prompts import add_coupled_keys, build_deep_prompt_model
+from ampt.method_kits.deep_prompts import CoupledDeepPromptTrainer
 
 
 @TRAINER_REGISTRY.register()
-class AdvMaPLeOrig(AdversarialClipTrainer):
+class AdvMaPLeOrig(CoupledDeepPromptTrainer):
     """Adversarial MaPLe with MaPLe's text-to-image coupled deep prompts."""
 
     cfg_node = "ADVMAPLE"
-
-    @staticmethod
-    def add_config(cfg: CN) -> None:
-        cfg.TRAINER.ADVMAPLE = CN()
-        add_coupled_keys(cfg.TRAINER.ADVMAPLE)
-
-    def build_model(self) -> None:
-        node = self.cfg.TRAINER.ADVMAPLE
-        build_deep_prompt_model(self, "ADVMAPLE", "maple", node.N_CTX, node.N_CTX, node.PROMPT_DEPTH,
-                                node.PROMPT_DEPTH, node.CTX_INIT)
+    coupling = "maple"

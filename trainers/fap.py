@@ -13,26 +13,14 @@ attack maximises the KL. CLIP stays frozen.
 """
 from __future__ import annotations
 
-from yacs.config import CfgNode as CN
-
-from ampt.trainer_base.adversarial import AdversarialClipTrainer
 from ampt.api import TRAINER_REGISTRY
-from ampt.method_kits.deep_prompts import add_coupled_keys, build_deep_prompt_model
+from ampt.method_kits.deep_prompts import CoupledDeepPromptTrainer
 
 
 @TRAINER_REGISTRY.register()
-class FAP(AdversarialClipTrainer):
+class FAP(CoupledDeepPromptTrainer):
     """Few-shot Adversarial Prompt learning: image-to-text coupled deep prompts, the fap loss."""
 
     cfg_node = "FAP"
+    coupling = "fap"
     default_loss = "fap"
-
-    @staticmethod
-    def add_config(cfg: CN) -> None:
-        cfg.TRAINER.FAP = CN()
-        add_coupled_keys(cfg.TRAINER.FAP)
-
-    def build_model(self) -> None:
-        node = self.cfg.TRAINER.FAP
-        build_deep_prompt_model(self, "FAP", "fap", node.N_CTX, node.N_CTX, node.PROMPT_DEPTH, node.PROMPT_DEPTH,
-                                node.CTX_INIT)

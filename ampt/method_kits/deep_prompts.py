@@ -1,7 +1,9 @@
 """Deep prompts for trainers: config keys and the model builder shared by FAP, AdvMaPLe, AdvMaPLeOrig and AdvVLP.
 
 ``add_coupled_keys`` / ``add_independent_keys`` fill a ``TRAINER.<NAME>``
-node; ``build_deep_prompt_model`` builds a
+node; :class:`CoupledDeepPromptTrainer` is the whole trainer of a coupled
+method but its node name and coupling (FAP, AdvMaPLe, AdvMaPLeOrig);
+``build_deep_prompt_model`` builds a
 :class:`~ampt.models.DeepPromptCLIP` on the trainer's CLIP, freezes all but
 the learner (prompt tokens and coupling layers, fp32), and registers it with
 its optimizer and LR schedule as model ``"prompt_learner"``.
@@ -14,6 +16,7 @@ from torch import nn
 from yacs.config import CfgNode as CN
 
 from ..models import DeepPromptCLIP, DeepPromptLearner, DeepTextLayout
+from ..trainer_base.adversarial import AdversarialClipTrainer
 from ..models.clip_loader import clip
 from ..errors import UserError
 from ..precision import add_precision_key
@@ -59,3 +62,23 @@ def build_deep_prompt_model(trainer: Any, node_name: str, coupling: str, n_ctx_t
     learner = DeepPromptLearner(clip_model.ln_final.weight.shape[0], clip_model.visual.conv1.weight.shape[0],
                                 coupling, n_ctx_text, n_ctx_vision, depth_text, depth_vision, layout.initial_ctx())
     trainer.install_model(DeepPromptCLIP(clip_model, learner, layout), trainable=["prompt_learner"])
+
+
+class CoupledDeepPromptTrainer(AdversarialClipTrainer):
+    """An adversarial trainer of coupled deep prompts: ``add_coupled_keys`` in ``TRAINER.<cfg_node>``.
+
+    Subclasses set ``cfg_node`` and ``coupling`` (a :data:`~ampt.models.COUPLINGS` name); one token
+    count and one depth serve both towers.
+    """
+
+    coupling: str = ""
+
+    @classmethod
+    def add_config(cls, cfg: CN) -> None:
+        cfg.TRAINER[cls.cfg_node] = CN()
+        add_coupled_keys(cfg.TRAINER[cls.cfg_node])
+
+    def build_model(self) -> None:
+        node = self.cfg.TRAINER[self.cfg_node]
+        build_deep_prompt_model(self, self.cfg_node, self.coupling, node.N_CTX, node.N_CTX, node.PROMPT_DEPTH,
+                                node.PROMPT_DEPTH, node.CTX_INIT)
