@@ -23,11 +23,18 @@ from ampt.models.tiny import build_tiny_clip
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 CLASSNAMES = ["cat", "dog", "car", "ship"]
-ALL_ATTACKS = sorted(ATTACK_REGISTRY.registered_names())  # every registered attack, a new one included
+# Every registered attack, a new one included; aa-rand (100 APGD iterations x 20 EOT samples, fixed by its
+# version) is too slow on the ViT and has its own test on a linear model.
+ALL_ATTACKS = sorted(set(ATTACK_REGISTRY.registered_names()) - {"aa-rand"})
 # Cheap settings per attack for the invariant tests (AutoAttack is parameter-free;
 # at eps 8 APGD-CE breaks this model quickly, so Square has almost nothing left to do).
 SETTINGS = {"pgd": dict(eps=4, steps=10), "cw": dict(eps=4, steps=10),
-            "tpgd": dict(eps=4, steps=10), "aa": dict(eps=8, num_classes=4)}
+            "tpgd": dict(eps=4, steps=10), "aa": dict(eps=8, num_classes=4),
+            "aa-plus": dict(eps=8, num_classes=4), "aa-rand": dict(eps=8, num_classes=4),
+            "aa-custom": dict(eps=8, num_classes=4, options="apgd-ce,apgd-t"),
+            "apgd-ce": dict(eps=8, num_classes=4, steps=10), "apgd-dlr": dict(eps=8, num_classes=4, steps=10),
+            "apgd-t": dict(eps=8, num_classes=4, steps=10), "fab-t": dict(eps=8, num_classes=4, steps=10),
+            "square": dict(eps=8, num_classes=4, steps=200)}
 N_AA = 16  # AutoAttack runs on the first images only
 
 
@@ -96,7 +103,7 @@ def make(name: str, model: nn.Module, seed: int = 0, **overrides) -> object:
 
 
 def batch(name: str, images: Tensor, labels: Tensor) -> tuple:
-    return (images[:N_AA], labels[:N_AA]) if name == "aa" else (images, labels)
+    return (images[:N_AA], labels[:N_AA]) if "num_classes" in SETTINGS[name] else (images, labels)
 
 
 @pytest.mark.parametrize("name", ALL_ATTACKS)
@@ -135,7 +142,7 @@ def test_invariants(setup, name, caplog):
 
     robust = accuracy(model, adv, labels)
     assert robust <= clean
-    if name in ("pgd", "cw", "aa"):
+    if name in ("pgd", "cw", "aa", "aa-plus", "aa-rand", "aa-custom", "apgd-ce", "square"):
         assert robust < clean, f"{name} at eps {attack.eps:g} changed nothing"
     assert "target classes" not in caplog.text  # AutoAttack's warning when C - 1 < 9 targets
 
@@ -162,6 +169,8 @@ def test_normalized_pixels_refused(setup):
 
 
 def test_registry_and_defaults(setup):
+    from ampt.errors import UserError
+
     model = setup[0]
     assert {"aa", "cw", "pgd", "tpgd"} <= set(ATTACK_REGISTRY.registered_names())
     with pytest.raises(KeyError, match='Did you mean "pgd"'):
@@ -171,7 +180,9 @@ def test_registry_and_defaults(setup):
     assert repr(pgd) == "PGD(eps=4/255, alpha=1/255, steps=100, seed=0, random_start=True)"
     assert isinstance(build_attack("cw", model, 1, alpha=0.25, steps=3), CW)
     assert "TPGD(eps=4/255" in repr(build_attack("tpgd", model, 4))
-    aa = build_attack("aa", model, 4, steps=100, num_classes=4)  # steps do not apply to AA
+    with pytest.raises(UserError, match="attack aa takes no steps"):  # AutoAttack's versions fix their steps
+        build_attack("aa", model, 4, steps=100, num_classes=4)
+    aa = build_attack("aa", model, 4, num_classes=4)
     assert isinstance(aa, AutoAttack) and aa.library.startswith("pyautoattack ")
     assert "n_target_classes=3" in repr(aa)
     with pytest.raises(ValueError, match="num_classes"):
@@ -286,3 +297,126 @@ def test_autoattack_resumes_from_state(setup, tmp_path, monkeypatch):
     assert torch.equal(resumed, first)
     with pytest.raises(AssertionError, match="attacked again"):  # another seed is another state
         AutoAttack(model, eps=8, num_classes=4, seed=1, batch_size=8, state_path=tmp_path)(images, labels)
+
+
+class NoisyLinear(nn.Module):
+    """A linear classifier behind a declared random part (Gaussian input noise)."""
+
+    def __init__(self, sigma: float = 0.05) -> None:
+        super().__init__()
+        from ampt.models.parts import RandomPart
+
+        self.noise = RandomPart(lambda x: (x + sigma * torch.randn_like(x)).clamp(0, 1), name="gaussian_noise")
+        self.linear = nn.Linear(3 * 32 * 32, 4)
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.randn(4, 3 * 32 * 32, generator=torch.Generator().manual_seed(0)) * 0.05)
+            self.linear.bias.zero_()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear(self.noise(x).flatten(1))
+
+
+def test_aa_rand_runs_eot_twenty_and_is_seeded():
+    model = NoisyLinear()
+    images, _ = synthetic(8, seed=3)
+    with torch.no_grad():
+        labels = model.linear(images.flatten(1)).argmax(1)
+    rng_before = torch.get_rng_state()
+    attack = build_attack("aa-rand", model, 8, num_classes=4)
+    adv = attack(images, labels)
+    assert torch.equal(adv, build_attack("aa-rand", model, 8, num_classes=4)(images, labels))
+    assert torch.equal(torch.get_rng_state(), rng_before)
+    assert (adv - images).abs().max().item() <= 8 / 255 + 1e-6
+    config = attack.config()
+    assert (config["version"], config["attacks"], attack.eot_iter) == ("rand", ["apgd-ce", "apgd-dlr"], 20)
+    assert config["settings"]["apgd-ce"]["eot_iter"] == 20
+
+
+def test_attack_settings_are_declared_and_refused_in_one_line(setup):
+    from ampt.errors import UserError
+
+    model = setup[0]
+    with pytest.raises(UserError, match="attack aa takes no restarts.*attacks that take them: .*apgd-ce.*pgd"):
+        build_attack("aa", model, 4, num_classes=4, restarts=5)
+    with pytest.raises(UserError, match="attack square takes no EOT"):
+        build_attack("square", model, 4, num_classes=4, eot_iter=4)
+    with pytest.raises(UserError, match="takes no alpha"):
+        build_attack("apgd-ce", model, 4, num_classes=4, alpha=1.0)
+    with pytest.raises(UserError, match="needs its attack list"):
+        build_attack("aa-custom", model, 4, num_classes=4)
+    with pytest.raises(UserError, match="unknown attack apgd-x; valid: apgd-ce"):
+        build_attack("aa-custom", model, 4, num_classes=4, options="apgd-ce,apgd-x")
+    custom = build_attack("aa-custom", model, 4, num_classes=4, options="apgd-ce, apgd-dlr")
+    config = custom.config()
+    assert config["attacks"] == ["apgd-ce", "apgd-dlr"] and config["settings"]["apgd-ce"]["n_restarts"] == 1
+    square = build_attack("square", model, 4, num_classes=4)
+    assert (square.steps, square.access, square.config()["settings"]["square"]["n_queries"]) == (5000, "black-box", 5000)
+    apgd_t = build_attack("apgd-t", model, 4, num_classes=4, restarts=2)
+    assert apgd_t.config()["settings"]["apgd-t"] == {"n_iter": 100, "n_restarts": 2, "eot_iter": 1, "n_target_classes": 3}
+
+
+class CoinFlip(nn.Module):
+    """Class 1 exactly when the first pixel is below 0.5: a uniform random start fools half the images."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        first = x[:, 0, 0, 0]
+        return torch.stack([torch.zeros_like(first), (0.5 - first) * 1000], dim=1)
+
+
+def test_pgd_restarts_keep_first_run_and_only_add_fooled_images():
+    model = CoinFlip()
+    images, labels = torch.full((64, 3, 8, 8), 0.5), torch.zeros(64, dtype=torch.long)
+    one = build_attack("pgd", model, 4, steps=0)(images, labels)
+    five = build_attack("pgd", model, 4, steps=0, restarts=5)(images, labels)
+    fooled_one = model(one).argmax(1) != labels
+    fooled_five = model(five).argmax(1) != labels
+    assert torch.equal(five[fooled_one], one[fooled_one]), "restart 0 must be the one-run attack"
+    assert 20 <= int(fooled_one.sum()) <= 44, int(fooled_one.sum())
+    assert bool(fooled_five[fooled_one].all()) and int(fooled_five.sum()) >= 58, int(fooled_five.sum())
+    assert torch.equal(five, build_attack("pgd", model, 4, steps=0, restarts=5)(images, labels))
+
+
+def test_eot_sums_the_gradients_of_several_draws_per_step():
+    model = NoisyLinear(sigma=0.2)
+    images, _ = synthetic(16, seed=4)
+    with torch.no_grad():
+        labels = model.linear(images.flatten(1)).argmax(1)
+    calls = []
+    hook = model.noise.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        plain = build_attack("pgd", model, 4, steps=5)(images, labels)
+        n_plain = len(calls)
+        eot = build_attack("pgd", model, 4, steps=5, eot_iter=8)(images, labels)
+    finally:
+        hook.remove()
+    assert (n_plain, len(calls) - n_plain) == (5, 40)
+    assert not torch.equal(eot, plain) and (eot - images).abs().max().item() <= 4 / 255 + 1e-6
+    attack = build_attack("pgd", model, 4, steps=5, eot_iter=8)
+    assert (attack.config()["eot_iter"], attack.hparams()["eot_iter"]) == (8, 8)
+
+
+def test_bpda_goes_through_a_declared_quantizer(setup):
+    from ampt.models.parts import NonDifferentiable, declared_parts
+
+    base = setup[0]
+
+    class Quantized(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.quantizer = NonDifferentiable(lambda x: torch.round(x * 7) / 7, name="3-bit input")
+            self.base = base
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.base(self.quantizer(x))
+
+    model = Quantized()
+    images, labels = setup[1], setup[2]
+    assert declared_parts(model) == [{"path": "quantizer", "kind": "non_differentiable",
+                                      "module": "NonDifferentiable", "name": "3-bit input", "backward": "identity"}]
+    blind = build_attack("pgd", model, 4, steps=5)(images, labels)
+    assert torch.equal(blind.sub(images).abs().gt(4.5 / 255).sum(), torch.tensor(0))
+    with torch.no_grad():
+        blind_acc = accuracy(model, blind, labels)
+        bpda_acc = accuracy(model, build_attack("pgd", model, 4, steps=5, bpda=True)(images, labels), labels)
+    assert bpda_acc < blind_acc - 20, (bpda_acc, blind_acc)
+    assert model.quantizer.straight_through is False

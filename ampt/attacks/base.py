@@ -10,12 +10,13 @@ input only), and every module's training flag and every parameter's
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Dict, Iterator
+from typing import Any, Dict, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import UserError
+from ..models.parts import straight_through
 
 # An eps this large is certainly a unit mistake (it exceeds the pixel range).
 _MAX_EPS = 255.0
@@ -84,13 +85,30 @@ class Attack:
     """Base class: ``attack(images, labels) -> adversarial images``.
 
     Subclasses implement :meth:`forward` and call the model only through
-    :meth:`get_logits`. Each call draws its randomness from a fresh generator
+    :meth:`get_logits`. With ``bpda`` the model's declared non-differentiable
+    parts (:mod:`ampt.models.parts`) take their declared backward during the
+    attack (their forward values are unchanged).
+
+    What an attack accepts is declared by class attributes, which
+    :func:`~ampt.attacks.build_attack` checks: ``default_steps`` (None: takes
+    no step count), ``takes_alpha``, ``takes_restarts``, ``takes_eot``,
+    ``takes_options``; ``access`` is its threat model's access
+    (``white-box``, ``black-box`` or both). Each call draws its randomness from a fresh generator
     seeded with ``seed``, so the output depends only on the inputs and the seed
     (batches can be re-run or resumed in any order with the same result).
     ``eps == 0`` returns the clean images without calling the model.
     """
 
-    def __init__(self, model: nn.Module, eps: float, seed: int = 0) -> None:
+    parameter_free = False
+    default_steps: Optional[int] = 100
+    takes_alpha = False
+    takes_restarts = False
+    takes_eot = False
+    takes_options = False
+    access = "white-box"
+    library = "ampt"
+
+    def __init__(self, model: nn.Module, eps: float, seed: int = 0, bpda: bool = False) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module mapping [0, 1] pixels to logits (got {type(model)})")
         self.model = model
@@ -98,6 +116,7 @@ class Attack:
         if int(seed) < 0:
             raise ValueError(f"seed must be >= 0 (got {seed})")
         self.seed = int(seed)
+        self.bpda = bool(bpda)
 
     @classmethod
     def check_num_classes(cls, num_classes: int) -> None:
@@ -122,13 +141,22 @@ class Attack:
         images = images.detach()
         if self.eps == 0:
             return images.clone()
-        with attack_mode(self.model):
+        with attack_mode(self.model), straight_through(self.model, self.bpda):
             adv = self.forward(images, labels.detach())
         return adv.detach()
 
     def hparams(self) -> Dict[str, Any]:
         """Hyper-parameters shown by ``repr`` (eps-like values in 1/255 units)."""
         return {"eps": fmt_255(self.eps), "seed": self.seed}
+
+    def config(self) -> Dict[str, Any]:
+        """The record's ``attack_config``: everything that produced the number (eps-like values in 1/255 units)."""
+        out: Dict[str, Any] = {"class": type(self).__name__, "library": self.library, "eps": self.eps,
+                               "seed": self.seed, "access": self.access, "bpda": self.bpda}
+        for name in ("steps", "alpha", "restarts", "eot_iter"):
+            if getattr(self, name, None) is not None:
+                out[name] = getattr(self, name)
+        return out
 
     def __repr__(self) -> str:
         args = ", ".join(

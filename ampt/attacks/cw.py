@@ -22,8 +22,8 @@ class CW(IterativeAttack):
     """
 
     def __init__(self, model: nn.Module, eps: float, alpha: Optional[float] = None,
-                 steps: int = 100, seed: int = 0, random_start: bool = True) -> None:
-        super().__init__(model, eps, alpha, steps, seed)
+                 steps: int = 100, seed: int = 0, random_start: bool = True, **kwargs: Any) -> None:
+        super().__init__(model, eps, alpha, steps, seed, **kwargs)
         self.random_start = bool(random_start)
 
     def forward(self, images: Tensor, labels: Tensor) -> Tensor:

@@ -74,6 +74,7 @@ def pgd_linf(
     random_start: Union[bool, str] = True,
     loss: Union[str, LossFn] = "ce",
     start: Optional[Tensor] = None,
+    eot_iter: int = 1,
 ) -> Tensor:
     """L-inf PGD (Madry et al. 2018): maximise ``loss(forward(x_adv), labels)``.
 
@@ -86,11 +87,13 @@ def pgd_linf(
     [-eps, eps]), "normal" (TRADES' 0.001 * N(0, 1)) or False. ``generator``
     seeds the start; None uses the global RNG. ``start`` (optional) is a given
     starting point, e.g. :func:`~ampt.attacks.per_sample.uniform_start`, used
-    instead of ``random_start``. The model's train/eval mode is
+    instead of ``random_start``. ``eot_iter > 1`` (Expectation over
+    Transformation, for a model with random parts) sums the gradient of
+    ``eot_iter`` forward passes per step. The model's train/eval mode is
     the caller's business. Returns detached images in the eps-ball and [0, 1].
     """
-    if steps < 0 or eps < 0 or alpha < 0:
-        raise ValueError(f"need eps, alpha, steps >= 0 (got {eps}, {alpha}, {steps})")
+    if steps < 0 or eps < 0 or alpha < 0 or eot_iter < 1:
+        raise ValueError(f"need eps, alpha, steps >= 0 and eot_iter >= 1 (got {eps}, {alpha}, {steps}, {eot_iter})")
     loss_fn = _resolve_loss(loss)
     images = images.detach()
     if eps == 0:
@@ -98,19 +101,37 @@ def pgd_linf(
     adv = _project(_start(images, eps, random_start, generator) if start is None else start.detach(), images, eps)
     for _ in range(steps):
         adv.requires_grad_(True)
+        grad = torch.zeros_like(adv)
         with torch.enable_grad():
-            cost = loss_fn(forward(adv), labels)
-            (grad,) = torch.autograd.grad(cost, adv)
+            for _ in range(eot_iter):
+                cost = loss_fn(forward(adv), labels)
+                grad += torch.autograd.grad(cost, adv)[0]
         adv = _project(adv.detach() + alpha * grad.sign(), images, eps)
     return adv.detach()
 
 
 class IterativeAttack(Attack):
-    """Shared hyper-parameters of the sign-gradient attacks (1/255 units)."""
+    """Shared hyper-parameters of the sign-gradient attacks (1/255 units).
+
+    ``restarts > 1`` re-runs the attack from new random starts (seeds
+    ``seed + 1``, ``seed + 2``, ...) on the images every earlier run left
+    correctly classified, and keeps each image's first misclassified result
+    (restart 0 is the one-run attack exactly). ``eot_iter`` is passed to
+    :func:`pgd_linf`.
+    """
+
+    takes_alpha = True
+    takes_restarts = True
+    takes_eot = True
 
     def __init__(self, model: nn.Module, eps: float, alpha: Optional[float] = None,
-                 steps: int = 100, seed: int = 0) -> None:
-        super().__init__(model, eps, seed)
+                 steps: int = 100, seed: int = 0, restarts: int = 1, eot_iter: int = 1,
+                 bpda: bool = False) -> None:
+        super().__init__(model, eps, seed, bpda=bpda)
+        if int(restarts) < 1 or int(eot_iter) < 1:
+            raise ValueError(f"restarts and eot_iter must be >= 1 (got {restarts}, {eot_iter})")
+        self.restarts = int(restarts)
+        self.eot_iter = int(eot_iter)
         # Default step size of the evaluation protocol (docs/method.md section 5): eps / 4.
         self.alpha = self.eps / 4 if alpha is None else float(alpha)
         if self.alpha < 0 or self.alpha > 255:
@@ -121,15 +142,48 @@ class IterativeAttack(Attack):
 
     def _run(self, images: Tensor, labels: Tensor, loss: Union[str, LossFn],
              random_start: Union[bool, str]) -> Tensor:
+        adv = self._one_run(images, labels, loss, random_start, self.seed)
+        if self.restarts == 1:
+            return adv
+        with torch.no_grad():
+            robust = self.get_logits(adv).argmax(dim=1) == labels
+        for restart in range(1, self.restarts):
+            index = robust.nonzero().squeeze(1)
+            if index.numel() == 0:
+                break
+            subset_loss = loss if isinstance(loss, str) else _subset_loss(loss, index)
+            candidate = self._one_run(images[index], labels[index], subset_loss, random_start, self.seed + restart)
+            with torch.no_grad():
+                fooled = self.get_logits(candidate).argmax(dim=1) != labels[index]
+            adv[index[fooled]] = candidate[fooled]
+            robust[index[fooled]] = False
+        return adv
+
+    def _one_run(self, images: Tensor, labels: Tensor, loss: Union[str, LossFn],
+                 random_start: Union[bool, str], seed: int) -> Tensor:
         return pgd_linf(
             self.get_logits, images, labels, self.eps / 255, self.alpha / 255, self.steps,
-            generator=make_generator(images.device, self.seed), random_start=random_start,
-            loss=loss,
+            generator=make_generator(images.device, seed), random_start=random_start,
+            loss=loss, eot_iter=self.eot_iter,
         )
 
     def hparams(self) -> Dict[str, Any]:
-        return {"eps": fmt_255(self.eps), "alpha": fmt_255(self.alpha),
-                "steps": self.steps, "seed": self.seed}
+        out = {"eps": fmt_255(self.eps), "alpha": fmt_255(self.alpha), "steps": self.steps, "seed": self.seed}
+        if self.restarts > 1:
+            out["restarts"] = self.restarts
+        if self.eot_iter > 1:
+            out["eot_iter"] = self.eot_iter
+        if self.bpda:
+            out["bpda"] = True
+        return out
+
+
+def _subset_loss(loss: LossFn, index: Tensor) -> LossFn:
+    """A per-batch loss built for the whole batch (TPGD's clean targets), restricted to the rows ``index``."""
+    restrict = getattr(loss, "restrict", None)
+    if restrict is None:
+        raise ValueError("restarts need a string loss or a loss with a restrict(index) method")
+    return restrict(index)
 
 
 class PGD(IterativeAttack):
@@ -144,8 +198,8 @@ class PGD(IterativeAttack):
     """
 
     def __init__(self, model: nn.Module, eps: float, alpha: Optional[float] = None,
-                 steps: int = 100, seed: int = 0, random_start: bool = True) -> None:
-        super().__init__(model, eps, alpha, steps, seed)
+                 steps: int = 100, seed: int = 0, random_start: bool = True, **kwargs: Any) -> None:
+        super().__init__(model, eps, alpha, steps, seed, **kwargs)
         self.random_start = bool(random_start)
 
     def forward(self, images: Tensor, labels: Tensor) -> Tensor:

@@ -17,6 +17,7 @@ def trades_kl_loss(clean_logits: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
     def loss(adv_logits: Tensor, _labels: Tensor) -> Tensor:
         return F.kl_div(F.log_softmax(adv_logits, dim=1), p_clean, reduction="sum")
 
+    loss.restrict = lambda index: trades_kl_loss(clean_logits[index])  # type: ignore[attr-defined]
     return loss
 
 

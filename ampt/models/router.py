@@ -16,11 +16,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..registry import unknown_name_message
+from .parts import RouterPart
 
 ROUTER_KINDS = ("linear", "mlp", "uniform")
 
 
-class Router(nn.Module):
+class Router(RouterPart):
     """``forward(image_features [B, D]) -> weights [B, K]`` (rows on the simplex).
 
     - ``linear``: ``softmax(Linear(D, K)(f) / temperature)``.
