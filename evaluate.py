@@ -30,7 +30,7 @@ from typing import List, Optional
 
 import torch
 
-from ampt.attacks import DEFAULT_STEPS, check_eps
+from ampt.attacks import ATTACK_REGISTRY, DEFAULT_STEPS, check_eps
 from ampt.data.splits import SUBSAMPLE_CHOICES
 from ampt.utils import distributed
 from ampt.errors import UserError, UserFileNotFoundError
@@ -53,10 +53,23 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", type=Path, help="a run folder written by train.py (config.yaml, checkpoints)")
     p.add_argument("--attack", nargs="+", default=[CLEAN, "pgd"],
-                   help="clean and/or attack names: pgd cw tpgd aa (default: clean pgd)")
+                   help="clean and/or attack names: " + " ".join(ATTACK_REGISTRY.registered_names())
+                        + " (default: clean pgd)")
     p.add_argument("--eps", type=float, default=None, help="L-inf budget in 1/255 units (default: the run's training eps)")
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"iterations of pgd/cw/tpgd (default {DEFAULT_STEPS})")
-    p.add_argument("--alpha", type=float, default=None, help="step size in 1/255 units (default eps/4)")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"iterations of pgd/cw/tpgd/apgd-*/fab-t (default {DEFAULT_STEPS}), queries of square "
+                        "(default 5000); AutoAttack's versions fix theirs")
+    p.add_argument("--alpha", type=float, default=None, help="step size of pgd/cw/tpgd in 1/255 units (default eps/4)")
+    p.add_argument("--restarts", type=int, default=1, help="random restarts (pgd/cw/tpgd, apgd-ce/dlr/t, square)")
+    p.add_argument("--eot-iter", type=int, default=1,
+                   help="EOT: gradients averaged over N forward passes per step, for a model with random parts "
+                        "(pgd/cw/tpgd, apgd-ce/dlr/t; aa-rand has 20)")
+    p.add_argument("--aa-attacks", default="", metavar="LIST",
+                   help="aa-custom's attacks, comma-separated, e.g. apgd-ce,apgd-t (FARE) or apgd-ce,apgd-dlr (FAP)")
+    p.add_argument("--bpda", action="store_true",
+                   help="attack through the model's declared non-differentiable parts by their declared backward")
+    p.add_argument("--image-ids", type=Path, default=None, metavar="FILE",
+                   help="evaluate exactly these test images: one relative path per line (RobustBench's format)")
     p.add_argument("--dataset", default=None, help="evaluate on another registered dataset (cross-dataset)")
     p.add_argument("--subsample", choices=SUBSAMPLE_CHOICES, default=None,
                    help="classes of the test set: base (first half), new (second half) or all "
@@ -83,9 +96,31 @@ def _specs(args: argparse.Namespace, train_eps: Optional[float]) -> List[AttackS
     eps = args.eps if args.eps is not None else train_eps
     if needs_eps and eps is None:
         raise UserError("This run was not trained adversarially: give the attack budget with --eps (1/255 units)")
-    if args.steps < 0:
+    if args.steps is not None and args.steps < 0:
         raise UserError(f"--steps must be >= 0 (got {args.steps})")
-    return [AttackSpec(a, eps=eps or 0.0, steps=args.steps, alpha=args.alpha) for a in attacks]
+    if args.aa_attacks and "aa-custom" not in attacks:
+        raise UserError("--aa-attacks is the attack list of aa-custom: add aa-custom to --attack")
+    specs = []
+    for name in attacks:
+        if name == CLEAN:
+            specs.append(AttackSpec(CLEAN))
+            continue
+        cls = ATTACK_REGISTRY.get(name)
+        specs.append(AttackSpec(
+            name, eps=eps or 0.0, steps=args.steps if cls.default_steps is not None else None,
+            alpha=args.alpha if cls.takes_alpha else None,
+            restarts=args.restarts if cls.takes_restarts else 1,
+            eot_iter=args.eot_iter if cls.takes_eot else 1,
+            options=args.aa_attacks if cls.takes_options else "", bpda=args.bpda))
+    # A setting applies to the listed attacks that take it; one that no listed attack takes is refused.
+    for flag, value, default, takes in (("--restarts", args.restarts, 1, "takes_restarts"),
+                                        ("--eot-iter", args.eot_iter, 1, "takes_eot"),
+                                        ("--alpha", args.alpha, None, "takes_alpha")):
+        if value != default and not any(getattr(ATTACK_REGISTRY.get(a), takes) for a in attacks if a != CLEAN):
+            valid = [n for n in ATTACK_REGISTRY.registered_names() if getattr(ATTACK_REGISTRY.get(n), takes)]
+            raise UserError(f"{flag} applies to none of --attack {' '.join(attacks)}; attacks that take it: "
+                            f"{', '.join(valid)}")
+    return specs
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -108,8 +143,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                    load_epoch=args.load_epoch, seed=args.seed, subsample=args.subsample)
     cfg = run.trainer.cfg
     specs = _specs(args, float(cfg.ADV.TRAIN.EPS) if run.adversarial else None)
+    if args.image_ids is not None and args.n_samples is not None:
+        raise UserError("--image-ids and --n-samples both choose the test images: give one of them")
     plan = EvalPlan(specs=specs, prompt=args.prompt, n_samples=args.n_samples, seed=args.seed,
-                    batch_size=args.batch_size, force=args.force, precision=args.precision)
+                    batch_size=args.batch_size, force=args.force, precision=args.precision,
+                    image_ids=args.image_ids)
     loaded = getattr(run.trainer, "loaded_checkpoint", None) or {}
     extra = {"checkpoint_epoch": loaded.get("checkpoint_epoch", run.epoch)}
     if cfg.DATASET.NAME != run.train_dataset:

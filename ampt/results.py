@@ -18,7 +18,8 @@ The record key (:data:`RECORD_KEY_FIELDS`) holds every setting that changes
 the number. ``alpha`` and ``seed`` joined it later: a stored record without
 one of them (written by an older version; clean records carry no alpha)
 matches any value of that field. The other fields compare exactly, a
-missing one as ``None`` (``subsample``: as "all"; ``precision``, written by
+missing one as its :data:`KEY_DEFAULTS` value or ``None`` (``subsample``: as
+"all"; ``restarts``/``eot_iter``: 1; ``precision``, written by
 every record since the precision policy, stays ``None``: an older record's
 precision is unknown, so it answers no fp32 request). Numbers compare by value rounded to 4 decimals.
 
@@ -43,9 +44,11 @@ logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
 RECORD_KEY_FIELDS = ("dataset", "split", "attack", "eps", "steps", "n_samples", "prompt", "subsample", "alpha", "seed",
-                     "precision")
-# What a key field a record lacks means: records written before base-to-new are of all classes.
-KEY_DEFAULTS = {"subsample": "all"}
+                     "precision", "restarts", "eot_iter", "attack_options", "bpda", "image_list")
+# What a key field a record lacks means: records written before base-to-new are of all classes; before
+# restarts, EOT, AutoAttack's versions, BPDA and image lists, every attack ran once, without EOT or BPDA,
+# on the seeded subset (image_list None).
+KEY_DEFAULTS = {"subsample": "all", "restarts": 1, "eot_iter": 1, "attack_options": "", "bpda": False}
 # Key fields added after the first format: absent from a stored record, they match any value.
 LATER_KEY_FIELDS = ("alpha", "seed")
 REQUIRED_FIELDS = ("dataset", "split", "attack", "eps", "steps", "n_samples", "accuracy")

@@ -244,3 +244,57 @@ def test_a_wrong_run_path_creates_nothing(tmp_path, monkeypatch, capsys):
     assert cli.cli() == 2
     assert not (tmp_path / "no").exists()
     assert f"{wrong} does not exist" in capsys.readouterr().err
+
+
+def test_field_attack_configurations_are_recorded_in_key_and_column(runs, tmp_path):
+    run = _copy(runs["APT"], tmp_path)
+    assert evaluate(run, "--attack", "pgd", "apgd-t", "aa-custom", "--aa-attacks", "apgd-ce,apgd-dlr",
+                    "--steps", "2", "--restarts", "2", "--n-samples", "4", "--eps", "8") == 0
+    by_attack = {r["attack"]: r for r in RunResults(run).records if r.get("n_samples") == 4}
+    pgd, apgd_t, custom = by_attack["pgd"], by_attack["apgd-t"], by_attack["aa-custom"]
+    assert (pgd["steps"], pgd["restarts"], pgd["column"]) == (2, 2, "pgd-2x2@8")
+    assert pgd["attack_config"]["restarts"] == 2 and pgd["adaptive"] == "none" and pgd["access"] == "white-box"
+    assert (apgd_t["steps"], apgd_t["restarts"], apgd_t["column"]) == (2, 2, "apgd-t-2x2@8")
+    assert apgd_t["attack_config"]["settings"]["apgd-t"] == {"n_iter": 2, "n_restarts": 2, "eot_iter": 1,
+                                                              "n_target_classes": 3}
+    assert (custom["attack_options"], custom["column"], custom["steps"]) == ("apgd-ce,apgd-dlr",
+                                                                              "aa-custom(apgd-ce,apgd-dlr)@8", 0)
+    assert custom["attack_config"]["version"] == "custom" and "restarts" not in custom
+    # the restarts are in the key: the one-restart PGD is a new record, the 2-restart one is skipped
+    assert evaluate(run, "--attack", "pgd", "--steps", "2", "--n-samples", "4", "--eps", "8") == 0
+    pgds = [r for r in RunResults(run).records if r["attack"] == "pgd" and r.get("n_samples") == 4]
+    assert sorted(r.get("restarts", 1) for r in pgds) == [1, 2]
+
+
+def test_attack_settings_no_listed_attack_takes_are_refused(runs, tmp_path):
+    run = _copy(runs["APT"], tmp_path)
+    with pytest.raises(ValueError, match="--restarts applies to none of --attack clean aa; attacks that take it: "):
+        evaluate(run, "--attack", "clean", "aa", "--restarts", "3")
+    with pytest.raises(ValueError, match="--aa-attacks is the attack list of aa-custom"):
+        evaluate(run, "--attack", "aa", "--aa-attacks", "apgd-ce")
+    with pytest.raises(ValueError, match="unknown attack apgd-q"):
+        evaluate(run, "--attack", "aa-custom", "--aa-attacks", "apgd-q")
+    with pytest.raises(ValueError, match="--image-ids and --n-samples"):
+        evaluate(run, "--attack", "clean", "--image-ids", tmp_path / "x.txt", "--n-samples", "3")
+
+
+def test_image_ids_evaluate_exactly_the_listed_images(runs, tmp_path):
+    from ampt.evaluation.image_lists import list_digest, read_image_ids
+
+    run = _copy(runs["APT"], tmp_path)
+    assert evaluate(run, "--attack", "clean", "--n-samples", "5", "--seed", "2") == 0
+    written = run / "image_lists" / "AptToy-test-n5-seed2.txt"
+    ids = read_image_ids(written)
+    subset = next(r for r in RunResults(run).records if r["n_samples"] == 5)
+    assert len(ids) == 5 and subset["images_sha256"] == list_digest(ids)
+    assert subset["image_list_file"] == "image_lists/AptToy-test-n5-seed2.txt" and "image_list" not in subset
+    # the written list, re-used with --image-ids (last two path components only), gives the same images
+    short = tmp_path / "ids.txt"
+    short.write_text("# five images\n" + "".join("/".join(i.split("/")[-2:]) + "\n" for i in ids))
+    assert evaluate(run, "--attack", "clean", "--image-ids", short) == 0
+    listed = next(r for r in RunResults(run).records if r.get("image_list"))
+    assert listed["n_samples"] == 5 and listed["accuracy"] == subset["accuracy"]
+    assert listed["image_list"] == list_digest(read_image_ids(short))[:16]
+    short.write_text(ids[0] + "\nclass_9/missing.png\n")
+    with pytest.raises(ValueError, match=r"ids.txt: class_9/missing.png is not in the test set \(1 of 2"):
+        evaluate(run, "--attack", "clean", "--image-ids", short)

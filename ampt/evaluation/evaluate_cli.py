@@ -38,6 +38,7 @@ from ..engine.checkpoint import weights_digest
 from ..utils import distributed
 from ..errors import UserError
 from ..evaluation.evaluated_prompt import prompt_model, record_prompt
+from ..evaluation.image_lists import list_digest, match_image_ids, read_image_ids, relative_ids, write_image_list
 from ..models.interface import LEARNED
 from ..precision import at_precision, warn_reduced
 from ..results import RunResults, same_weights
@@ -71,6 +72,40 @@ def subset_loader(loader: DataLoader, indices: Sequence[int], batch_size: Option
     )
 
 
+@dataclass
+class EvaluatedImages:
+    """The test images an evaluation runs on: dataset indices, record-key fields and provenance."""
+
+    indices: List[int]
+    key: Dict[str, Any]  # {"image_list": digest} for a user's list; else nothing (the seeded subset)
+    provenance: Dict[str, Any]  # images_sha256 and, for a written subset list, its path
+
+
+def evaluated_images(trainer: Any, plan: "EvalPlan", run_dir: Path) -> EvaluatedImages:
+    """``--image-ids`` (exactly the listed images), else the seeded ``--n-samples`` subset, else all test images.
+
+    A subset's list is written to ``RUN_DIR/image_lists/`` so that anyone can evaluate the same images.
+    """
+    data_source = trainer.test_loader.dataset.data_source
+    impaths = [datum.impath for datum in data_source]
+    ids = relative_ids(impaths, str(trainer.cfg.DATASET.ROOT or ""))
+    if plan.image_ids is not None:
+        listed = read_image_ids(Path(plan.image_ids))
+        indices = match_image_ids(listed, impaths, Path(plan.image_ids))
+        digest = list_digest(listed)
+        return EvaluatedImages(indices, {"image_list": digest[:16]},
+                               {"images_sha256": digest, "image_list_file": str(plan.image_ids)})
+    indices = ordered_indices(len(data_source), plan.n_samples, plan.seed)
+    chosen = [ids[i] for i in indices]
+    provenance: Dict[str, Any] = {"images_sha256": list_digest(chosen)}
+    if len(indices) < len(data_source) and distributed.is_main():
+        classes = subsample_field(trainer.cfg).get("subsample")
+        name = f"{trainer.cfg.DATASET.NAME}-{plan.split}{'-' + classes if classes else ''}-n{len(indices)}-seed{plan.seed}"
+        path = write_image_list(run_dir, name, chosen)
+        provenance["image_list_file"] = str(path.relative_to(run_dir))
+    return EvaluatedImages(indices, {}, provenance)
+
+
 # ---------------------------------------------------------------- one record
 def make_record(dataset: str, split: str, spec: AttackSpec, prompt: str, outcome: Outcome,
                 precision: str = "fp32", **extra: Any) -> Dict[str, Any]:
@@ -78,8 +113,9 @@ def make_record(dataset: str, split: str, spec: AttackSpec, prompt: str, outcome
     record: Dict[str, Any] = {
         "dataset": dataset, "split": split, "attack": spec.name, "eps": spec.eps, "steps": spec.steps,
         "n_samples": outcome.n_samples, "accuracy": round(outcome.accuracy, 4), "prompt": prompt,
-        "precision": precision, "label": spec.label, "seconds": round(outcome.seconds, 2),
+        "precision": precision, "label": spec.label, "column": spec.column, "seconds": round(outcome.seconds, 2),
     }
+    record.update({k: v for k, v in spec.key_fields().items() if k not in ("attack", "eps", "steps", "alpha")})
     if distributed.world_size() > 1:
         record["world_size"] = distributed.world_size()  # "seconds" is the slowest rank's
     if spec.name != CLEAN:
@@ -104,6 +140,7 @@ class EvalPlan:
     force: bool = False
     split: str = "test"
     precision: str = "fp32"  # of the forward passes and attack gradients: fp32 | bf16 | fp16
+    image_ids: Optional[Path] = None  # a list file: exactly these test images (RobustBench's format)
 
 
 def progress_path(run_dir: Path, key: Dict[str, Any]) -> Path:
@@ -128,15 +165,14 @@ def evaluate_trainer(trainer: Any, plan: EvalPlan, results: RunResults,
     prompt = record_prompt(trainer, plan.prompt)
     subsample = subsample_field(trainer.cfg)
     base_loader = trainer.test_loader
-    indices = ordered_indices(len(base_loader.dataset), plan.n_samples, plan.seed)
-    n_samples = len(indices)
+    images = evaluated_images(trainer, plan, results.run_dir)
+    n_samples = len(images.indices)
     rows: List[Tuple[Dict[str, Any], str]] = []
     todo = []
-    extra = {**(extra or {}), "weights": weights_digest(trainer)}
+    extra = {**(extra or {}), "weights": weights_digest(trainer), **images.provenance}
     for spec in plan.specs:
-        key = {"dataset": dataset_name, "split": plan.split, "attack": spec.name, "eps": spec.eps,
-               "steps": spec.steps, "n_samples": n_samples, "prompt": prompt, **subsample, "alpha": spec.alpha,
-               "seed": plan.seed, "precision": plan.precision}
+        key = {"dataset": dataset_name, "split": plan.split, **spec.key_fields(), "n_samples": n_samples,
+               "prompt": prompt, **subsample, "seed": plan.seed, "precision": plan.precision, **images.key}
         existing = results.get(key)
         if existing is not None and not plan.force and same_weights(existing, extra):
             logger.info("Skipping %s on %s: already in %s (--force recomputes)", spec.label, dataset_name, results.path)
@@ -151,7 +187,7 @@ def evaluate_trainer(trainer: Any, plan: EvalPlan, results: RunResults,
     trainer.set_model_mode("eval")
     warn_reduced(plan.precision)
     model = at_precision(prompt_model(trainer, plan.prompt).to(trainer.device).eval(), plan.precision)
-    loader = subset_loader(base_loader, indices, plan.batch_size)
+    loader = subset_loader(base_loader, images.indices, plan.batch_size)
     for spec, key in todo:
         progress_file = progress_path(results.run_dir, {**key, "batch_size": loader.batch_size, **extra,
                                                         **distributed.shard_key()})
@@ -159,7 +195,7 @@ def evaluate_trainer(trainer: Any, plan: EvalPlan, results: RunResults,
                                         seed=plan.seed, desc=f"{spec.label} [{dataset_name}]",
                                         progress_file=progress_file)
         record = make_record(dataset_name, plan.split, spec, prompt, outcome, precision=plan.precision,
-                             seed=plan.seed, **subsample, **extra)
+                             seed=plan.seed, **subsample, **images.key, **extra)
         stored = results.add(record, force=plan.force) if distributed.is_main() else True
         distributed.barrier()  # the record is written before any rank drops its progress
         progress_file.unlink(missing_ok=True)

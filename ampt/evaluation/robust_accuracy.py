@@ -22,10 +22,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..attacks import ATTACK_REGISTRY, build_attack, check_eps
+from ..attacks import ATTACK_REGISTRY, build_attack, check_attack_settings, check_eps
+from ..attacks.autoattack import parse_attack_list
+from ..attacks.naming import column_name
 from ..engine.progress import progress_bar
 from ..utils import distributed
 from ..finite import check_finite_logits
+from ..models.parts import adaptive_label, declared_parts, part_kinds
 from ..utils.io import read_json, write_json
 
 logger = logging.getLogger(__name__)
@@ -36,27 +39,61 @@ CLEAN = "clean"
 
 @dataclass
 class AttackSpec:
-    """One evaluation: ``name`` "clean" or a registered attack; eps/alpha in 1/255 units."""
+    """One evaluation: ``name`` "clean" or a registered attack; eps/alpha in 1/255 units.
+
+    ``steps`` None means the attack's default (100; Square: 5,000 queries;
+    none for AutoAttack's versions); ``restarts``, ``eot_iter``, ``options``
+    (aa-custom's attack list) and ``bpda`` are refused in one line by an
+    attack that does not take them.
+    """
 
     name: str
     eps: float = 0.0
-    steps: int = 0
+    steps: Optional[int] = None
     alpha: Optional[float] = None
+    restarts: int = 1
+    eot_iter: int = 1
+    options: str = ""
+    bpda: bool = False
 
     def __post_init__(self) -> None:
         if self.name == CLEAN:
             self.eps, self.steps, self.alpha = 0.0, 0, None
+            self.restarts, self.eot_iter, self.options, self.bpda = 1, 1, "", False
             return
-        ATTACK_REGISTRY.get(self.name)  # unknown name: lists the valid ones
+        cls = ATTACK_REGISTRY.get(self.name)  # unknown name: lists the valid ones
         self.eps = check_eps(self.eps)
-        if self.parameter_free:
+        self.restarts, self.eot_iter = int(self.restarts), int(self.eot_iter)
+        if self.name == "aa-custom":
+            self.options = ",".join(parse_attack_list(self.options))
+        check_attack_settings(self.name, None, self.steps if cls.default_steps is not None else None,
+                              self.restarts, self.eot_iter, self.options)
+        if cls.default_steps is None:
             self.steps, self.alpha = 0, None
         else:
-            self.alpha = self.eps / 4 if self.alpha is None or self.alpha < 0 else float(self.alpha)
+            self.steps = cls.default_steps if self.steps is None else int(self.steps)
+            if not cls.takes_alpha:
+                self.alpha = None
+            else:
+                self.alpha = self.eps / 4 if self.alpha is None or self.alpha < 0 else float(self.alpha)
 
     @property
     def parameter_free(self) -> bool:
-        return self.name != CLEAN and bool(getattr(ATTACK_REGISTRY.get(self.name), "parameter_free", False))
+        return self.name != CLEAN and ATTACK_REGISTRY.get(self.name).default_steps is None
+
+    @property
+    def column(self) -> str:
+        """The report's column of this evaluation, e.g. ``pgd-100x5@4`` (:mod:`ampt.attacks.naming`)."""
+        return column_name(self.key_fields())
+
+    def key_fields(self) -> Dict[str, Any]:
+        """The record-key fields this evaluation sets (the later ones only when not at their defaults)."""
+        fields: Dict[str, Any] = {"attack": self.name, "eps": self.eps, "steps": self.steps, "alpha": self.alpha}
+        for name, default in (("restarts", 1), ("eot_iter", 1), ("options", ""), ("bpda", False)):
+            value = getattr(self, name)
+            if value != default:
+                fields["attack_options" if name == "options" else name] = value
+        return fields
 
     @property
     def label(self) -> str:
@@ -64,13 +101,24 @@ class AttackSpec:
         if self.name == CLEAN:
             return "clean accuracy"
         name = self.name.upper() if self.parameter_free else f"{self.name.upper()}-{self.steps}"
+        if self.options:
+            name += f" [{self.options}]"
+        if self.restarts > 1:
+            name += f", {self.restarts} restarts"
+        if self.eot_iter > 1:
+            name += f", EOT {self.eot_iter}"
+        if self.bpda:
+            name += ", BPDA"
         return f"robust accuracy ({name}, eps {self.eps:g}/255)"
 
     def build(self, model: nn.Module, num_classes: int, seed: int) -> Any:
         if self.name == CLEAN:
             return None
-        return build_attack(self.name, model, self.eps, alpha=self.alpha, steps=self.steps,
-                            num_classes=num_classes, seed=seed)
+        cls = ATTACK_REGISTRY.get(self.name)
+        return build_attack(self.name, model, self.eps, alpha=self.alpha,
+                            steps=None if cls.default_steps is None else self.steps,
+                            num_classes=num_classes, seed=seed, restarts=self.restarts, eot_iter=self.eot_iter,
+                            options=self.options, bpda=self.bpda)
 
 
 BatchObserver = Callable[[str, torch.Tensor], None]
@@ -154,6 +202,25 @@ def accuracy_under_attack(
     if state["total"] == 0:
         raise RuntimeError("The evaluation saw no images: the test split (or subset) is empty")
     extra: Dict[str, Any] = {}
-    if attack is not None and getattr(attack, "library", None):
-        extra["library"] = attack.library
+    if attack is not None:
+        extra.update(attack_provenance(attack, model))
     return Outcome(100.0 * state["correct"] / state["total"], state["total"], state["seconds"], extra)
+
+
+def attack_provenance(attack: Any, model: nn.Module) -> Dict[str, Any]:
+    """What a record says of the attack and the threat model (docs/results_format.md)."""
+    kinds = part_kinds(model)
+    out: Dict[str, Any] = {"library": attack.library, "attack_config": attack.config(), "threat_model": "Linf",
+                           "access": attack.access,
+                           "adaptive": adaptive_label(kinds, attack.bpda, getattr(attack, "eot_iter", 1)),
+                           "test_time_optimisation": "test_time" in kinds}
+    parts = declared_parts(model)
+    if parts:
+        out["model_parts"] = parts
+    if "non_differentiable" in kinds and not attack.bpda and attack.access != "black-box":
+        logger.warning("The model declares non-differentiable parts (%s) and the attack did not go through them "
+                       "(add --bpda): this number may overstate robustness",
+                       ", ".join(p["path"] for p in parts if p["kind"] == "non_differentiable"))
+    if "random" in kinds and getattr(attack, "eot_iter", 1) <= 1:
+        logger.warning("The model declares random parts and the attack used no EOT (add --eot-iter N or use aa-rand)")
+    return out
