@@ -18,6 +18,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(include=["ampt", "ampt.*"]),
+    package_data={"ampt.report": ["schemas/*.json"]},  # the RobustBench export's JSON Schema
     install_requires=[
         "torch>=2.1",
         "torchvision>=0.16",
@@ -34,7 +35,7 @@ setup(
         "tensorboard": ["tensorboard>=2.10"],
         "openclip": ["open_clip_torch>=2.24"],  # open_clip backbones (LAION, TeCoA/FARE checkpoints)
         "slurm": ["submitit>=1.5"],  # sweeps on a SLURM cluster
-        "report": ["matplotlib>=3.7"],  # the report's plots
-        "test": ["pytest>=7", "pytest-xdist>=3.5", "torchattacks>=3.5", "tensorboard>=2.10", "submitit>=1.5", "matplotlib>=3.7"],
+        "report": ["matplotlib>=3.7", "jsonschema>=4.18"],  # the report's plots; RobustBench cards validated
+        "test": ["pytest>=7", "pytest-xdist>=3.5", "torchattacks>=3.5", "tensorboard>=2.10", "submitit>=1.5", "matplotlib>=3.7", "jsonschema>=4.18"],
     },
 )

@@ -1,6 +1,7 @@
 """Tables and plots from the ``results.json`` files under one or more folders.
 
-``python -m ampt.report ROOT [ROOT...] [--format markdown|csv|latex|json] [--plots DIR]``;
+``python -m ampt.report ROOT [ROOT...] [--format markdown|csv|latex|json] [--plots DIR] [--audit]
+[--mix-protocols]``, or ``--format robustbench --out DIR`` (:mod:`~ampt.report.robustbench`);
 from Python, :func:`build_report` (the sweep runner's ``report`` calls it)::
 
     from ampt.report import build_report
@@ -12,7 +13,9 @@ Modules: :mod:`~ampt.report.collect` (find and read runs),
 :mod:`~ampt.report.aggregate` (mean and std over seeds, averages, harmonic mean),
 :mod:`~ampt.report.router` (the router diagnostics table),
 :mod:`~ampt.report.model` (the tables' content), :mod:`~ampt.report.tables`
-(the formats), :mod:`~ampt.report.plots` (the figures).
+(the formats), :mod:`~ampt.report.plots` (the figures), :mod:`~ampt.report.protocols`
+(each run's protocol and the table it goes in), :mod:`~ampt.report.audit_table` (the audit's
+flags and table), :mod:`~ampt.report.robustbench` (RobustBench model cards).
 """
 from __future__ import annotations
 
@@ -31,7 +34,8 @@ __all__ = ["FORMATS", "Report", "Run", "build_report", "collect_runs", "load_rep
 
 def load_report(roots: Iterable[os.PathLike], std: str = "sample", hm_attack: Optional[str] = None,
                 expected_seeds: Optional[Sequence[int]] = None, columns: Optional[Sequence[str]] = None,
-                method_labels: Optional[Mapping[str, str]] = None) -> Report:
+                method_labels: Optional[Mapping[str, str]] = None, mix_protocols: bool = False,
+                show_audit: bool = False) -> Report:
     """The :class:`Report` of every run under ``roots`` (see :func:`build_report` for the arguments).
 
     ``method_labels``: run folder -> method label, ahead of ``run.method`` and the derived labels.
@@ -42,13 +46,15 @@ def load_report(roots: Iterable[os.PathLike], std: str = "sample", hm_attack: Op
         for run in runs:
             run.method = resolved.get(str(Path(run.path).resolve()), run.method)
     runs = assign_methods(runs)
-    return make_report(runs, std=std, hm_attack=hm_attack, expected_seeds=expected_seeds, columns=columns)
+    return make_report(runs, std=std, hm_attack=hm_attack, expected_seeds=expected_seeds, columns=columns,
+                       mix_protocols=mix_protocols, show_audit=show_audit)
 
 
 def build_report(roots: Iterable[os.PathLike], fmt: str = "markdown", plots_dir: Optional[os.PathLike] = None,
                  std: str = "sample", hm_attack: Optional[str] = None,
                  expected_seeds: Optional[Sequence[int]] = None,
-                 columns: Optional[Sequence[str]] = None) -> str:
+                 columns: Optional[Sequence[str]] = None, mix_protocols: bool = False,
+                 show_audit: bool = False) -> str:
     """The report's text on the runs under ``roots``, in ``fmt`` (one of :data:`FORMATS`).
 
     ``plots_dir``: also write the figures there (PNG). ``std``: "sample"
@@ -57,12 +63,16 @@ def build_report(roots: Iterable[os.PathLike], fmt: str = "markdown", plots_dir:
     (default: the robust column most rows have). ``expected_seeds``: seeds
     every method should have (default: those any method of the same dataset
     and shots has). ``columns``: the accuracy columns to show (default all).
+    ``mix_protocols``: one table for rows of different protocols (default:
+    one per protocol, :mod:`~ampt.report.protocols`). ``show_audit``: add
+    the audit table (markdown; json always holds it).
     A missing root, unknown format, column or attack raises ``ValueError`` /
     ``FileNotFoundError`` with a one-line message.
     """
     if fmt not in FORMATS:
         raise UserError(f'--format "{fmt}" is not valid; valid: {", ".join(FORMATS)}')
-    report = load_report(roots, std=std, hm_attack=hm_attack, expected_seeds=expected_seeds, columns=columns)
+    report = load_report(roots, std=std, hm_attack=hm_attack, expected_seeds=expected_seeds, columns=columns,
+                         mix_protocols=mix_protocols, show_audit=show_audit)
     if plots_dir is not None:
         from .plots import write_plots
 

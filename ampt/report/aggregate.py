@@ -1,7 +1,9 @@
 """Group runs into table rows: per method setting and (dataset, shots, train eps), mean and std over seeds.
 
-- A **column** is one number a record gives: ``clean`` or ``<attack>-<steps>@<eps>``
-  (``aa@4`` for parameter-free attacks), with `` [<prompt>]`` appended for an
+- A **column** is one number a record gives, named by
+  :func:`ampt.attacks.naming.column_name`: ``clean``, ``<attack>-<steps>@<eps>``
+  (``aa@4`` for parameter-free attacks; ``pgd-100x5@4`` with restarts,
+  ``aa-custom(apgd-ce,apgd-t)@4``, ``pgd-100+bpda@4``), with `` [<prompt>]`` appended for an
   evaluation with another prompt than the run's own (a template, AMPT's
   ``uniform``). Only ``split: test`` records count. When one run holds several
   records for a column (a subset and the full test set), the one on most
@@ -25,7 +27,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from .audit_table import current_audit
 from .collect import Run
+from .protocols import Protocol, assign_protocols
+from ..attacks.naming import column_name, parse_column
 from ..errors import UserError
 
 CLEAN = "clean"
@@ -62,6 +67,10 @@ class Row:
     stats: Dict[Tuple[str, str], Stat] = field(default_factory=dict)  # (record subsample, column) -> Stat
     n_datasets: int = 1  # averages: datasets averaged
     of_datasets: int = 1  # averages: datasets in the group
+    protocol: str = ""  # the runs' protocol label (ampt.report.protocols)
+    protocol_info: Optional[Protocol] = None
+    runs: List[Run] = field(default_factory=list, repr=False)  # the finished runs whose numbers the row holds
+    audits: Dict[int, Dict[str, Any]] = field(default_factory=dict, repr=False)  # seed -> its current audit
 
     @property
     def is_average(self) -> bool:
@@ -72,12 +81,8 @@ class Row:
 
 
 def column_id(record: Dict[str, Any], own_prompt: str) -> str:
-    attack = str(record.get("attack", "?"))
-    if attack == CLEAN:
-        name = CLEAN
-    else:
-        eps, steps = float(record.get("eps") or 0), int(record.get("steps") or 0)
-        name = f"{attack}-{steps}@{eps:g}" if steps else f"{attack}@{eps:g}"
+    """The record's column: :func:`ampt.attacks.naming.column_name` plus `` [prompt]`` / `` [precision]``."""
+    name = column_name(record)
     prompt = record.get("prompt")
     if prompt not in (None, "learned", own_prompt):
         name = f"{name} [{prompt}]"
@@ -88,13 +93,16 @@ def column_id(record: Dict[str, Any], own_prompt: str) -> str:
 
 
 def column_order(column: str) -> Tuple:
-    """clean first, then by attack name, eps, steps; prompt variants after the run's own."""
-    base, _, prompt = column.partition(" [")
-    if base == CLEAN:
-        return (bool(prompt), 0, "", 0.0, 0, prompt)
-    name, _, eps = base.partition("@")
-    attack, _, steps = name.partition("-")
-    return (bool(prompt), 1, attack, float(eps or 0), int(steps or 0), prompt)
+    """clean first, then by attack name, eps, steps, restarts, EOT, BPDA, options; prompt variants after.
+
+    Index 3 of the key is the eps and index 4 the steps (callers read them).
+    """
+    base, _, suffix = column.partition(" [")
+    parsed = parse_column(base)
+    if parsed is None:  # not a column name of ampt.attacks.naming: after the named ones, by text
+        return (bool(suffix), 2, base, 0.0, 0, 1, 1, False, "", suffix)
+    return (bool(suffix), 0 if parsed["attack"] == CLEAN else 1, parsed["attack"], parsed["eps"], parsed["steps"],
+            parsed["restarts"], parsed["eot"], parsed["bpda"], parsed["options"], suffix)
 
 
 def dataset_order(name: str) -> Tuple[int, str]:
@@ -123,20 +131,24 @@ def harmonic_mean(a: Optional[float], b: Optional[float]) -> Optional[float]:
     return 0.0 if a + b == 0 else 2 * a * b / (a + b)
 
 
-def _counted_values(run: Run) -> Dict[Tuple[str, str, str], Tuple[int, float]]:
-    """``(eval dataset, record subsample, column) -> (images, accuracy)`` of one run (most images wins)."""
+def counted_records(run: Run) -> Dict[Tuple[str, str, str], Dict[str, Any]]:
+    """``(eval dataset, record subsample, column) -> record`` of one run: the record that counts (most images)."""
     own = str(run.records[0].get("prompt") or "learned") if run.records else "learned"
-    best: Dict[Tuple[str, str, str], Tuple[int, float]] = {}
+    best: Dict[Tuple[str, str, str], Dict[str, Any]] = {}
     for record in run.records:
         if record.get("split", "test") != "test" or not isinstance(record.get("accuracy"), (int, float)):
             continue
         dataset = str(record.get("dataset") or run.dataset)
         default = run.subsample if dataset == run.dataset else "all"
         key = (dataset, str(record.get("subsample") or default), column_id(record, own))
-        n = int(record.get("n_samples") or 0)
-        if key not in best or n >= best[key][0]:
-            best[key] = (n, float(record["accuracy"]))
+        if key not in best or int(record.get("n_samples") or 0) >= int(best[key].get("n_samples") or 0):
+            best[key] = record
     return best
+
+
+def _counted_values(run: Run) -> Dict[Tuple[str, str, str], Tuple[int, float]]:
+    """``(eval dataset, record subsample, column) -> (images, accuracy)`` of one run (most images wins)."""
+    return {k: (int(r.get("n_samples") or 0), float(r["accuracy"])) for k, r in counted_records(run).items()}
 
 
 def run_values(run: Run) -> Dict[Tuple[str, str, str], float]:
@@ -159,12 +171,15 @@ def subset_columns(runs: Iterable[Run]) -> Dict[str, List[int]]:
     return {column: sorted(n) for column, n in sorted(sizes.items())}
 
 
-RowKey = Tuple[str, str, str, int, float, str]  # method, dataset, train dataset, shots, train eps, subsample
+# method, dataset, train dataset, shots, train eps, subsample, protocol (label, backbone, robust)
+RowKey = Tuple[str, str, str, int, float, str, Tuple]
 
 
 def _row_keys(run: Run) -> List[RowKey]:
+    """A row per method and cell; runs of other protocols or backbones never share one."""
     datasets = {d for d, _, _ in run_values(run)} or {run.dataset}
-    return [(run.method, d, run.dataset, run.shots, run.train_eps, run.subsample) for d in sorted(datasets)]
+    protocol = (run.protocol.label, *run.protocol.backbone_key) if run.protocol is not None else ("", "", None)
+    return [(run.method, d, run.dataset, run.shots, run.train_eps, run.subsample, protocol) for d in sorted(datasets)]
 
 
 def expected_seeds(runs: Iterable[Run], expected: Optional[Sequence[int]]) -> Dict[Tuple[str, int, str], List[int]]:
@@ -182,6 +197,7 @@ def build_rows(runs: Sequence[Run], std: str = "sample", expected: Optional[Sequ
     """One :class:`Row` per method setting and (dataset, shots, train eps, trained classes), sorted."""
     if std not in STD_KINDS:
         raise UserError(f'std "{std}" is not valid; valid: {", ".join(STD_KINDS)}')
+    assign_protocols(runs)
     members: Dict[RowKey, List[Run]] = defaultdict(list)
     for run in runs:
         for key in _row_keys(run):
@@ -194,13 +210,14 @@ def build_rows(runs: Sequence[Run], std: str = "sample", expected: Optional[Sequ
 def row_order(row: "Row") -> Tuple:
     """Table order: shots, then per dataset (CoOp's order; averages last) the methods by train eps."""
     return (row.subsample, row.shots, row.is_average, row.train_dataset != row.dataset, row.train_dataset,
-            dataset_order(row.dataset), row.train_eps, method_order(row.method))
+            dataset_order(row.dataset), row.train_eps, method_order(row.method), row.protocol)
 
 
 def _make_row(key: RowKey, runs: List[Run], std: str, expected: List[int]) -> Row:
-    method, dataset, train_dataset, shots, train_eps, subsample = key
+    method, dataset, train_dataset, shots, train_eps, subsample, protocol = key
     row = Row(method, dataset, train_dataset, shots, train_eps, subsample,
-              migrated=next((r.source for r in runs if r.source), ""))
+              migrated=next((r.source for r in runs if r.source), ""), protocol=protocol[0],
+              protocol_info=runs[0].protocol)
     by_column: Dict[Tuple[str, str], Dict[int, float]] = defaultdict(dict)
     for run in sorted(runs, key=lambda r: (r.seed is None, r.seed or 0, str(r.path))):
         seed = run.seed if run.seed is not None else -1
@@ -217,6 +234,10 @@ def _make_row(key: RowKey, runs: List[Run], std: str, expected: List[int]) -> Ro
             by_column[(sub, column)][seed] = value
             if seed not in row.seeds:
                 row.seeds.append(seed)
+                row.runs.append(run)
+                audit = current_audit(run)
+                if audit is not None:
+                    row.audits[seed] = audit
     row.stats = {k: make_stat([v[s] for s in sorted(v)], std) for k, v in by_column.items()}
     row.seeds.sort()
     row.unfinished = sorted(set(row.unfinished) - set(row.seeds))
@@ -235,10 +256,11 @@ def average_rows(rows: Sequence[Row]) -> List[Row]:
         datasets = {r.dataset for r in group}
         if len(datasets) < 2:
             continue
-        by_method: Dict[str, List[Row]] = defaultdict(list)
-        for row in group:
-            by_method[row.method].append(row)
-        for method, members in by_method.items():
+        by_method: Dict[Tuple, List[Row]] = defaultdict(list)
+        for row in group:  # one method of two protocols (backbones) is averaged per protocol
+            info = row.protocol_info
+            by_method[(row.method, row.protocol, info.backbone_key if info else ())].append(row)
+        for (method, *_), members in by_method.items():
             averages.append(_average(method, members, cross, len(datasets)))
     return sorted(averages, key=row_order)
 
@@ -247,7 +269,8 @@ def _average(method: str, members: List[Row], cross: str, of_datasets: int) -> R
     first = members[0]
     label = f"Average (from {cross})" if cross else "Average"
     row = Row(method, label, cross or label, first.shots, first.train_eps, first.subsample, first.migrated,
-              n_datasets=len(members), of_datasets=of_datasets)
+              n_datasets=len(members), of_datasets=of_datasets, protocol=first.protocol,
+              protocol_info=first.protocol_info)
     columns = {k for r in members for k in r.stats}
     for key in columns:
         means = [r.stats[key].mean for r in members if key in r.stats]

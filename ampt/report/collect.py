@@ -41,6 +41,9 @@ class Run:
     method: str = ""  # an explicit label (run.method in results.json); else derived by ampt.report.methods
     source: str = ""  # "" for this toolkit's runs; "CoOp log" / "APT log" for migrated ones
     subsample: str = "all"  # the classes it was trained on (base-to-new)
+    meta: Dict[str, Any] = field(default_factory=dict)  # the whole run block of results.json
+    audit: List[Dict[str, Any]] = field(default_factory=list)  # results.json's "audit" entries (python -m ampt.audit)
+    protocol: Optional[Any] = None  # its ampt.report.protocols.Protocol, set when rows are built
 
     @property
     def router_stats(self) -> Optional[Path]:
@@ -98,6 +101,7 @@ def read_results_run(run_dir: Path) -> Optional[Run]:
         records=[r for r in data["records"] if isinstance(r, dict)], settings=settings,
         method=str(meta.get("method") or ""),
         subsample=str(meta.get("subsample") or settings.get("DATASET.SUBSAMPLE_CLASSES") or "all"),
+        meta=dict(meta), audit=[e for e in data.get("audit") or [] if isinstance(e, dict)],
     )
 
 

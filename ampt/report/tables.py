@@ -7,6 +7,8 @@ import json
 from typing import Any, Dict, List, Optional
 
 from .aggregate import Row, Stat, row_harmonic_mean, row_order
+from .protocols import label_title
+from .audit_table import AUDIT_CAPTION, audit_cells, audit_header, audit_json, check_names
 from ..errors import UserError
 from .model import (Report, b2n_cells, b2n_header, b2n_values, fewshot_cells,
                     fewshot_header, flags_text)
@@ -50,28 +52,56 @@ def _sections(report: Report, pm: str = "±") -> List[tuple]:
     return sections
 
 
+def _audit_rows(report: Report) -> List[Row]:
+    return sorted(report.rows, key=row_order) + sorted(report.b2n_rows, key=row_order)
+
+
 def markdown(report: Report) -> str:
+    """The tables; with several protocols (and no ``mix_protocols``) one ``### Protocol: ...`` heading each."""
     from tabulate import tabulate
 
     if not report.runs:
         return "No runs found (no results.json, and no CoOp/APT log.txt)."
     parts = []
-    for title, caption, header, blocks in _sections(report):
-        body = [cells for block in blocks for cells in block]
-        parts.append(f"{title}. {caption}\n\n{tabulate(body, headers=header, tablefmt='github', disable_numparse=True)}")
+    parts_of = report.split()
+    for part in parts_of:
+        if len(parts_of) > 1:
+            parts.append(f"### Protocol: {label_title(part.protocol)}")
+        for title, caption, header, blocks in _sections(part):
+            body = [cells for block in blocks for cells in block]
+            parts.append(f"{title}. {caption}\n\n"
+                         f"{tabulate(body, headers=header, tablefmt='github', disable_numparse=True)}")
+    if report.show_audit:
+        rows = _audit_rows(report)
+        checks = check_names(rows)
+        body = [audit_cells(row, checks) for row in rows]
+        parts.append(f"Audit. {AUDIT_CAPTION}\n\n"
+                     f"{tabulate(body, headers=audit_header(checks), tablefmt='github', disable_numparse=True)}")
     return "\n\n".join(parts)
 
 
 # ---------------------------------------------------------------- csv
 CSV_FIELDS = ("table", "method", "dataset", "train_dataset", "shots", "train_eps", "trained_classes", "classes",
-              "column", "mean", "std", "n", "seeds", "missing_seeds", "unfinished_seeds", "flags")
+              "column", "mean", "std", "n", "seeds", "missing_seeds", "unfinished_seeds", "flags", "protocol",
+              "protocol_tables")
 
 
-def _csv_lines(table: str, row: Row, entries: Dict[tuple, Any]) -> List[Dict[str, Any]]:
+def _tables_of(report: Report) -> Dict[int, List[str]]:
+    """``id(row) -> the protocol tables it is shown in`` (a baseline may be in several)."""
+    out: Dict[int, List[str]] = {}
+    for group in report.protocol_groups():
+        for row in group.rows:
+            out.setdefault(id(row), []).append(group.label)
+    return out
+
+
+def _csv_lines(table: str, row: Row, entries: Dict[tuple, Any],
+               tables: Optional[Dict[int, List[str]]] = None) -> List[Dict[str, Any]]:
     common = {"table": table, "method": row.method, "dataset": row.dataset, "train_dataset": row.train_dataset,
               "shots": row.shots, "train_eps": f"{row.train_eps:g}", "trained_classes": row.subsample,
               "seeds": " ".join(map(str, row.seeds)), "missing_seeds": " ".join(map(str, row.missing)),
-              "unfinished_seeds": " ".join(map(str, row.unfinished)), "flags": flags_text(row)}
+              "unfinished_seeds": " ".join(map(str, row.unfinished)), "flags": flags_text(row),
+              "protocol": row.protocol, "protocol_tables": " ".join((tables or {}).get(id(row), [row.protocol]))}
     lines = []
     for (classes, column), value in entries.items():
         stat = value if isinstance(value, Stat) else None
@@ -89,17 +119,18 @@ def to_csv(report: Report) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
+    tables = _tables_of(report)
     for row in report.rows + report.averages:
         entries: Dict[tuple, Any] = dict(row.stats)
         if report.hm_attack:
             entries[("all", f"HM({report.hm_attack})")] = row_harmonic_mean(row, report.hm_attack)
-        writer.writerows(_csv_lines("few-shot", row, entries))
+        writer.writerows(_csv_lines("few-shot", row, entries, tables))
     for row in report.b2n_rows + report.b2n_averages:
         entries = {}
         for column, parts in b2n_values(report, row).items():
             entries.update({("base", column): parts["base"], ("new", column): parts["new"],
                             ("base,new", f"HM({column})"): parts["HM"]})
-        writer.writerows(_csv_lines("base-to-new", row, entries))
+        writer.writerows(_csv_lines("base-to-new", row, entries, tables))
     for router in report.router_rows:
         common = {"table": "router", "method": router.method, "dataset": router.dataset, "train_dataset": "",
                   "shots": router.shots, "train_eps": f"{router.train_eps:g}", "trained_classes": "all",
@@ -134,9 +165,9 @@ def _latex_table(caption: str, header: List[str], blocks: List[List[List[str]]])
 
 
 def latex(report: Report) -> str:
-    """One booktabs ``table`` per section (needs ``\\usepackage{booktabs}``)."""
-    return "\n\n".join(_latex_table(caption, header, blocks)
-                         for _, caption, header, blocks in _sections(report, pm=PM)) + "\n"
+    """One booktabs ``table`` per section and protocol (needs ``\\usepackage{booktabs}``); no audit table."""
+    return "\n\n".join(_latex_table(caption, header, blocks) for part in report.split()
+                         for _, caption, header, blocks in _sections(part, pm=PM)) + "\n"
 
 
 # ---------------------------------------------------------------- json
@@ -144,8 +175,10 @@ def _stat_json(stat: Optional[Stat]) -> Optional[Dict[str, Any]]:
     return None if stat is None else {"mean": stat.mean, "std": stat.std, "n": stat.n, "values": stat.values}
 
 
-def _row_json(row: Row) -> Dict[str, Any]:
-    return {"method": row.method, "dataset": row.dataset, "train_dataset": row.train_dataset, "shots": row.shots,
+def _row_json(row: Row, tables: Optional[Dict[int, List[str]]] = None) -> Dict[str, Any]:
+    return {"protocol": row.protocol, "protocol_info": row.protocol_info.to_dict() if row.protocol_info else None,
+            "protocol_tables": (tables or {}).get(id(row), [row.protocol]), "flags": flags_text(row),
+            "method": row.method, "dataset": row.dataset, "train_dataset": row.train_dataset, "shots": row.shots,
             "train_eps": row.train_eps, "trained_classes": row.subsample, "migrated": row.migrated or None,
             "seeds": row.seeds, "missing_seeds": row.missing, "unfinished_seeds": row.unfinished,
             "notes": row.notes, "n_datasets": row.n_datasets if row.is_average else None,
@@ -154,13 +187,19 @@ def _row_json(row: Row) -> Dict[str, Any]:
 
 
 def report_dict(report: Report) -> Dict[str, Any]:
+    """Everything: rows with their protocol and per-seed values, averages, base-to-new, router, protocol
+    tables (labels and the rows of each, as indices into ``rows`` / ``base_to_new``) and the audit."""
+    tables = _tables_of(report)
+
     def few(row: Row) -> Dict[str, Any]:
-        return {**_row_json(row), "hm": row_harmonic_mean(row, report.hm_attack) if report.hm_attack else None}
+        return {**_row_json(row, tables),
+                "hm": row_harmonic_mean(row, report.hm_attack) if report.hm_attack else None}
 
     def b2n(row: Row) -> Dict[str, Any]:
         parts = b2n_values(report, row)
-        return {**_row_json(row), "base_to_new": {c: {"base": _stat_json(p["base"]), "new": _stat_json(p["new"]),
-                                                      "hm": p["HM"]} for c, p in parts.items()}}
+        return {**_row_json(row, tables),
+                "base_to_new": {c: {"base": _stat_json(p["base"]), "new": _stat_json(p["new"]), "hm": p["HM"]}
+                                for c, p in parts.items()}}
 
     return {"std": report.std, "hm_attack": report.hm_attack, "b2n_attack": report.b2n_attack,
             "columns": report.columns, "caption": report.caption(),
@@ -170,6 +209,12 @@ def report_dict(report: Report) -> Dict[str, Any]:
             "router": [{"method": r.method, "dataset": r.dataset, "shots": r.shots, "train_eps": r.train_eps,
                         "seeds": r.seeds, "columns": {c: _stat_json(r.stats.get(c)) for c in ROUTER_COLUMNS}}
                        for r in report.router_rows],
+            "protocols": [{"label": g.label, "title": g.title,
+                           "rows": [i for i, r in enumerate(report.rows) if any(r is m for m in g.rows)],
+                           "base_to_new": [i for i, r in enumerate(report.b2n_rows) if any(r is m for m in g.rows)]}
+                          for g in report.protocol_groups()],
+            "mix_protocols": report.mix_protocols,
+            "audit": [audit_json(r) for r in _audit_rows(report)],
             "runs": [str(r.path) for r in report.runs]}
 
 
