@@ -212,6 +212,23 @@ class RunResults:
         return True
 
 
+    def add_audit(self, entry: Mapping[str, Any], replace: Any = None, force: bool = False) -> bool:
+        """Append an audit entry (``python -m ampt.audit``) to the ``audit`` list; returns True when written.
+
+        ``replace`` maps an entry to its identity: a stored entry of the same
+        identity is kept (False) unless ``force``, which replaces it. Records are never touched.
+        """
+        with self.locked():
+            data = self.load()
+            audits = [a for a in data.get("audit", []) if isinstance(a, dict)]
+            same = [a for a in audits if replace is not None and replace(a) == replace(entry)]
+            if same and not force:
+                return False
+            data["audit"] = [a for a in audits if not any(a is b for b in same)] + [dict(entry)]
+            self._save(data)
+        return True
+
+
 def backup_stamp() -> str:
     """The suffix of forced-run backups (``results.json.bak-<stamp>``, ``<model>.bak-<stamp>``).
 
