@@ -1,16 +1,8 @@
-"""Attack invariants on a tiny CLIP classifier trained for a second on synthetic data.
-
-The classifier normalizes [0, 1] pixels with CLIP's mean/std inside its
-forward, encodes them with a tiny ``clip`` ViT, and scores them against fixed
-text features of four class prompts (logit scale 100), as the project's
-wrappers do. Its image encoder is trained briefly so that clean accuracy is
-high and the attacks have something to break.
-"""
+"""Attack invariants on a tiny CLIP classifier trained for a second on synthetic data (tests/tiny_classifier.py)."""
 from __future__ import annotations
 
 import logging
 
-import clip
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,11 +10,8 @@ from torch import Tensor, nn
 
 from ampt.attacks import (ATTACK_REGISTRY, CW, PGD, TPGD, AutoAttack, build_attack, ce_loss,
                           margin_loss, pgd_linf)
-from ampt.models.tiny import build_tiny_clip
+from tiny_classifier import CLIP_MEAN, synthetic, trained_classifier
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-CLASSNAMES = ["cat", "dog", "car", "ship"]
 # Every registered attack, a new one included; aa-rand (100 APGD iterations x 20 EOT samples, fixed by its
 # version) is too slow on the ViT and has its own test on a linear model.
 ALL_ATTACKS = sorted(set(ATTACK_REGISTRY.registered_names()) - {"aa-rand"})
@@ -38,32 +27,6 @@ SETTINGS = {"pgd": dict(eps=4, steps=10), "cw": dict(eps=4, steps=10),
 N_AA = 16  # AutoAttack runs on the first images only
 
 
-class TinyClipClassifier(nn.Module):
-    """Pixels in [0, 1] -> logits against fixed, normalized class text features."""
-
-    def __init__(self, clip_model: nn.Module, classnames: list) -> None:
-        super().__init__()
-        self.clip = clip_model
-        self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1))
-        with torch.no_grad():
-            text = clip_model.encode_text(clip.tokenize([f"a photo of a {c}." for c in classnames]))
-        self.register_buffer("text_features", F.normalize(text, dim=-1))
-
-    def forward(self, x: Tensor) -> Tensor:
-        features = F.normalize(self.clip.encode_image((x - self.mean) / self.std), dim=-1)
-        return 100.0 * features @ self.text_features.t()
-
-
-def synthetic(n: int, seed: int, num_classes: int = 4) -> tuple:
-    """Smooth per-class colour patterns (fixed) plus per-image noise (seeded)."""
-    patterns = torch.rand(num_classes, 3, 4, 4, generator=torch.Generator().manual_seed(123))
-    patterns = F.interpolate(patterns, size=32, mode="bilinear", align_corners=False)
-    labels = torch.arange(n) % num_classes
-    noise = torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
-    return (0.5 + 0.3 * (patterns[labels] - 0.5) + 0.1 * noise).clamp(0, 1), labels
-
-
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """On a shared 2-core machine, intra-op threads spin and cost several times the CPU."""
@@ -75,17 +38,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def setup(one_thread):
-    model = TinyClipClassifier(build_tiny_clip(seed=0), CLASSNAMES)
-    x_train, y_train = synthetic(64, seed=0)
-    optimizer = torch.optim.Adam(model.clip.visual.parameters(), lr=1e-3)
-    model.train()
-    for _ in range(40):
-        loss = F.cross_entropy(model(x_train), y_train)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    model.eval()
+    model = trained_classifier()
     images, labels = synthetic(128, seed=1)
     clean = accuracy(model, images, labels)
     assert clean >= 90, f"the tiny classifier did not train (clean accuracy {clean:.1f})"

@@ -298,3 +298,38 @@ def test_image_ids_evaluate_exactly_the_listed_images(runs, tmp_path):
     short.write_text(ids[0] + "\nclass_9/missing.png\n")
     with pytest.raises(ValueError, match=r"ids.txt: class_9/missing.png is not in the test set \(1 of 2"):
         evaluate(run, "--attack", "clean", "--image-ids", short)
+
+
+@pytest.mark.parametrize("method", ["CoOp", "APT"])
+def test_audit_of_an_honest_run_passes_and_is_written_once(runs, tmp_path, method, capsys):
+    from ampt.audit.__main__ import main as audit
+
+    run = _copy(runs[method], tmp_path)
+    # The toy's colour classes differ by more than 2 x 64/255 in every pixel: white stays white at 64/255
+    # (25% robust there), so its large-eps check needs a larger budget than natural images do.
+    argv = [str(run), "--eps", "4", "--n-samples", "12", "--strong-steps", "20", "--restarts", "2",
+            "--large-eps", "192", "--queries", "200"]
+    assert audit(argv) == 0
+    (entry,) = RunResults(run).load()["audit"]
+    statuses = {c["name"]: c["status"] for c in entry["checks"]}
+    assert statuses == {"determinism": "pass", "gradient_health": "pass", "convergence": "pass", "black_box": "pass",
+                        "large_eps": "pass", "transfer": "pass", "declared_parts": "skip"}, entry["checks"]
+    assert entry["status"] == "pass" and entry["n_samples"] == 12 and entry["weights"] == RunResults(run).run.get(
+        "final_weights", entry["weights"])
+    assert entry["transfer_source"].startswith("zero-shot") and entry["settings"]["strong_steps"] == 20
+    out = capsys.readouterr().out
+    assert "| determinism" in out and "audit: pass (no flags), 12 images" in out
+    assert audit(argv) == 0 and len(RunResults(run).load()["audit"]) == 1  # the same audit is not repeated
+    assert "audit: pass" not in capsys.readouterr().out
+    assert audit(argv + ["--force"]) == 0 and len(RunResults(run).load()["audit"]) == 1  # replaced
+    assert audit(argv[:-1] + ["300"]) == 0 and len(RunResults(run).load()["audit"]) == 2  # other settings: added
+
+
+def test_audit_refuses_unknown_checks_and_missing_eps(runs, tmp_path):
+    from ampt.audit.__main__ import main as audit
+
+    run = _copy(runs["CoOp"], tmp_path)
+    with pytest.raises(ValueError, match="unknown audit check determinsm; valid: determinism, gradient_health"):
+        audit([str(run), "--eps", "4", "--checks", "determinsm"])
+    with pytest.raises(ValueError, match="not trained adversarially: give the audit's budget with --eps"):
+        audit([str(run), "--checks", "determinism"])

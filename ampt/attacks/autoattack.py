@@ -127,6 +127,10 @@ class AutoAttack(Attack):
     def _attack_list(self, options: str) -> List[str]:
         return list(VERSION_ATTACKS[self.version])
 
+    def get_logits(self, images: Tensor) -> Tensor:
+        """fp32 logits: the library's buffers are fp32 (a bf16/fp16 model's logits are cast, not its forward)."""
+        return self.model(images).float()
+
     @classmethod
     def check_num_classes(cls, num_classes: int, attacks: Optional[Sequence[str]] = None) -> None:
         attacks = VERSION_ATTACKS.get(cls.version, ()) if attacks is None else attacks

@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strong-steps", type=int, default=500, help="steps of the convergence check's PGD (default 500)")
     p.add_argument("--restarts", type=int, default=5, help="restarts of the convergence check's PGD (default 5)")
     p.add_argument("--queries", type=int, default=5000, help="Square's queries (default 5000)")
+    p.add_argument("--pgd-steps", type=int, default=100, help="steps of the reference PGD (default 100)")
+    p.add_argument("--large-eps", type=float, default=64.0,
+                   help="the large-eps check's budget in 1/255 units (default 64; raise it for synthetic classes "
+                        "that differ by more than twice it in every pixel)")
     p.add_argument("--batch-size", type=int, default=None, help="images per attack batch (default: the run's test batch)")
     p.add_argument("--load-epoch", type=int, default=None, help="checkpoint epoch (default: the deployed model)")
     p.add_argument("--root", default="", help="dataset root (default: the run's DATASET.ROOT)")
@@ -75,7 +79,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.eps is not None:
         check_eps(args.eps, "--eps")
     for flag, value, low in (("--n-samples", args.n_samples, 1), ("--strong-steps", args.strong_steps, 1),
-                             ("--restarts", args.restarts, 1), ("--queries", args.queries, 1), ("--seed", args.seed, 0)):
+                             ("--restarts", args.restarts, 1), ("--queries", args.queries, 1), ("--seed", args.seed, 0),
+                             ("--pgd-steps", args.pgd_steps, 1)):
         if value < low:
             raise UserError(f"{flag} must be >= {low} (got {value})")
     checks = check_names(args.checks)
@@ -90,7 +95,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                     image_ids=args.image_ids)
     chosen = evaluated_images(trainer, plan, run_dir)
     settings = AuditSettings(eps=eps, seed=args.seed, batch_size=args.batch_size or trainer.cfg.DATALOADER.TEST.BATCH_SIZE,
-                             strong_steps=args.strong_steps, strong_restarts=args.restarts,
+                             pgd_steps=args.pgd_steps, strong_steps=args.strong_steps, strong_restarts=args.restarts,
+                             large_eps=check_eps(args.large_eps, "--large-eps"),
                              square_queries=args.queries, checks=checks)
     loaded = getattr(trainer, "loaded_checkpoint", None) or {}
     provenance = {"weights": weights_digest(trainer), "checkpoint_epoch": loaded.get("checkpoint_epoch", run.epoch),
