@@ -203,11 +203,77 @@ def test_submitit_local_executor_runs_a_cell_and_requeues_the_same_cell(tmp_path
 def test_a_base_to_new_record_does_not_answer_an_all_classes_entry():
     from ampt.sweep.cell import record_matches
 
-    record = {"split": "test", "attack": "clean", "n_samples": 10, "prompt": "learned", "subsample": "new"}
+    record = {"split": "test", "attack": "clean", "n_samples": 10, "prompt": "learned", "subsample": "new",
+              "precision": "fp32"}
     assert not record_matches(record, {"attack": "clean"})
     assert record_matches(record, {"attack": "clean", "subsample": "new"})
     assert record_matches({**record, "subsample": "all"}, {"attack": "clean"})
     assert not record_matches({**record, "seed": 1}, {"attack": "clean", "subsample": "new", "seed": 0})
+
+
+def test_a_record_answers_an_entry_only_with_every_setting_of_its_key():
+    from ampt.sweep.cell import record_matches
+
+    pgd = {"split": "test", "attack": "pgd", "eps": 4, "steps": 100, "alpha": 1.0, "n_samples": 10,
+           "prompt": "learned", "precision": "fp32", "seed": 0}
+    assert record_matches(pgd, {"attack": "pgd"}, train_eps=4)  # steps 100 and alpha eps/4 are the defaults
+    assert not record_matches(pgd, {"attack": "pgd"}, train_eps=1)  # the run's training eps is the default eps
+    assert not record_matches(pgd, {"attack": "pgd", "eps": 4, "restarts": 5})
+    assert record_matches({**pgd, "restarts": 5}, {"attack": "pgd", "eps": 4, "restarts": 5})
+    assert not record_matches({**pgd, "precision": "bf16"}, {"attack": "pgd", "eps": 4})
+    assert record_matches({**pgd, "precision": "bf16"}, {"attack": "pgd", "eps": 4, "precision": "bf16"})
+    assert not record_matches({**pgd, "bpda": True}, {"attack": "pgd", "eps": 4})
+    assert not record_matches({k: v for k, v in pgd.items() if k != "precision"}, {"attack": "pgd", "eps": 4})
+    aa_rand = {"split": "test", "attack": "aa-rand", "eps": 4, "steps": 0, "precision": "fp32", "eot_iter": 20}
+    assert not record_matches(aa_rand, {"attack": "aa-rand", "eps": 4})  # aa-rand records eot_iter only in config
+    custom = {"split": "test", "attack": "aa-custom", "eps": 4, "steps": 0, "precision": "fp32",
+              "attack_options": "apgd-ce,apgd-t"}
+    assert record_matches(custom, {"attack": "aa-custom", "eps": 4, "aa_attacks": "apgd-ce, apgd-t"})
+    assert not record_matches(custom, {"attack": "aa-custom", "eps": 4, "aa_attacks": "apgd-ce,apgd-dlr"})
+
+
+def test_evaluate_entries_are_checked_before_anything_runs(tmp_path):
+    base = {"name": "t", "data_root": str(tmp_path), "output_root": str(tmp_path / "out"), "grid": {"dataset": ["Digits"]},
+            "methods": {"CoOp": {"trainer": "CoOp", "config": "configs/trainers/CoOp/digits.yaml"}}}
+    cases = [({"attack": "pgdd"}, 'Unknown attack in an evaluate entry "pgdd". Did you mean "pgd"'),
+             ({"attack": "pgd", "eps": 0.0157}, "looks like a fraction of 1"),
+             ({"attack": "aa", "restarts": 3}, "attack aa takes no restarts"),
+             ({"attack": "aa-custom"}, "aa-custom needs its attacks, e.g. apgd-ce,apgd-t"),
+             ({"audit": {"n_sample": 3}}, 'Unknown key in an audit entry "n_sample". Did you mean "n_samples"'),
+             ({"audit": "yes"}, "audit is true or a mapping")]
+    for entry, message in cases:
+        path = tmp_path / "s.yaml"
+        path.write_text(yaml.safe_dump({**base, "evaluate": [entry]}))
+        with pytest.raises(SweepError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            load_sweep(str(path))
+    path.write_text(yaml.safe_dump({**base, "evaluate": [{"attack": "aa-rand"}, {"attack": "apgd-t", "eps": 1},
+                                                          {"audit": True}, {"audit": {"n_samples": 50}}]}))
+    assert [e.get("attack", "audit") for e in load_sweep(str(path)).evaluate] == ["aa-rand", "apgd-t", "audit", "audit"]
+
+
+def test_a_sweep_asks_for_field_attack_columns_and_an_audit(tmp_path, assets, capsys):
+    """One zero-shot cell (nothing to train) evaluated by apgd-t and aa-rand and audited, then reported."""
+    root, backbone = assets
+    spec = base_sweep(root, tmp_path / "out", backbone, evaluate=[
+        {"attack": "apgd-t", "eps": 4, "steps": 2, "n_samples": 6},
+        {"attack": "aa-rand", "eps": 16, "n_samples": 2},
+        {"audit": {"eps": 4, "n_samples": 6, "pgd_steps": 3, "strong_steps": 3, "restarts": 1, "queries": 20,
+                   "large_eps": 255, "checks": ["determinism", "convergence", "black_box"]}}])
+    spec["grid"]["seed"] = [1]
+    spec["methods"] = {"ZS": {"trainer": "ZeroshotCLIP", "config": "configs/trainers/ZeroshotCLIP/digits.yaml"}}
+    path = write_sweep(tmp_path / "s.yaml", **spec)
+    assert sweep_cli.main(["run", path]) == 0
+    (cell,) = expand(load_sweep(path))
+    data = json.loads((Path(cell.run_dir) / "results.json").read_text())
+    assert sorted(r["column"] for r in data["records"] if r["n_samples"] <= 6) == ["aa-rand@16", "apgd-t-2@4"]
+    (audit,) = data["audit"]
+    assert [c["name"] for c in audit["checks"]] == ["determinism", "convergence", "black_box"]
+    assert audit["settings"]["square_queries"] == 20 and audit["n_samples"] == 6
+    capsys.readouterr()
+    assert sweep_cli.main(["run", path]) == 0 and "this call: 1 skipped" in capsys.readouterr().out
+    assert sweep_cli.main(["report", path, "--columns", "aa-rand@16", "apgd-t-2@4"]) == 0
+    header = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| Method"))
+    assert "aa-rand@16" in header and "apgd-t-2@4" in header
 
 
 def test_the_router_study_sweep_expands_to_its_cells():

@@ -77,7 +77,8 @@ def parse_attack_list(options: str) -> List[str]:
     """``"apgd-ce, apgd-t"`` -> ``["apgd-ce", "apgd-t"]``; an unknown or repeated name is one line with the choices."""
     names = [n.strip() for n in str(options or "").split(",") if n.strip()]
     if not names:
-        raise UserError(f"aa-custom needs its attacks, e.g. --aa-attacks apgd-ce,apgd-t; valid: {', '.join(LIBRARY_ATTACKS)}")
+        raise UserError("aa-custom needs its attacks, e.g. apgd-ce,apgd-t (evaluate.py --aa-attacks, sweep key "
+                        f"aa_attacks); valid: {', '.join(LIBRARY_ATTACKS)}")
     unknown = [n for n in names if n not in LIBRARY_ATTACKS]
     if unknown:
         raise UserError(f"aa-custom: unknown attack {', '.join(unknown)}; valid: {', '.join(LIBRARY_ATTACKS)}")

@@ -1,4 +1,4 @@
-"""One cell: ``train.py`` (unless finished), then the missing ``evaluate.py`` records, with retries;
+"""One cell: ``train.py`` (unless finished), then the missing ``evaluate.py`` records and audits, with retries;
 a complete cell's results.json is labelled with its method (``run.method``, what the report shows).
 
 Outcomes: ``skipped`` (finished and evaluated before), ``done``, ``running
@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
 from ..results import RunResults
+from .requests import audit_answers, audit_command, is_audit, record_answers
+from .requests import evaluate_command as build_evaluate_command
 from .runspec import REPO_ROOT
 from .spec import Cell
 from .state import CellState, LockBusy
@@ -40,25 +42,28 @@ class StepFailed(RuntimeError):
         self.returncode, self.tail = returncode, tail
 
 
-def record_matches(record: Mapping[str, Any], entry: Mapping[str, Any]) -> bool:
-    """Whether a results.json record answers an ``evaluate`` entry (test split, same settings)."""
-    if record.get("split") != "test" or record.get("attack") != entry["attack"]:
-        return False
-    if entry["attack"] != "clean":
-        for field in ("eps", "steps", "alpha"):
-            if field in entry and float(record.get(field, -1)) != float(entry[field]):
-                return False
-    for field in ("n_samples", "prompt", "seed"):
-        if field in entry and record.get(field) != entry[field]:
-            return False
-    return record.get("subsample", "all") == entry.get("subsample", "all")
+def record_matches(record: Mapping[str, Any], entry: Mapping[str, Any], train_eps: Optional[float] = None) -> bool:
+    """Whether a results.json record answers an ``evaluate`` entry (:func:`ampt.sweep.requests.record_answers`)."""
+    return record_answers(record, entry, train_eps)
 
 
 def missing_evaluations(cell: Cell) -> List[Dict[str, Any]]:
-    results = RunResults(cell.run_dir)
-    dataset = results.run.get("dataset")
-    records = [r for r in results.records if dataset is None or r.get("dataset") == dataset]
-    return [e for e in cell.evaluate if not any(record_matches(r, e) for r in records)]
+    """The cell's ``evaluate`` entries (evaluations and audits) its results.json does not answer yet."""
+    data = RunResults(cell.run_dir).load()
+    dataset, train_eps = data["run"].get("dataset"), data["run"].get("train_eps")
+    records = [r for r in data["records"] if dataset is None or r.get("dataset") == dataset]
+    audits = [a for a in data.get("audit", []) if isinstance(a, dict)]
+    final = data["run"].get("final_weights")
+    audits = [a for a in audits if final is None or a.get("weights") in (None, final)]
+    missing = []
+    for entry in cell.evaluate:
+        if is_audit(entry):
+            answered = any(audit_answers(a, entry, train_eps) for a in audits)
+        else:
+            answered = any(record_matches(r, entry, train_eps) for r in records)
+        if not answered:
+            missing.append(entry)
+    return missing
 
 
 def is_complete(cell: Cell) -> bool:
@@ -66,12 +71,10 @@ def is_complete(cell: Cell) -> bool:
 
 
 def evaluate_command(cell: Cell, entry: Mapping[str, Any]) -> List[str]:
-    cmd = [sys.executable, str(REPO_ROOT / "evaluate.py"), cell.run_dir, "--attack", str(entry["attack"]),
-           "--root", cell.spec.data_root]
-    for key in ("eps", "steps", "alpha", "n_samples", "prompt", "batch_size", "subsample", "seed"):
-        if key in entry:
-            cmd += [f"--{key.replace('_', '-')}", str(entry[key])]
-    return cmd
+    """``evaluate.py`` for an evaluation entry, ``python -m ampt.audit`` for an audit entry."""
+    if is_audit(entry):
+        return audit_command(cell.run_dir, cell.spec.data_root, entry)
+    return build_evaluate_command(cell.run_dir, cell.spec.data_root, entry)
 
 
 # Config keys the report already tells runs apart by (its table cell), so a method label leaves them out.
@@ -116,7 +119,8 @@ def _attempt(cell: Cell, state: CellState, env: Mapping[str, str]) -> None:
     if not RunResults(cell.run_dir).finished:
         _run_step("train.py", cell.spec.train_command(Path(cell.run_dir)), state.log_path, env)
     for entry in missing_evaluations(cell):
-        _run_step("evaluate.py", evaluate_command(cell, entry), state.log_path, env)
+        _run_step("python -m ampt.audit" if is_audit(entry) else "evaluate.py", evaluate_command(cell, entry),
+                  state.log_path, env)
 
 
 def _attempts(cell: Cell, state: CellState, retries: int, retry_delay_s: float, env: Mapping[str, str]) -> str:

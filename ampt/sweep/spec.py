@@ -14,12 +14,12 @@ import yaml
 
 from ..config_paths import config_roots, find_config, list_configs
 from ..registry import unknown_name_message
+from .requests import AUDIT_KEYS, EVAL_KEYS
 from .runspec import REPO_ROOT, RunSpec
 
 TOP_KEYS = ("name", "data_root", "output_root", "grid", "methods", "evaluate", "executor", "retries",
             "retry_delay_s", "prepare", "backbone", "opts", "dataset_config", "epochs")
 METHOD_KEYS = ("trainer", "config", "opts", "grid", "epochs", "backbone")
-EVAL_KEYS = ("attack", "eps", "steps", "alpha", "n_samples", "prompt", "batch_size", "subsample", "seed")
 NAMED_AXES = ("dataset", "shots", "seed")
 PREPARE_CHOICES = ("digits-demo",)
 
@@ -164,10 +164,50 @@ def _evaluate(path: str, raw: Any) -> List[Dict[str, Any]]:
     if not isinstance(entries, list):
         raise _fail(path, "evaluate is a list of {attack: ..., eps: ..., steps: ...}")
     for entry in entries:
+        if isinstance(entry, Mapping) and "audit" in entry:
+            _check_audit(path, entry)
+            continue
         if not isinstance(entry, Mapping) or "attack" not in entry:
-            raise _fail(path, f"evaluate entry {entry!r} needs an 'attack' (clean, pgd, cw, tpgd, aa)")
+            raise _fail(path, f"evaluate entry {entry!r} needs an 'attack' ({', '.join(_attack_names())}) "
+                              "or is an audit entry (audit: true)")
         _check_keys(path, "an evaluate entry", entry, EVAL_KEYS)
+        _check_attack_entry(path, entry)
     return [dict(e) for e in entries]
+
+
+def _attack_names() -> List[str]:
+    from ..attacks import ATTACK_REGISTRY
+
+    return ["clean", *ATTACK_REGISTRY.registered_names()]
+
+
+def _check_attack_entry(path: str, entry: Mapping[str, Any]) -> None:
+    """The attack and its settings, checked before anything runs (evaluate.py would refuse them after training)."""
+    from ..errors import UserError
+    from ..evaluation.robust_accuracy import AttackSpec
+
+    if entry["attack"] not in _attack_names():
+        raise _fail(path, unknown_name_message("attack in an evaluate entry", str(entry["attack"]), _attack_names()))
+    if entry["attack"] == "clean":
+        return
+    try:
+        AttackSpec(str(entry["attack"]), eps=float(entry.get("eps", 4)), steps=entry.get("steps"),
+                   alpha=entry.get("alpha"), restarts=int(entry.get("restarts", 1)),
+                   eot_iter=int(entry.get("eot_iter", 1)), options=str(entry.get("aa_attacks", "")),
+                   bpda=bool(entry.get("bpda", False)))
+    except (UserError, ValueError, TypeError) as err:
+        raise _fail(path, f"evaluate entry {dict(entry)!r}: {err}") from None
+
+
+def _check_audit(path: str, entry: Mapping[str, Any]) -> None:
+    _check_keys(path, "an audit entry", entry, ("audit",))
+    options = entry["audit"]
+    if options is True or options is None:
+        return
+    if not isinstance(options, Mapping):
+        raise _fail(path, f"audit entry {dict(entry)!r}: audit is true or a mapping of its settings "
+                          f"({', '.join(AUDIT_KEYS)})")
+    _check_keys(path, "an audit entry", options, AUDIT_KEYS)
 
 
 def load_sweep(path: str) -> Sweep:

@@ -334,7 +334,8 @@ class AdversarialClipTrainer(ClipTrainer):
                                         desc=f"test ({split}): {spec.label}", observer=self.robust_test_observer())
         logger.info("%s: %.2f%% (%d images, %.1f s)", spec.label, outcome.accuracy, outcome.n_samples, outcome.seconds)
         self.write_scalar(f"{split}/robust_accuracy", outcome.accuracy, self.epoch)
-        extra = {"label": spec.label, "attack_prompt": LEARNED, "seconds": round(outcome.seconds, 2), "seed": seed}
+        extra = {"label": spec.label, "column": spec.column, "attack_prompt": LEARNED,
+                 "seconds": round(outcome.seconds, 2), "seed": seed, **outcome.extra}
         if spec.alpha is not None:
             extra["alpha"] = round(spec.alpha, 4)
         self.record_result(split, spec.name, spec.eps, spec.steps, outcome.n_samples, outcome.accuracy, **extra)

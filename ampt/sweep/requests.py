@@ -1,0 +1,121 @@
+"""What a sweep's ``evaluate`` entry asks for, whether a run's results.json already answers it, and its command.
+
+An entry is either an evaluation (``attack: ...``, run by ``evaluate.py``)
+or an audit (``audit: true`` or ``audit: {n_samples: 200, ...}``, run by
+``python -m ampt.audit``). An evaluation is answered by a record whose key
+(:data:`ampt.results.RECORD_KEY_FIELDS`) holds every setting the entry
+gives, its unset settings at the values evaluate.py would use (steps 100 or
+the attack's own, alpha eps/4, 1 restart, no EOT or BPDA, fp32, all classes,
+the run's training eps); an audit by an audit entry of the same eps, images,
+seed and settings.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
+
+from ..evaluation.image_lists import list_digest, read_image_ids
+from ..evaluation.robust_accuracy import CLEAN, AttackSpec
+from ..results import KEY_DEFAULTS, _norm
+from .runspec import REPO_ROOT
+
+EVAL_KEYS = ("attack", "eps", "steps", "alpha", "n_samples", "prompt", "batch_size", "subsample", "seed",
+             "restarts", "eot_iter", "aa_attacks", "bpda", "image_ids", "precision")
+AUDIT_KEYS = ("eps", "n_samples", "seed", "image_ids", "strong_steps", "restarts", "queries", "pgd_steps",
+              "large_eps", "checks", "batch_size", "prompt")
+AUDIT_DEFAULTS = {"n_samples": 200, "seed": 0}
+
+
+def is_audit(entry: Mapping[str, Any]) -> bool:
+    return "audit" in entry
+
+
+def audit_options(entry: Mapping[str, Any]) -> Dict[str, Any]:
+    """``audit: true`` -> ``{}``; ``audit: {...}`` -> its settings."""
+    options = entry["audit"]
+    return dict(options) if isinstance(options, Mapping) else {}
+
+
+def requested_key(entry: Mapping[str, Any], train_eps: Optional[float]) -> Dict[str, Any]:
+    """The record-key fields an evaluation entry fixes (:mod:`ampt.results`), defaults resolved."""
+    attack = str(entry["attack"])
+    key: Dict[str, Any] = {"attack": attack, "subsample": entry.get("subsample", "all"),
+                           "precision": entry.get("precision", "fp32"), "image_list": image_list_key(entry)}
+    for field in ("n_samples", "prompt", "seed"):
+        if field in entry:
+            key[field] = entry[field]
+    if attack == CLEAN:
+        return key
+    eps = entry.get("eps", train_eps)
+    spec = AttackSpec(attack, eps=float(eps or 0), steps=entry.get("steps"), alpha=entry.get("alpha"),
+                      restarts=int(entry.get("restarts", 1)), eot_iter=int(entry.get("eot_iter", 1)),
+                      options=str(entry.get("aa_attacks", "")), bpda=bool(entry.get("bpda", False)))
+    key.update({"steps": spec.steps, "restarts": spec.restarts, "eot_iter": spec.eot_iter,
+                "attack_options": spec.options, "bpda": spec.bpda})
+    if eps is not None:
+        key["eps"] = spec.eps
+    if spec.alpha is not None and (eps is not None or "alpha" in entry):
+        key["alpha"] = spec.alpha
+    return key
+
+
+def image_list_key(entry: Mapping[str, Any]) -> Optional[str]:
+    path = entry.get("image_ids")
+    return list_digest(read_image_ids(Path(path)))[:16] if path else None
+
+
+def record_answers(record: Mapping[str, Any], entry: Mapping[str, Any], train_eps: Optional[float] = None) -> bool:
+    """Whether a results.json record answers an evaluation entry (see the module docstring)."""
+    if record.get("split") != "test":
+        return False
+    for field, value in requested_key(entry, train_eps).items():
+        stored = record.get(field, KEY_DEFAULTS.get(field))
+        if field == "alpha" and stored is None:
+            continue  # records older than alpha in the key: any alpha
+        if _norm(stored) != _norm(value):
+            return False
+    return True
+
+
+def audit_answers(audit: Mapping[str, Any], entry: Mapping[str, Any], train_eps: Optional[float] = None) -> bool:
+    """Whether a stored audit entry answers an ``audit`` entry of the sweep (same eps, images, seed, settings)."""
+    options = audit_options(entry)
+    eps = options.get("eps", train_eps)
+    if eps is not None and _norm(audit.get("eps")) != _norm(eps):
+        return False
+    wanted = {**AUDIT_DEFAULTS, **{k: v for k, v in options.items() if k in ("n_samples", "seed")}}
+    if options.get("image_ids"):
+        if audit.get("images_sha256") != list_digest(read_image_ids(Path(options["image_ids"]))):
+            return False
+        wanted.pop("n_samples")
+    if any(audit.get(k) != v for k, v in wanted.items()):
+        return False
+    settings = audit.get("settings", {})
+    for option, setting in (("strong_steps", "strong_steps"), ("restarts", "strong_restarts"),
+                            ("queries", "square_queries"), ("pgd_steps", "pgd_steps"), ("large_eps", "large_eps")):
+        if option in options and _norm(settings.get(setting)) != _norm(options[option]):
+            return False
+    return True
+
+
+def evaluate_command(run_dir: str, data_root: str, entry: Mapping[str, Any]) -> List[str]:
+    cmd = [sys.executable, str(REPO_ROOT / "evaluate.py"), run_dir, "--attack", str(entry["attack"]),
+           "--root", data_root]
+    for key in ("eps", "steps", "alpha", "n_samples", "prompt", "batch_size", "subsample", "seed", "restarts",
+                "eot_iter", "aa_attacks", "image_ids", "precision"):
+        if key in entry:
+            cmd += [f"--{key.replace('_', '-')}", str(entry[key])]
+    if entry.get("bpda"):
+        cmd.append("--bpda")
+    return cmd
+
+
+def audit_command(run_dir: str, data_root: str, entry: Mapping[str, Any]) -> List[str]:
+    cmd = [sys.executable, "-m", "ampt.audit", run_dir, "--root", data_root]
+    for key, value in audit_options(entry).items():
+        if key == "checks":
+            cmd += ["--checks", *([value] if isinstance(value, str) else [str(v) for v in value])]
+        else:
+            cmd += [f"--{key.replace('_', '-')}", str(value)]
+    return cmd
