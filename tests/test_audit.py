@@ -4,7 +4,7 @@ The broken models are built from the tiny trained CLIP classifier of tests/tiny_
 an 8-bit input quantizer (zero gradients), a random input transform (non-determinism), a softmax
 saturated in fp16 by a huge logit scale (vanishing gradients) and a model whose robustness holds
 only against white-box attacks (decoy gradients, which Square breaks). The audit settings are
-small (64 images, PGD-20, PGD-50 x2, Square 300 queries) so that the file runs in seconds.
+small (40 images, PGD-20, PGD-40 x2, Square 300 queries) so that the file runs in seconds.
 """
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ from ampt.audit import AuditSettings, audit_table, run_audit
 from ampt.models.parts import NonDifferentiable
 from tiny_classifier import synthetic, trained_classifier
 
-N_IMAGES = 64
+N_IMAGES = 40
 
 
 def settings(**overrides) -> AuditSettings:
-    values = dict(eps=4, batch_size=N_IMAGES, pgd_steps=20, strong_steps=50, strong_restarts=2, square_queries=300,
+    values = dict(eps=4, batch_size=N_IMAGES, pgd_steps=20, strong_steps=40, strong_restarts=2, square_queries=300,
                   eot_iter=4)
     return AuditSettings(**{**values, **overrides})
 
