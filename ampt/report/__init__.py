@@ -40,14 +40,15 @@ def load_report(roots: Iterable[os.PathLike], std: str = "sample", hm_attack: Op
 
     ``method_labels``: run folder -> method label, ahead of ``run.method`` and the derived labels.
     """
-    runs = collect_runs(roots)
+    skipped: list = []
+    runs = collect_runs(roots, skipped)
     if method_labels:
         resolved = {str(Path(folder).resolve()): label for folder, label in method_labels.items()}
         for run in runs:
             run.method = resolved.get(str(Path(run.path).resolve()), run.method)
     runs = assign_methods(runs)
     return make_report(runs, std=std, hm_attack=hm_attack, expected_seeds=expected_seeds, columns=columns,
-                       mix_protocols=mix_protocols, show_audit=show_audit)
+                       mix_protocols=mix_protocols, show_audit=show_audit, skipped=skipped)
 
 
 def build_report(roots: Iterable[os.PathLike], fmt: str = "markdown", plots_dir: Optional[os.PathLike] = None,
@@ -71,6 +72,10 @@ def build_report(roots: Iterable[os.PathLike], fmt: str = "markdown", plots_dir:
     """
     if fmt not in FORMATS:
         raise UserError(f'--format "{fmt}" is not valid; valid: {", ".join(FORMATS)}')
+    if plots_dir is not None:
+        from .plots import check_plots_dir
+
+        check_plots_dir(Path(plots_dir))
     report = load_report(roots, std=std, hm_attack=hm_attack, expected_seeds=expected_seeds, columns=columns,
                          mix_protocols=mix_protocols, show_audit=show_audit)
     if plots_dir is not None:

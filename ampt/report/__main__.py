@@ -9,6 +9,7 @@ from typing import List, Mapping, Optional
 
 from ..errors import UserError
 from ..utils.cli import run_cli
+from ..utils.io import write_text_atomic
 from .aggregate import STD_KINDS
 from .tables import FORMATS
 
@@ -42,6 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def write_output(text: str, path: Path) -> None:
+    """``--output FILE``, written atomically (Ctrl-C never leaves half a file); a one-line error otherwise."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(text, path)
+    except OSError as err:
+        raise UserError(f"--output {path}: cannot write it ({err.strerror or err}); give a file path you can "
+                        "write to") from None
+
+
 def main(argv: Optional[List[str]] = None, method_labels: Optional[Mapping[str, str]] = None) -> int:
     """The CLI; ``method_labels`` (run folder -> method label) is how ``python -m ampt.sweep report`` names runs."""
     from . import load_report
@@ -52,6 +63,10 @@ def main(argv: Optional[List[str]] = None, method_labels: Optional[Mapping[str, 
         raise UserError("--format robustbench writes one file per model: give the folder with --out DIR")
     if args.format != ROBUSTBENCH and (args.out is not None or args.force):
         raise UserError("--out and --force are for --format robustbench (text goes to --output FILE)")
+    if args.plots is not None:  # before any work: a wrong folder is not found after the tables
+        from .plots import check_plots_dir
+
+        check_plots_dir(args.plots)
     report = load_report(args.roots, std=args.std, hm_attack=args.hm_attack, expected_seeds=args.seeds,
                          columns=args.columns, method_labels=method_labels, mix_protocols=args.mix_protocols,
                          show_audit=args.audit)
@@ -64,8 +79,7 @@ def main(argv: Optional[List[str]] = None, method_labels: Optional[Mapping[str, 
         return 0
     text = render(report, args.format)
     if args.output is not None:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+        write_output(text if text.endswith("\n") else text + "\n", args.output)
     else:
         print(text)
     if args.plots is not None:
@@ -76,8 +90,16 @@ def main(argv: Optional[List[str]] = None, method_labels: Optional[Mapping[str, 
     return 0
 
 
+INTERRUPTED = 130  # the shell's status for a command ended by Ctrl-C (128 + SIGINT)
+
+
 def cli() -> int:
-    return run_cli(main)
+    """``main`` with one-line user errors (exit 2) and one line for Ctrl-C (exit 130), no traceback."""
+    try:
+        return run_cli(main)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -5,9 +5,17 @@
   (``aa@4`` for parameter-free attacks; ``pgd-100x5@4`` with restarts,
   ``aa-custom(apgd-ce,apgd-t)@4``, ``pgd-100+bpda@4``), with `` [<prompt>]`` appended for an
   evaluation with another prompt than the run's own (a template, AMPT's
-  ``uniform``). Only ``split: test`` records count. When one run holds several
+  ``uniform``). A non-default PGD step (``alpha`` other than eps / 4) adds
+  `` [alpha A]``. Only ``split: test`` records count. When one run holds several
   records for a column (a subset and the full test set), the one on most
   images counts; a column that only subsets give is named in the caption.
+  Records on as many images that differ otherwise (the attack seed, an image
+  list) count in a fixed order (no image list first, then a known precision,
+  then the lowest attack seed) and the row's Flags say so.
+- **Stale records**: a finished run's record whose ``weights`` digest is not
+  ``run.final_weights`` (an intermediate checkpoint) is left out and flagged.
+- **Duplicate runs**: two finished runs of one row and seed: the first by
+  path counts, the other is left out and flagged.
 - **std** is the sample standard deviation (n - 1 in the denominator) by
   default, ``population`` (n; what numpy's ``std`` and CoOp's
   ``parse_test_res.py`` print) on request; none for one seed.
@@ -32,6 +40,7 @@ from .collect import Run
 from .protocols import Protocol, assign_protocols
 from ..attacks.naming import column_name, parse_column
 from ..errors import UserError
+from ..results import KEY_DEFAULTS, RECORD_KEY_FIELDS
 
 CLEAN = "clean"
 STD_KINDS = ("sample", "population")
@@ -63,7 +72,8 @@ class Row:
     seeds: List[int] = field(default_factory=list)  # finished seeds that gave numbers
     missing: List[int] = field(default_factory=list)
     unfinished: List[int] = field(default_factory=list)
-    notes: List[str] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)  # details for the json output
+    flags: List[str] = field(default_factory=list)  # shown in the Flags of every format (duplicates, stale records)
     stats: Dict[Tuple[str, str], Stat] = field(default_factory=dict)  # (record subsample, column) -> Stat
     n_datasets: int = 1  # averages: datasets averaged
     of_datasets: int = 1  # averages: datasets in the group
@@ -80,9 +90,20 @@ class Row:
         return self.stats.get((subsample, column))
 
 
+def alpha_suffix(record: Dict[str, Any]) -> str:
+    """`` [alpha A]`` for an attack step other than the default eps / 4 (1/255 units); "" otherwise."""
+    alpha = record.get("alpha")
+    if record.get("attack") == CLEAN or isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        return ""
+    if abs(float(alpha) - float(record.get("eps") or 0) / 4) < 1e-3:
+        return ""
+    return f" [alpha {float(alpha):g}]"
+
+
 def column_id(record: Dict[str, Any], own_prompt: str) -> str:
-    """The record's column: :func:`ampt.attacks.naming.column_name` plus `` [prompt]`` / `` [precision]``."""
-    name = column_name(record)
+    """The record's column: :func:`ampt.attacks.naming.column_name` plus `` [alpha A]``, `` [prompt]`` and
+    `` [precision]``."""
+    name = column_name(record) + alpha_suffix(record)
     prompt = record.get("prompt")
     if prompt not in (None, "learned", own_prompt):
         name = f"{name} [{prompt}]"
@@ -131,19 +152,93 @@ def harmonic_mean(a: Optional[float], b: Optional[float]) -> Optional[float]:
     return 0.0 if a + b == 0 else 2 * a * b / (a + b)
 
 
-def counted_records(run: Run) -> Dict[Tuple[str, str, str], Dict[str, Any]]:
-    """``(eval dataset, record subsample, column) -> record`` of one run: the record that counts (most images)."""
-    own = str(run.records[0].get("prompt") or "learned") if run.records else "learned"
-    best: Dict[Tuple[str, str, str], Dict[str, Any]] = {}
-    for record in run.records:
-        if record.get("split", "test") != "test" or not isinstance(record.get("accuracy"), (int, float)):
-            continue
-        dataset = str(record.get("dataset") or run.dataset)
-        default = run.subsample if dataset == run.dataset else "all"
-        key = (dataset, str(record.get("subsample") or default), column_id(record, own))
-        if key not in best or int(record.get("n_samples") or 0) >= int(best[key].get("n_samples") or 0):
-            best[key] = record
-    return best
+ColumnKey = Tuple[str, str, str]  # (eval dataset, record subsample, column)
+# How a flag names a record key field.
+FIELD_NAMES = {"seed": "attack seed", "image_list": "image list"}
+
+
+def is_stale(run: Run, record: Dict[str, Any]) -> bool:
+    """A finished run's record of other weights than its final model (records without digests count)."""
+    final, weights = run.meta.get("final_weights"), record.get("weights")
+    return run.finished and final is not None and weights is not None and weights != final
+
+
+def _preference(record: Dict[str, Any]) -> Tuple:
+    """Which of a column's records counts: most images, then no image list, then a known precision, then the
+    lowest attack seed (a known one before none)."""
+    seed = record.get("seed")
+    known = isinstance(seed, (int, float)) and not isinstance(seed, bool)
+    return (-int(record.get("n_samples") or 0), record.get("image_list") is not None,
+            record.get("precision") is None, not known, float(seed) if known else 0.0)
+
+
+def _test_records(run: Run) -> List[Dict[str, Any]]:
+    return [r for r in run.records
+            if r.get("split", "test") == "test" and isinstance(r.get("accuracy"), (int, float))]
+
+
+def _own_prompt(run: Run) -> str:
+    """The prompt of the run's own tests (its first record's): no `` [prompt]`` suffix."""
+    return str(run.records[0].get("prompt") or "learned") if run.records else "learned"
+
+
+def _column_key(run: Run, record: Dict[str, Any], own_prompt: str) -> ColumnKey:
+    dataset = str(record.get("dataset") or run.dataset)
+    default = run.subsample if dataset == run.dataset else "all"
+    return dataset, str(record.get("subsample") or default), column_id(record, own_prompt)
+
+
+def column_records(run: Run) -> Dict[ColumnKey, List[Dict[str, Any]]]:
+    """Each column's current records of one run, the one that counts first (stale records left out)."""
+    own = _own_prompt(run)
+    out: Dict[ColumnKey, List[Dict[str, Any]]] = defaultdict(list)
+    for record in _test_records(run):
+        if not is_stale(run, record):
+            out[_column_key(run, record, own)].append(record)
+    return {key: sorted(records, key=_preference) for key, records in out.items()}  # stable: file order last
+
+
+def counted_records(run: Run) -> Dict[ColumnKey, Dict[str, Any]]:
+    """``(eval dataset, record subsample, column) -> record`` of one run: the record that counts."""
+    return {key: records[0] for key, records in column_records(run).items()}
+
+
+def _field(record: Dict[str, Any], name: str) -> Any:
+    value = record.get(name, KEY_DEFAULTS.get(name))
+    return f"{value:g}" if isinstance(value, float) else value  # 0 and 0.0 read the same
+
+
+def _tie_flag(column: str, tied: List[Dict[str, Any]]) -> str:
+    """``pgd-100@4: 2 records on 600 images, counted attack seed 0 (not 3)``."""
+    differing = [f for f in RECORD_KEY_FIELDS if len({str(_field(r, f)) for r in tied}) > 1]
+    chosen = ", ".join(f"{FIELD_NAMES.get(f, f)} {_field(tied[0], f)}" for f in differing)
+    others = "; ".join(", ".join(str(_field(r, f)) for f in differing) for r in tied[1:])
+    counted = f"counted {chosen} (not {others})" if differing else "counted the first written"
+    return f"{column}: {len(tied)} records on {int(tied[0].get('n_samples') or 0)} images, {counted}"
+
+
+def _stale_flag(run: Run, records: List[Dict[str, Any]]) -> str:
+    """``stale record of epoch 2 left out (pgd-100@4)``: records of another checkpoint than the final one."""
+    own = _own_prompt(run)
+    epochs = sorted({str(r.get("checkpoint_epoch")) for r in records if r.get("checkpoint_epoch") is not None})
+    of = f"epoch {', '.join(epochs)}" if epochs else "other weights"
+    columns = ", ".join(sorted({column_id(r, own) for r in records}, key=column_order))
+    plural = "s" if len(records) > 1 else ""
+    return f"stale record{plural} of {of} left out ({columns})"
+
+
+def record_flags(run: Run, dataset: str) -> List[str]:
+    """What the report chose among one run's records of ``dataset``: stale records left out, and columns
+    whose most-images records differ in another key field (attack seed, image list)."""
+    flags = []
+    stale = [r for r in _test_records(run) if is_stale(run, r) and str(r.get("dataset") or run.dataset) == dataset]
+    if stale:
+        flags.append(_stale_flag(run, stale))
+    for (d, _, column), records in sorted(column_records(run).items()):
+        tied = [r for r in records if _preference(r)[0] == _preference(records[0])[0]]
+        if d == dataset and len(tied) > 1:
+            flags.append(_tie_flag(column, tied))
+    return flags
 
 
 def _counted_values(run: Run) -> Dict[Tuple[str, str, str], Tuple[int, float]]:
@@ -183,11 +278,14 @@ def _row_keys(run: Run) -> List[RowKey]:
 
 
 def expected_seeds(runs: Iterable[Run], expected: Optional[Sequence[int]]) -> Dict[Tuple[str, int, str], List[int]]:
-    """Seeds expected per (dataset, shots, trained classes): the given list, else every seed any method ran."""
+    """Seeds expected per (dataset, shots, trained classes): the given list, else every seed any method ran.
+
+    Eval-only runs of loaded weights (their own rows) expect no seed of others, and others none of theirs.
+    """
     seeds: Dict[Tuple[str, int, str], set] = defaultdict(set)
     for run in runs:
         for key in _row_keys(run):
-            seeds[(key[1], key[3], key[5])].update([run.seed] if run.seed is not None else [])
+            seeds[(key[1], key[3], key[5])].update([run.seed] if run.seed is not None and not run.eval_only else [])
     if expected is not None:
         return {k: sorted(set(expected)) for k in seeds}
     return {k: sorted(v) for k, v in seeds.items()}
@@ -203,8 +301,13 @@ def build_rows(runs: Sequence[Run], std: str = "sample", expected: Optional[Sequ
         for key in _row_keys(run):
             members[key].append(run)
     wanted = expected_seeds(runs, expected)
-    rows = [_make_row(key, group, std, wanted.get((key[1], key[3], key[5]), [])) for key, group in members.items()]
+    rows = [_make_row(key, group, std, _row_expected(key, group, wanted)) for key, group in members.items()]
     return sorted(rows, key=row_order)
+
+
+def _row_expected(key: RowKey, runs: List[Run], wanted: Dict[Tuple[str, int, str], List[int]]) -> List[int]:
+    """The row's expected seeds; none for eval-only rows (a one-off evaluation of loaded weights)."""
+    return [] if all(run.eval_only for run in runs) else wanted.get((key[1], key[3], key[5]), [])
 
 
 def row_order(row: "Row") -> Tuple:
@@ -219,25 +322,28 @@ def _make_row(key: RowKey, runs: List[Run], std: str, expected: List[int]) -> Ro
               migrated=next((r.source for r in runs if r.source), ""), protocol=protocol[0],
               protocol_info=runs[0].protocol)
     by_column: Dict[Tuple[str, str], Dict[int, float]] = defaultdict(dict)
+    counted: Dict[int, Run] = {}
     for run in sorted(runs, key=lambda r: (r.seed is None, r.seed or 0, str(r.path))):
         seed = run.seed if run.seed is not None else -1
         if not run.finished:
             row.unfinished.append(seed)
             row.notes.append(f"unfinished: {run.path}")
             continue
-        for (d, sub, column), value in run_values(run).items():
-            if d != dataset:
-                continue
-            if seed in by_column[(sub, column)]:
-                row.notes.append(f"seed {seed} twice for {column}; kept the first, not {run.path}")
-                continue
-            by_column[(sub, column)][seed] = value
-            if seed not in row.seeds:
-                row.seeds.append(seed)
-                row.runs.append(run)
-                audit = current_audit(run)
-                if audit is not None:
-                    row.audits[seed] = audit
+        values = {(sub, column): v for (d, sub, column), v in run_values(run).items() if d == dataset}
+        if seed in counted and values:
+            row.flags.append(f"seed {seed} twice: left out {run.path} (counted {counted[seed].path})")
+            continue
+        row.flags += [f"seed {seed}: {flag}" for flag in record_flags(run, dataset)]
+        if not values:
+            continue
+        counted[seed] = run
+        for key, value in values.items():
+            by_column[key][seed] = value
+        row.seeds.append(seed)
+        row.runs.append(run)
+        audit = current_audit(run)
+        if audit is not None:
+            row.audits[seed] = audit
     row.stats = {k: make_stat([v[s] for s in sorted(v)], std) for k, v in by_column.items()}
     row.seeds.sort()
     row.unfinished = sorted(set(row.unfinished) - set(row.seeds))

@@ -13,13 +13,18 @@ Rule (documented in the README, section Report):
    paths and the output folder never do.
 3. Runs read from CoOp's or APT's own logs get `` (CoOp log)`` /
    `` (APT log)`` appended, and their settings come from the folder path.
+4. An eval-only run of loaded weights (``train.py --eval-only --model-dir``,
+   :func:`ampt.report.collect.eval_only_label`) takes the label of the run it
+   loaded (when that run is in the report; else rule 1 or 2 among the eval-only
+   runs) with `` (eval-only, epoch E)`` appended: its own row, never another
+   run's seed. Eval-only runs never change the other runs' labels.
 """
 from __future__ import annotations
 
 from collections import defaultdict
 from typing import Any, Dict, Iterable, List, Sequence, Set, Tuple
 
-from .collect import Run
+from .collect import Run, loaded_from
 
 NOT_SETTINGS = ("TRAINER.NAME",)
 
@@ -58,9 +63,8 @@ def _format(value: Any) -> str:
     return str(value)
 
 
-def assign_methods(runs: Iterable[Run]) -> List[Run]:
-    """Set ``run.method`` on every run without an explicit label (in place); returns the runs."""
-    runs = list(runs)
+def _label_by_settings(runs: Iterable[Run]) -> None:
+    """Rules 2 and 3 for every run without a label (in place)."""
     groups: Dict[Tuple[str, str], List[Run]] = defaultdict(list)
     for run in runs:
         if not run.method:
@@ -72,4 +76,26 @@ def assign_methods(runs: Iterable[Run]) -> List[Run]:
             parts = [f"{names[k]}={_format(run.settings[k])}" for k in keys if k in run.settings]
             label = " ".join([trainer, *parts])
             run.method = f"{label} ({source})" if source else label
+
+
+def _label_eval_only(runs: Sequence[Run], trained: Sequence[Run]) -> None:
+    """Rule 4: the loaded run's label (else rules 1-3 among ``runs``) plus `` (eval-only, epoch E)``."""
+    by_path = {run.path.resolve(): run for run in trained}
+    for run in runs:
+        source = by_path.get(loaded_from(run))
+        if not run.method and source is not None:
+            run.method = source.method
+    _label_by_settings(runs)
+    for run in runs:
+        suffix = f" ({run.eval_only})"
+        if not run.method.endswith(suffix):
+            run.method += suffix
+
+
+def assign_methods(runs: Iterable[Run]) -> List[Run]:
+    """Set ``run.method`` on every run without an explicit label (in place); returns the runs."""
+    runs = list(runs)
+    trained = [run for run in runs if not run.eval_only]
+    _label_by_settings(trained)
+    _label_eval_only([run for run in runs if run.eval_only], trained)
     return runs

@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from .aggregate import (CLEAN, Row, Stat, average_rows, build_rows, column_order, default_hm_attack,
                         harmonic_mean, robust_columns, row_harmonic_mean, subset_columns)
 from .audit_table import audit_flags_text
-from .collect import Run
+from .collect import Run, SkippedRun
 from .protocols import ProtocolGroup, group_rows, label_title
 from .router import RouterRow, router_caption, router_rows
 from ..errors import UserError
@@ -34,6 +34,7 @@ class Report:
     explicit_hm: bool = False  # hm_attack given (--hm-attack): every protocol's table uses it
     protocol: str = ""  # a protocol's table (see split): its label
     protocol_column: bool = False  # a mixed table of several protocols: a Protocol column
+    skipped: List[SkippedRun] = field(default_factory=list)  # results.json files that could not be read
 
     def protocol_groups(self) -> List[ProtocolGroup]:
         """The tables' rows by protocol (:func:`ampt.report.protocols.group_rows`)."""
@@ -84,6 +85,13 @@ class Report:
         return "; on a subset of the test images: " + ", ".join(
             f"{column} ({'/'.join(map(str, counts))} images per run)" for column, counts in shown)
 
+    def skipped_text(self) -> str:
+        """``Skipped 1 unreadable run: PATH (reason).``; "" when every results.json was read."""
+        if not self.skipped:
+            return ""
+        n = len(self.skipped)
+        return f"Skipped {n} unreadable run{'s' if n > 1 else ''}: " + "; ".join(s.text() for s in self.skipped) + "."
+
     def router_caption(self) -> str:
         return router_caption(STD_TEXT[self.std])
 
@@ -96,11 +104,13 @@ class Report:
 
 def make_report(runs: Sequence[Run], std: str = "sample", hm_attack: Optional[str] = None,
                 expected_seeds: Optional[Sequence[int]] = None, columns: Optional[Sequence[str]] = None,
-                mix_protocols: bool = False, show_audit: bool = False) -> Report:
+                mix_protocols: bool = False, show_audit: bool = False,
+                skipped: Sequence[SkippedRun] = ()) -> Report:
     """Rows and settings of the report on ``runs`` (their ``method`` already assigned).
 
     ``mix_protocols``: one table for rows of different protocols (a Protocol
-    column says which); ``show_audit``: the audit table follows.
+    column says which); ``show_audit``: the audit table follows; ``skipped``:
+    the results.json files that could not be read (named in every format).
     """
     every = build_rows(runs, std=std, expected=expected_seeds)
     rows = [r for r in every if r.subsample == "all"]
@@ -120,7 +130,7 @@ def make_report(runs: Sequence[Run], std: str = "sample", hm_attack: Optional[st
                   hm_attack or default_hm_attack(b2n, "new"), available, router_rows(runs, std),
                   subset_columns(r for r in runs if r.finished and r.subsample == "all"),
                   mix_protocols=mix_protocols, show_audit=show_audit, explicit_columns=bool(columns),
-                  explicit_hm=hm_attack is not None)
+                  explicit_hm=hm_attack is not None, skipped=list(skipped))
 
 
 # ---------------------------------------------------------------- cells as text
@@ -144,6 +154,7 @@ def flags_text(row: Row) -> str:
         flags.append("missing seed " + ",".join(map(str, row.missing)))
     if row.unfinished:
         flags.append("unfinished seed " + ",".join(map(str, row.unfinished)))
+    flags += row.flags
     if row.is_average and row.n_datasets < row.of_datasets:
         flags.append(f"{row.n_datasets} of {row.of_datasets} datasets")
     if not row.is_average and not row.stats and not row.unfinished:

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import math
+import tempfile
 import textwrap
 import re
 from collections import defaultdict
@@ -230,8 +231,23 @@ def _plot_spread(ax, epochs: List[Dict], style: str, seed) -> None:
             ax.plot(*zip(*points), style, color=colour, label=f"{label}, seed {seed}")
 
 
+def check_plots_dir(out: Path) -> None:
+    """Create ``out`` and check a file can be written there; a :class:`UserError` naming it otherwise."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--plots {out} is a file: give a folder for the figures (it is created when missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        raise UserError(f"--plots {out}: cannot write there ({err.strerror or err}); "
+                        "give a folder you can write to") from None
+
+
 def write_plots(report: Report, out: Path) -> List[Path]:
     """Every figure the report's rows allow; returns the files written."""
     out = Path(out)
+    check_plots_dir(out)
     return [*plot_acc_vs_robustness(report, out), *plot_vs_shots(report, out), *plot_vs_eps(report, out),
             *plot_router(report, out)]

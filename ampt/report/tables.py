@@ -61,7 +61,8 @@ def markdown(report: Report) -> str:
     from tabulate import tabulate
 
     if not report.runs:
-        return "No runs found (no results.json, and no CoOp/APT log.txt)."
+        return "\n\n".join(filter(None, ["No runs found (no results.json, and no CoOp/APT log.txt).",
+                                         report.skipped_text()]))
     parts = []
     parts_of = report.split()
     for part in parts_of:
@@ -77,6 +78,8 @@ def markdown(report: Report) -> str:
         body = [audit_cells(row, checks) for row in rows]
         parts.append(f"Audit. {AUDIT_CAPTION}\n\n"
                      f"{tabulate(body, headers=audit_header(checks), tablefmt='github', disable_numparse=True)}")
+    if report.skipped:
+        parts.append(report.skipped_text())
     return "\n\n".join(parts)
 
 
@@ -138,6 +141,8 @@ def to_csv(report: Report) -> str:
         writer.writerows({**common, "column": column, "mean": f"{stat.mean:.6g}",
                           "std": "" if stat.std is None else f"{stat.std:.6g}", "n": stat.n}
                          for column, stat in router.stats.items())
+    writer.writerows({"table": "skipped", "flags": f"skipped unreadable run: {skipped.text()}"}
+                     for skipped in report.skipped)
     return out.getvalue()
 
 
@@ -165,9 +170,17 @@ def _latex_table(caption: str, header: List[str], blocks: List[List[List[str]]])
 
 
 def latex(report: Report) -> str:
-    """One booktabs ``table`` per section and protocol (needs ``\\usepackage{booktabs}``); no audit table."""
-    return "\n\n".join(_latex_table(caption, header, blocks) for part in report.split()
-                         for _, caption, header, blocks in _sections(part, pm=PM)) + "\n"
+    """One booktabs ``table`` per section and protocol (needs ``\\usepackage{booktabs}``); no audit table.
+
+    Unreadable runs are named in the first table's caption (a paragraph when there is no table).
+    """
+    tables = [[caption, header, blocks] for part in report.split()
+              for _, caption, header, blocks in _sections(part, pm=PM)]
+    skipped = report.skipped_text()
+    if skipped and tables:
+        tables[0][0] = f"{tables[0][0]} {skipped}"
+    text = "\n\n".join(_latex_table(*table) for table in tables)
+    return (text or latex_escape(skipped)) + "\n"
 
 
 # ---------------------------------------------------------------- json
@@ -215,7 +228,9 @@ def report_dict(report: Report) -> Dict[str, Any]:
                           for g in report.protocol_groups()],
             "mix_protocols": report.mix_protocols,
             "audit": [audit_json(r) for r in _audit_rows(report)],
-            "runs": [str(r.path) for r in report.runs]}
+            "runs": [str(r.path) for r in report.runs],
+            "skipped": [{"path": s.path, "reason": s.reason} for s in report.skipped],
+            "skipped_text": report.skipped_text()}
 
 
 def to_json(report: Report) -> str:
