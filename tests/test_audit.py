@@ -134,3 +134,12 @@ def test_a_declared_quantizer_is_attacked_through_by_bpda(honest):
     assert parts["numbers"]["adaptive_pgd_acc"] < parts["numbers"]["plain_pgd_acc"] - 20
     assert "BPDA" in parts["why"] and "overstate" in parts["why"]
     assert entry["declared_parts"][0]["kind"] == "non_differentiable"
+
+
+def test_ampts_router_is_a_declared_router_part():
+    from ampt.models.parts import declared_parts, part_kinds
+    from ampt.models.router import Router
+
+    router = Router(8, 4, kind="mlp", hidden=4)
+    assert part_kinds(router) == ["router"] and router.kind == "mlp"
+    assert declared_parts(router) == [{"path": "Router", "kind": "router", "module": "Router"}]

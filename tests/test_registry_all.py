@@ -124,6 +124,10 @@ def test_trains_saves_reloads_and_every_attack_evaluates(runs, name):
                                   *(["--aa-attacks", options] if options else [])]) == 0
     records = RunResults(out).records
     assert {r["attack"] for r in records} >= {"clean", *ATTACKS} - set(SLOW_VERSIONS)
+    # every evaluate.py record says how the attack went through the model's declared parts (AMPT: its router)
+    attacked = [r for r in records if r["attack"] != "clean" and "attack_config" in r]
+    expected = "through-router" if CASES[name][0] == "AMPT" else "none"
+    assert attacked and {r["adaptive"] for r in attacked} == {expected}
     reloaded_clean = next(r["accuracy"] for r in records if r["attack"] == "clean" and r["n_samples"] == 12)
     assert reloaded_clean == own_clean  # the checkpoint restored what was trained
     # one prompt label for the run's own records and evaluate.py's (no record duplicated under a second name)

@@ -31,19 +31,22 @@ PART_KINDS = ("router", "non_differentiable", "random", "test_time")
 
 
 class DeclaredPart(nn.Module):
-    """Base class of the declared parts; ``kind`` is one of :data:`PART_KINDS`."""
+    """Base class of the declared parts; ``part_kind`` is one of :data:`PART_KINDS`.
 
-    kind: str = ""
+    (``part_kind``, not ``kind``: a part such as AMPT's router has a ``kind`` of its own.)
+    """
+
+    part_kind: str = ""
 
     def describe(self) -> Dict[str, str]:
         """What a record and the audit say about this part."""
-        return {"kind": self.kind, "module": type(self).__name__}
+        return {"kind": self.part_kind, "module": type(self).__name__}
 
 
 class RouterPart(DeclaredPart):
     """An input-dependent, differentiable weighting of the model's parts (attacked through by autograd)."""
 
-    kind = "router"
+    part_kind = "router"
 
 
 class NonDifferentiable(DeclaredPart):
@@ -55,7 +58,7 @@ class NonDifferentiable(DeclaredPart):
     :func:`straight_through` the gradient is ``fn``'s own (zero for rounding).
     """
 
-    kind = "non_differentiable"
+    part_kind = "non_differentiable"
 
     def __init__(self, fn: Callable[[Tensor], Tensor], backward: object = "identity", name: str = "") -> None:
         super().__init__()
@@ -81,7 +84,7 @@ class NonDifferentiable(DeclaredPart):
 class RandomPart(DeclaredPart):
     """``fn(x)``: an input transform that draws random numbers (a random crop, noise)."""
 
-    kind = "random"
+    part_kind = "random"
 
     def __init__(self, fn: Callable[[Tensor], Tensor], name: str = "") -> None:
         super().__init__()
@@ -98,7 +101,7 @@ class RandomPart(DeclaredPart):
 class TestTimePart(DeclaredPart):
     """A module that optimises something at inference; subclasses implement ``forward``."""
 
-    kind = "test_time"
+    part_kind = "test_time"
 
 
 def declared_parts(model: nn.Module) -> List[Dict[str, str]]:
@@ -109,7 +112,7 @@ def declared_parts(model: nn.Module) -> List[Dict[str, str]]:
 
 def part_kinds(model: nn.Module) -> List[str]:
     """The kinds of ``model``'s declared parts, each once, in :data:`PART_KINDS` order."""
-    kinds = {module.kind for module in model.modules() if isinstance(module, DeclaredPart)}
+    kinds = {module.part_kind for module in model.modules() if isinstance(module, DeclaredPart)}
     return [kind for kind in PART_KINDS if kind in kinds]
 
 
