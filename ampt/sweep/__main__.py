@@ -80,8 +80,12 @@ def _executor(sweep: Sweep, args: argparse.Namespace) -> Dict[str, Any]:
     return executor
 
 
+INTERRUPTED_EXIT = 130  # the shell's status of a command stopped by Ctrl-C
+RESUME_HINT = "run the same command again to resume"
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from .cell import FAILED
+    from .cell import FAILED, INTERRUPTED
     from .prepare import prepare
 
     sweep = load_sweep(args.sweep)
@@ -100,6 +104,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if outcomes is None:
         print(f"Submitted {len(cells)} cells; follow them with: python -m ampt.sweep status {args.sweep}")
         return 0
+    if INTERRUPTED in outcomes:
+        print(f"interrupted: stopped the running cells, started no others; their cells are pending ({RESUME_HINT})",
+              file=sys.stderr)
+        return INTERRUPTED_EXIT
     counts = {o: outcomes.count(o) for o in dict.fromkeys(outcomes)}
     print(status_table(cells, sweep.output_root))
     print("this call: " + ", ".join(f"{n} {o}" for o, n in counts.items()))
@@ -130,7 +138,11 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def cli(argv: Optional[List[str]] = None) -> int:
-    return run_cli(lambda: main(argv), (SweepError, FileNotFoundError))
+    try:
+        return run_cli(lambda: main(argv), (SweepError, FileNotFoundError))
+    except KeyboardInterrupt:  # before or after the cells ran (while they run, run_local stops them)
+        print(f"interrupted ({RESUME_HINT})", file=sys.stderr)
+        return INTERRUPTED_EXIT
 
 
 if __name__ == "__main__":

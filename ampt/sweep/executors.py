@@ -1,7 +1,9 @@
 """Executors: a local worker pool (concurrent.futures) and SLURM job arrays (submitit).
 
 Both run :func:`ampt.sweep.cell.run_cell` per cell; neither schedules by
-itself. Local workers are pinned to one GPU each (``CUDA_VISIBLE_DEVICES``)
+itself. On Ctrl-C (or SIGTERM) the local pool starts no more cells and
+stops the running ones (:class:`ampt.sweep.cell.StopRequest`; a second
+Ctrl-C kills them); their cells stay pending. Local workers are pinned to one GPU each (``CUDA_VISIBLE_DEVICES``)
 or, without GPUs, to ``threads`` CPU threads (``OMP_NUM_THREADS``). On SLURM
 each array task is a :class:`CellTask`, which submitit's checkpoint protocol
 re-queues unchanged on pre-emption or time-out: the requeued task runs the
@@ -12,12 +14,15 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import signal
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
-from .cell import run_cell
+from .cell import INTERRUPTED, StopRequest, run_cell
 from .spec import Cell, SweepError
 from .state import SWEEP_DIR
 
@@ -77,25 +82,47 @@ def local_slots(executor: Mapping[str, Any]) -> List[Dict[str, str]]:
     return slots
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextmanager
+def stop_on_signals(stop: StopRequest) -> Iterator[None]:
+    """While the block runs, Ctrl-C and SIGTERM request ``stop`` instead of raising in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, lambda *_: stop.request()) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            # once stopping, a repeated Ctrl-C must not turn the one-line exit into a traceback
+            signal.signal(sig, signal.SIG_IGN if stop.requested() else handler)
+
+
 def run_local(cells: Sequence[Cell], executor: Mapping[str, Any], options: RunOptions) -> List[str]:
-    """Run ``cells`` on a pool of workers; returns one outcome per cell, in order."""
+    """Run ``cells`` on a pool of workers; returns one outcome per cell, in order (``interrupted`` after Ctrl-C)."""
     slots: "queue.Queue[Dict[str, str]]" = queue.Queue()
     envs = local_slots(executor)
     for env in envs:
         slots.put(env)
+    stop = StopRequest()
 
     def work(cell: Cell) -> str:
         slot = slots.get()
         try:
+            if stop.requested():
+                return INTERRUPTED
             logger.info("%s: starting (%s)", cell.name, " ".join(f"{k}={v}" for k, v in slot.items()))
             outcome = run_cell(cell, options.output_root, options.retries, options.retry_delay_s,
-                               {**os.environ, **slot})
-            logger.info("%s: %s", cell.name, outcome)
+                               {**os.environ, **slot}, stop)
+            if outcome != INTERRUPTED:
+                logger.info("%s: %s", cell.name, outcome)
             return outcome
         finally:
             slots.put(slot)
 
-    with ThreadPoolExecutor(max_workers=len(envs)) as pool:
+    with stop_on_signals(stop), ThreadPoolExecutor(max_workers=len(envs)) as pool:
         return list(pool.map(work, cells))
 
 

@@ -6,18 +6,30 @@ or an audit (``audit: true`` or ``audit: {n_samples: 200, ...}``, run by
 (:data:`ampt.results.RECORD_KEY_FIELDS`) holds every setting the entry
 gives, its unset settings at the values evaluate.py would use (steps 100 or
 the attack's own, alpha eps/4, 1 restart, no EOT or BPDA, fp32, all classes,
-the run's training eps); an audit by an audit entry of the same eps, images,
-seed and settings.
+the run's training eps, seed 0); an audit by an audit entry of the same eps,
+images, seed and settings.
+
+Two resolutions make the sweep's matching agree with evaluate.py's own
+(which skips a setting its results.json holds), so that no entry stays
+unanswered after evaluate.py ran:
+
+- a stored record without ``seed`` or ``alpha`` (the trainer's clean test,
+  older files) matches any value of that field, as in :func:`ampt.results.same_key`;
+- ``n_samples`` at or above the test split's size (or unset) asks for the
+  whole split, which evaluate.py records with ``n_samples`` = the split's
+  size. The size is the ``n_samples`` of a record known to cover the whole
+  split (:func:`is_whole_split`); while no such record exists, ``n_samples``
+  compares as given (and an unset one matches any).
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 from ..evaluation.image_lists import list_digest, read_image_ids
 from ..evaluation.robust_accuracy import CLEAN, AttackSpec
-from ..results import KEY_DEFAULTS, _norm
+from ..results import KEY_DEFAULTS, LATER_KEY_FIELDS, _norm
 from .runspec import REPO_ROOT
 
 EVAL_KEYS = ("attack", "eps", "steps", "alpha", "n_samples", "prompt", "batch_size", "subsample", "seed",
@@ -37,14 +49,59 @@ def audit_options(entry: Mapping[str, Any]) -> Dict[str, Any]:
     return dict(options) if isinstance(options, Mapping) else {}
 
 
-def requested_key(entry: Mapping[str, Any], train_eps: Optional[float]) -> Dict[str, Any]:
-    """The record-key fields an evaluation entry fixes (:mod:`ampt.results`), defaults resolved."""
+def is_whole_split(record: Mapping[str, Any]) -> bool:
+    """Whether a record measured every image of its split.
+
+    evaluate.py writes ``images_sha256`` on every record and an
+    ``image_list_file`` exactly when it evaluated a strict subset; the
+    trainers' own final clean test (no ``images_sha256``, no ``seed``) runs
+    on the whole split. A user's image list (``image_list``) is never taken
+    for the whole split. (Clean records of evaluate.py versions older than
+    the seed in the record key also lack both fields and count as whole.)
+    """
+    if record.get("image_list") or record.get("image_list_file"):
+        return False
+    if "images_sha256" in record:
+        return True
+    return record.get("attack") == CLEAN and record.get("seed") is None
+
+
+def split_sizes(records: Iterable[Mapping[str, Any]]) -> Dict[str, int]:
+    """Class subsample ("all", "base", "new") -> the size of its test split, from its whole-split records."""
+    sizes: Dict[str, int] = {}
+    for record in records:
+        if record.get("split") == "test" and is_whole_split(record) and isinstance(record.get("n_samples"), int):
+            subsample = record.get("subsample", "all")
+            sizes[subsample] = max(sizes.get(subsample, 0), record["n_samples"])
+    return sizes
+
+
+def requested_samples(entry: Mapping[str, Any], split_size: Optional[int]) -> Optional[int]:
+    """The ``n_samples`` a record answering ``entry`` holds: the whole split's size for an unset one or one
+    at or above it (evaluate.py clamps it); None when an image list decides, or the size is unknown and unset."""
+    if entry.get("image_ids"):
+        return None
+    wanted = entry.get("n_samples")
+    if split_size is None:
+        return wanted
+    return split_size if wanted is None or wanted >= split_size else wanted
+
+
+def requested_key(entry: Mapping[str, Any], train_eps: Optional[float],
+                  sizes: Optional[Mapping[str, int]] = None) -> Dict[str, Any]:
+    """The record-key fields an evaluation entry fixes (:mod:`ampt.results`), defaults resolved.
+
+    ``sizes``: :func:`split_sizes` of the run's records (unknown sizes: ``n_samples`` as given).
+    """
     attack = str(entry["attack"])
-    key: Dict[str, Any] = {"attack": attack, "subsample": entry.get("subsample", "all"),
+    subsample = entry.get("subsample", "all")
+    key: Dict[str, Any] = {"attack": attack, "subsample": subsample, "seed": entry.get("seed", 0),
                            "precision": entry.get("precision", "fp32"), "image_list": image_list_key(entry)}
-    for field in ("n_samples", "prompt", "seed"):
-        if field in entry:
-            key[field] = entry[field]
+    if "prompt" in entry:
+        key["prompt"] = entry["prompt"]
+    n_samples = requested_samples(entry, (sizes or {}).get(subsample))
+    if n_samples is not None:
+        key["n_samples"] = n_samples
     if attack == CLEAN:
         return key
     eps = entry.get("eps", train_eps)
@@ -65,14 +122,15 @@ def image_list_key(entry: Mapping[str, Any]) -> Optional[str]:
     return list_digest(read_image_ids(Path(path)))[:16] if path else None
 
 
-def record_answers(record: Mapping[str, Any], entry: Mapping[str, Any], train_eps: Optional[float] = None) -> bool:
+def record_answers(record: Mapping[str, Any], entry: Mapping[str, Any], train_eps: Optional[float] = None,
+                   sizes: Optional[Mapping[str, int]] = None) -> bool:
     """Whether a results.json record answers an evaluation entry (see the module docstring)."""
     if record.get("split") != "test":
         return False
-    for field, value in requested_key(entry, train_eps).items():
+    for field, value in requested_key(entry, train_eps, sizes).items():
         stored = record.get(field, KEY_DEFAULTS.get(field))
-        if field == "alpha" and stored is None:
-            continue  # records older than alpha in the key: any alpha
+        if field in LATER_KEY_FIELDS and stored is None:
+            continue  # the trainer's clean test has no seed, older records no alpha: any value
         if _norm(stored) != _norm(value):
             return False
     return True

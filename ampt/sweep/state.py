@@ -6,6 +6,10 @@ process that holds ``cells/<id>.lock`` (``fcntl.flock``, released by the
 kernel when that process dies, so a killed or pre-empted worker never leaves
 a cell stuck). Lock files stay in place: deleting one would let two
 processes hold "the same" lock.
+
+A run folder is also held by its ``train.py`` (``<run>/.run.lock``,
+:mod:`ampt.utils.locks`), be it the sweep's, a user's own or one a killed
+runner left behind: :func:`run_is_locked` tells ``status`` that it runs.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from ..utils.io import read_json, write_json
+from ..utils.locks import RUN_LOCK_FILE
 
 SWEEP_DIR = ".sweep"
 
@@ -56,6 +61,22 @@ def is_locked(path: Path) -> bool:
             return False
     except LockBusy:
         return True
+
+
+def run_is_locked(run_dir: str) -> bool:
+    """Whether a ``train.py`` holds the run folder's lock now.
+
+    Probed only when the lock file names a holder (it does from acquisition
+    until release, or until its holder was killed): probing takes the lock
+    for an instant, which would refuse a ``train.py`` starting right then.
+    """
+    path = Path(run_dir) / RUN_LOCK_FILE
+    try:
+        if path.stat().st_size == 0:
+            return False
+    except FileNotFoundError:
+        return False
+    return is_locked(path)
 
 
 class CellState:
