@@ -117,3 +117,15 @@ def test_setting_checks_of_later_modules_are_user_errors():
         check_eval_precision("bf17")
     with pytest.raises(UserError, match="CHUNK_SIZE"):
         TextPassOptions(shared_prefix=True, checkpoint=False, chunk_rows=-1)
+
+
+def test_ctrl_c_is_one_line_and_exit_130(capsys):
+    from ampt.utils.cli import run_cli
+
+    def interrupted() -> int:
+        raise KeyboardInterrupt
+
+    assert run_cli(interrupted, argv=[]) == 130
+    assert capsys.readouterr().err == "interrupted (Ctrl-C)\n"
+    with pytest.raises(KeyboardInterrupt):
+        run_cli(interrupted, argv=["--debug"])

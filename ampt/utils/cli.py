@@ -3,7 +3,9 @@
 An error caused by the user's input (:class:`ampt.errors.UserError`, raised
 where input is validated) prints ``error: <message>`` on stderr and exits
 with status 2, without a traceback. Anything else is a bug and keeps its
-traceback. ``--debug`` shows the traceback of user errors too.
+traceback. Ctrl-C prints ``interrupted (Ctrl-C)`` and exits with status 130
+(every write is atomic, so nothing is left half-written). ``--debug`` shows
+the traceback of user errors and interrupts too.
 """
 from __future__ import annotations
 
@@ -39,5 +41,10 @@ def run_cli(main: Callable[[], int], user_errors: Tuple[Type[BaseException], ...
         if debug:
             raise
         message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
     print(f"error: {' '.join(message.split())}", file=sys.stderr)
     return 2
