@@ -36,6 +36,7 @@ from ampt.plugins import load_plugins
 from ampt.results import RunResults, check_not_finished
 from ampt.utils import collect_env_info, set_random_seed, setup_logger
 from ampt.utils.cli import DEBUG_FLAG, DEBUG_HELP, OneLineArgumentParser, run_cli
+from ampt.utils.io import check_path_fits
 from ampt.utils.locks import RunLockedError, acquire_run_lock, release_run_lock
 
 logger = logging.getLogger("ampt.train")
@@ -129,6 +130,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     base_cfg = active_api().get_cfg_default() if args.engine == "dassl" else None
     notes: List[str] = []
     cfg = setup_cfg(args, trainer_cls, base_cfg=base_cfg, notes=notes)
+    if cfg.OUTPUT_DIR:
+        check_path_fits(cfg.OUTPUT_DIR, "--output-dir")
     _start_processes(args, cfg)
     if not cfg.OUTPUT_DIR or not distributed.is_main():  # rank 0 alone holds the run folder's lock
         return _run(args, cfg, notes)

@@ -129,3 +129,56 @@ def test_ctrl_c_is_one_line_and_exit_130(capsys):
     assert capsys.readouterr().err == "interrupted (Ctrl-C)\n"
     with pytest.raises(KeyboardInterrupt):
         run_cli(interrupted, argv=["--debug"])
+
+
+WRITE_UNDER_A_FILE_SIZE_LIMIT = r"""
+import resource, signal, sys, logging
+from ampt.utils.cli import run_cli
+from ampt.utils.io import write_json
+from ampt.utils.logger import setup_logger
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+folder = sys.argv[2]
+
+def record():
+    write_json({"run": {}, "records": []}, folder + "/results.json")
+    write_json({"records": ["x" * 100] * 100}, folder + "/results.json")  # 10 kB: past the limit
+    return 0
+
+def log():
+    setup_logger(folder)
+    for step in range(1000):
+        logging.getLogger("ampt.train").info("epoch 1 batch %d loss 0.123456789", step)
+    return 0
+
+codes = [run_cli(record, argv=[]), run_cli(log, argv=[])]
+sys.exit(0 if codes == [2, 2] else 1)
+"""
+
+
+def test_a_write_past_a_file_size_limit_is_one_line_and_keeps_the_previous_file(tmp_path):
+    """A record or a log line that cannot be written (full disk, quota, ulimit -f) stops the command in one line."""
+    import json
+    import re
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-c", WRITE_UNDER_A_FILE_SIZE_LIMIT, "-", str(tmp_path)],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert "Traceback" not in proc.stderr and len(errors) == 2, proc.stderr
+    assert re.fullmatch(r"error: cannot write .*results.json: File too large; the file-size limit \(ulimit -f\) "
+                        r"is too low for it: raise it .*", errors[0])
+    assert re.fullmatch(r"error: cannot write .*log.txt: File too large; the file-size limit .*", errors[1])
+    # the first, small results.json is intact and no temporary file is left
+    assert json.loads((tmp_path / "results.json").read_text()) == {"run": {}, "records": []}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.txt", "results.json"]
+
+
+def test_an_output_dir_name_over_the_file_system_limit_is_one_line(tmp_path):
+    import train
+
+    with pytest.raises(UserError, match=r"--output-dir: the name x{40}\.\.\. is 300 bytes; file systems allow 255"):
+        train.main(["--root", str(tmp_path), "--trainer", "CoOp", "--config-file",
+                    "configs/trainers/CoOp/digits.yaml", "--output-dir", str(tmp_path / ("x" * 300) / "run")])
+    assert list(tmp_path.iterdir()) == []

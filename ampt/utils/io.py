@@ -1,6 +1,7 @@
 """Small file helpers (Dassl names); writes are atomic and honour the umask."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -9,8 +10,39 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, List, Tuple, Union
 
+from ..errors import UserError
+
 PathLike = Union[str, Path]
 _UMASK_LOCK = threading.Lock()
+# Write failures a user fixes (space, quota, file-size limit, a read-only or too long path), with the fix.
+USER_WRITE_ERRORS = {
+    errno.ENOSPC: "free space on that disk and run the command again",
+    errno.EDQUOT: "free space within your quota and run the command again",
+    errno.EFBIG: "the file-size limit (ulimit -f) is too low for it: raise it and run the command again",
+    errno.EROFS: "the file system is read-only: write somewhere else",
+    errno.ENAMETOOLONG: "a name in the path is longer than the file system allows (255 bytes): shorten it",
+}
+NAME_MAX = 255
+PATH_MAX = 4096
+
+
+def check_path_fits(path: PathLike, what: str) -> None:
+    """Refuse, in one line, a path with a name over 255 bytes or a total over 4096 bytes (before anything is written)."""
+    text = os.fsencode(os.path.abspath(path))
+    if len(text) > PATH_MAX:
+        raise UserError(f"{what} is {len(text)} bytes long; file systems allow {PATH_MAX}: choose a shorter path")
+    for part in Path(os.path.abspath(path)).parts:
+        if len(os.fsencode(part)) > NAME_MAX:
+            raise UserError(f"{what}: the name {part[:40]}... is {len(os.fsencode(part))} bytes; file systems allow "
+                            f"{NAME_MAX} per name: shorten it")
+
+
+def user_write_error(err: OSError, path: PathLike) -> UserError:
+    """A one-line :class:`UserError` for a write failure the user must fix, or None for any other (a bug)."""
+    fix = USER_WRITE_ERRORS.get(err.errno)
+    if fix is None:
+        return None  # type: ignore[return-value]
+    return UserError(f"cannot write {path}: {err.strerror}; {fix} (the previous file, if any, is left as it was)")
 
 
 def mkdir_if_missing(path: PathLike) -> None:
@@ -38,15 +70,20 @@ def atomic_path(path: PathLike) -> Iterator[Tuple[int, str]]:
     readable; on any error it is removed and ``path`` is left as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise (user_write_error(err, path) or err) from None
     try:
         os.fchmod(fd, file_mode())
         yield fd, tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError) and user_write_error(err, path) is not None:
+            raise user_write_error(err, path) from None
         raise
 
 

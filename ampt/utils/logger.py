@@ -18,6 +18,25 @@ ROOT_LOGGER = "ampt"
 _FILE_HANDLER_ATTR = "_ampt_log_file"
 
 
+class RunLogFileHandler(logging.FileHandler):
+    """A log file that stops the command when it cannot be written (a full disk, a file-size limit).
+
+    ``logging`` would print a "Logging error" block and go on, so a run could
+    train for hours with a log that stopped growing; the log is part of the
+    run's record, so the failure is raised as a one-line user error instead.
+    """
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        err = sys.exc_info()[1]
+        if isinstance(err, OSError):
+            from ..errors import UserError
+            from .io import user_write_error
+
+            raise (user_write_error(err, self.baseFilename)
+                   or UserError(f"cannot write the log file {self.baseFilename}: {err}")) from None
+        super().handleError(record)
+
+
 def _plain_formatter() -> logging.Formatter:
     return logging.Formatter("%(message)s")
 
@@ -53,7 +72,7 @@ def setup_logger(output: Optional[Union[str, Path]] = None, level: int = logging
         if existed:
             f.write(f"\n{'=' * 20} new session {time.strftime('%Y-%m-%d %H:%M:%S')} {'=' * 20}\n")
     for name in (ROOT_LOGGER, "ampt_plugins"):
-        handler = logging.FileHandler(fpath, mode="a", encoding="utf-8")
+        handler = RunLogFileHandler(fpath, mode="a", encoding="utf-8")
         handler.setFormatter(_plain_formatter())
         setattr(handler, _FILE_HANDLER_ATTR, True)
         logging.getLogger(name).addHandler(handler)
