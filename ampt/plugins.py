@@ -24,20 +24,32 @@ as ``ampt_plugins.ext_<hash of the folder>.<objectives|datasets|trainers>.<file>
 they register next to the built-in ones (a name registered twice is an error).
 Built-in loss terms live in ``ampt/objectives/``: the repository has no
 ``objectives/`` plug-in folder.
+
+A file that cannot be imported (a syntax error, a missing import, a name
+already registered) is skipped with a one-line warning naming it, so every
+other command still runs; the trainers and datasets it declares are
+registered as placeholders that raise :class:`BrokenPluginError` (one line:
+the file and its error) when a command asks for them.
 """
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib
 import importlib.util
+import logging
 import os
+import re
 import sys
+import traceback
 import types
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
-from .engine.select import use_engine
-from .errors import UserFileNotFoundError
+from .engine.select import active_api, use_engine
+from .errors import UserError, UserFileNotFoundError
+
+logger = logging.getLogger(__name__)
 
 PLUGIN_FOLDERS = ("datasets", "trainers")  # the repository's plug-in folders
 EXTERNAL_CODE_FOLDERS = ("objectives", "datasets", "trainers")  # an AMPT_PLUGIN_PATH folder's, in import order
@@ -45,6 +57,24 @@ EXTERNAL_FOLDERS = ("trainers", "datasets", "objectives", "configs")  # at least
 PLUGIN_PACKAGE = "ampt_plugins"
 PLUGIN_PATH_ENV = "AMPT_PLUGIN_PATH"
 REPO_ROOT = Path(__file__).resolve().parent.parent
+PLACEHOLDER_REGISTRIES = {"trainers": ("trainer", "TRAINER_REGISTRY"), "datasets": ("dataset", "DATASET_REGISTRY")}
+_broken: Dict[Path, str] = {}  # plug-in file -> why it could not be imported (once per process)
+
+
+class BrokenPluginError(UserError):
+    """A trainer or dataset asked for whose plug-in file could not be imported."""
+
+
+class _BrokenPluginMeta(type):
+    """A placeholder class: whatever the toolkit reads from it or builds with it raises the file's error."""
+
+    def __getattr__(cls, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise BrokenPluginError(cls._ampt_broken_message)
+
+    def __call__(cls, *args, **kwargs):
+        raise BrokenPluginError(cls._ampt_broken_message)
 
 
 def plugin_root() -> Path:
@@ -106,9 +136,62 @@ def _load_external(root: Path) -> List[str]:
             continue
         _namespace(f"{PLUGIN_PACKAGE}.{tag}.{folder}", path)
         for file in sorted(path.glob("*.py")):
-            if not file.name.startswith("_"):
-                loaded.append(importlib.import_module(f"{PLUGIN_PACKAGE}.{tag}.{folder}.{file.stem}").__name__)
+            if not file.name.startswith("_") and _import_plugin(f"{PLUGIN_PACKAGE}.{tag}.{folder}.{file.stem}", file):
+                loaded.append(f"{PLUGIN_PACKAGE}.{tag}.{folder}.{file.stem}")
     return loaded
+
+
+def _import_plugin(module: str, file: Path) -> bool:
+    """Import one plug-in file; one that fails is reported in one line and stands in by placeholders."""
+    file = file.resolve()
+    if file not in _broken:
+        try:
+            importlib.import_module(module)
+            return True
+        except Exception as err:  # noqa: BLE001 -- any error of a user's file: the other commands still run
+            _broken[file] = _describe_failure(err, file)
+            _register_placeholders(file)
+    logger.warning("Plug-in file %s was not loaded (%s); its trainers and datasets are unavailable: fix it, or "
+                   "remove its folder from %s", file, _broken[file], PLUGIN_PATH_ENV)
+    return False
+
+
+def _describe_failure(err: Exception, file: Path) -> str:
+    """``SyntaxError: invalid syntax, line 3``: the error and the plug-in file's line it came from."""
+    if isinstance(err, SyntaxError) and Path(err.filename or "").resolve() == file:
+        return f"SyntaxError: {err.msg}, line {err.lineno}"
+    message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    lines = [frame.lineno for frame in traceback.extract_tb(err.__traceback__) if Path(frame.filename).resolve() == file]
+    where = f", line {lines[-1]}" if lines else ""
+    hint = " (install it)" if isinstance(err, ModuleNotFoundError) else ""
+    if "already registered" in message:
+        hint = " (rename the plug-in's class: the name is taken)"
+    return f"{type(err).__name__}: {' '.join(message.split())}{hint}{where}"
+
+
+def _register_placeholders(file: Path) -> None:
+    """Register the trainers/datasets ``file`` declares (names not taken) as placeholders raising its error."""
+    if file.parent.name not in PLACEHOLDER_REGISTRIES:
+        return
+    kind, registry_name = PLACEHOLDER_REGISTRIES[file.parent.name]
+    registry = getattr(active_api(), registry_name)
+    for name in declared_classes(file):
+        if name in registry.registered_names():
+            continue
+        message = (f'{kind} "{name}" comes from the plug-in file {file}, which could not be loaded '
+                   f"({_broken[file]}): fix the file, or remove its folder from {PLUGIN_PATH_ENV}")
+        registry.register(_BrokenPluginMeta(name, (), {"_ampt_broken_message": message}))
+
+
+def declared_classes(file: Path) -> List[str]:
+    """The names of the classes ``file`` registers (``@...register...`` decorators), read without importing it."""
+    source = file.read_text(encoding="utf-8", errors="replace")
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return re.findall(r"^@[^\n]*register[^\n]*\n(?:@[^\n]*\n)*class\s+(\w+)", source, re.MULTILINE)
+    return [node.name for node in tree.body if isinstance(node, ast.ClassDef)
+            and any("register" in ast.unparse(d) for d in node.decorator_list)]
 
 
 def load_plugins(engine: str = "builtin", root: Optional[Path] = None) -> List[str]:
@@ -126,8 +209,8 @@ def load_plugins(engine: str = "builtin", root: Optional[Path] = None) -> List[s
             if file.name.startswith("_"):
                 continue
             name = f"{PLUGIN_PACKAGE}.{folder}.{file.stem}"
-            importlib.import_module(name)
-            loaded.append(name)
+            if _import_plugin(name, file):
+                loaded.append(name)
     for external in plugin_path():
         loaded += _load_external(external)
     return loaded

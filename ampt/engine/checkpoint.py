@@ -7,8 +7,11 @@ Layout: ``<dir>/<model name>/model.pth.tar-<epoch>`` plus a text file
 ``epoch`` counts finished epochs. Unlike Dassl, saving the best model does not
 repoint ``checkpoint`` (resume always continues from the latest epoch), and
 every file (the pointer included) is written to a temporary name first, then
-renamed, with the umask's mode. An empty or dangling pointer falls back, with
-a warning, on the newest complete ``model.pth.tar-N``. A file that cannot be
+renamed, with the umask's mode. When resuming training, an empty or dangling
+pointer falls back, with a warning, on the newest complete ``model.pth.tar-N``
+(:func:`latest_checkpoint`); loading a model to evaluate it never does
+(:func:`written_checkpoint`): the file it names is loaded or named in the
+error. A file that cannot be
 loaded (empty, truncated, not a PyTorch file, of another model's shape) is
 reported in one line naming the file and the cause.
 """
@@ -36,11 +39,15 @@ logger = logging.getLogger(__name__)
 PathLike = Union[str, Path]
 LATEST_FILE = "checkpoint"
 BEST_FILE = "model-best.pth.tar"
-_EPOCH_FILE = re.compile(r"^model\.pth\.tar-(\d+)$")
+EPOCH_FILE = re.compile(r"^model\.pth\.tar-(\d+)$")
 
 
 class UnsafeCheckpointError(UserError, pickle.UnpicklingError):
     """A checkpoint holding Python objects that would run code when loaded."""
+
+
+class CheckpointMissingError(UserFileNotFoundError):
+    """A run folder whose checkpoint files exist but none can be resumed or loaded."""
 
 
 def epoch_file(epoch: int) -> str:
@@ -129,20 +136,21 @@ def epoch_files(model_dir: PathLike) -> Dict[int, Path]:
         return {}
     found = {}
     for path in model_dir.iterdir():
-        match = _EPOCH_FILE.match(path.name)
+        match = EPOCH_FILE.match(path.name)
         if match and path.is_file():
             found[int(match.group(1))] = path
     return found
 
 
-def _complete(path: Path) -> bool:
+def is_complete(path: Path) -> bool:
+    """A non-empty file whose zip archive is whole (torch.save's format)."""
     return path.stat().st_size > 0 and zipfile.is_zipfile(path)
 
 
 def newest_complete_checkpoint(model_dir: PathLike) -> Optional[Path]:
     """The ``model.pth.tar-N`` with the largest N whose zip archive is whole, or None."""
     for _, path in sorted(epoch_files(model_dir).items(), reverse=True):
-        if _complete(path):
+        if is_complete(path):
             return path
     return None
 
@@ -152,7 +160,8 @@ def has_leftover_state(model_dir: PathLike) -> bool:
     return (Path(model_dir) / LATEST_FILE).exists() or bool(epoch_files(model_dir))
 
 
-def _read_pointer(pointer: Path) -> str:
+def read_pointer(pointer: Path) -> str:
+    """The file name the ``checkpoint`` pointer holds; "" when it is missing, empty or unreadable."""
     try:
         lines = pointer.read_text(encoding="utf-8").strip().splitlines()
     except (OSError, UnicodeDecodeError):
@@ -174,15 +183,45 @@ def latest_checkpoint(model_dir: PathLike) -> Optional[Path]:
             logger.warning("%s has no '%s' file: using the newest complete checkpoint %s",
                            model_dir, LATEST_FILE, fallback.name)
         return fallback
-    name = _read_pointer(pointer)
+    name = read_pointer(pointer)
     path = model_dir / name if name else None
-    if path is not None and path.is_file() and _complete(path):
+    if path is not None and path.is_file() and is_complete(path):
         return path
     fallback = newest_complete_checkpoint(model_dir)
     problem = "is empty" if not name else f"names {name}, which is missing or incomplete"
     logger.warning("%s %s: using the newest complete checkpoint (%s)", pointer, problem,
                    fallback.name if fallback is not None else "none found")
     return fallback
+
+
+def written_checkpoint(model_dir: PathLike) -> Optional[Path]:
+    """The file the ``checkpoint`` pointer names, without a fallback on an older epoch (evaluation).
+
+    Without a pointer, the newest ``model.pth.tar-N`` (a folder copied without
+    it); None when there is neither. A missing or broken file it names is
+    refused in one line naming it.
+    """
+    model_dir = Path(model_dir)
+    pointer = model_dir / LATEST_FILE
+    if not pointer.exists():
+        epochs = epoch_files(model_dir)
+        return epochs[max(epochs)] if epochs else None
+    name = read_pointer(pointer)
+    path = model_dir / name
+    if not name or not path.is_file() or not is_complete(path):
+        problem = "is empty or unreadable" if not name else f"names {path}, which is {_state(path)}"
+        whole = sorted(e for e, p in epoch_files(model_dir).items() if is_complete(p))
+        raise CheckpointMissingError(
+            f"{pointer} {problem}: the latest checkpoint, which no older epoch stands in for (whole epochs "
+            f"there: {', '.join(map(str, whole)) or 'none'}). Restore the file, load another epoch "
+            "(--load-epoch N), or re-train (--force)")
+    return path
+
+
+def _state(path: Path) -> str:
+    if not path.is_file():
+        return "missing"
+    return "empty" if path.stat().st_size == 0 else "truncated or not a PyTorch file"
 
 
 def resume_from_checkpoint(
@@ -254,10 +293,6 @@ def weights_digest(trainer: Any) -> str:
     return digest.hexdigest()[:20]
 
 
-class CheckpointMissingError(UserFileNotFoundError):
-    """A run folder whose checkpoint files exist but none can be resumed."""
-
-
 class CheckpointMixin:
     """Trainer methods over ``_models/_optims/_scheds`` (Dassl's names), with safe loading."""
 
@@ -307,7 +342,7 @@ class CheckpointMixin:
         elif (model_dir / BEST_FILE).is_file():
             path = model_dir / BEST_FILE
         else:
-            path = latest_checkpoint(model_dir) or model_dir / BEST_FILE
+            path = written_checkpoint(model_dir) or model_dir / BEST_FILE
         if not path.is_file():
             found = sorted(p.name for p in model_dir.glob("model*")) if model_dir.is_dir() else []
             raise UserFileNotFoundError(f"No model at {path}; files there: {', '.join(found) or 'none'}")

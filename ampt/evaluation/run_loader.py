@@ -5,6 +5,12 @@ get a finished run back: the trainer the run's config names, built by the
 engine the run was trained with, its checkpoint loaded, in eval mode. It may
 swap the test set for another dataset or the other half of the classes
 (base-to-new), which a class-specific prompt refuses.
+
+The checkpoint is never a silent stand-in: a finished run's deployed model
+(``model-best.pth.tar``, else its final epoch) and an unfinished run's latest
+checkpoint (the one its ``checkpoint`` file names) must be there and whole,
+or the error names the file. Falling back on an older epoch is for resuming
+training only.
 """
 from __future__ import annotations
 
@@ -17,7 +23,8 @@ from yacs.config import CfgNode
 from ..config import check_eps_units, merge_from_file
 from ..config_paths import find_config
 from ..data.splits import SUBSAMPLE_CHOICES
-from ..engine.checkpoint import latest_checkpoint
+from ..engine.checkpoint import (BEST_FILE, EPOCH_FILE, CheckpointMissingError, epoch_file, epoch_files,
+                                  is_complete, written_checkpoint)
 from ..engine.select import active_api
 from ..errors import UserError, UserFileNotFoundError
 from ..plugins import load_plugins
@@ -51,14 +58,42 @@ def resolve_dataset_name(name: str) -> str:
     return name
 
 
-def _latest_epoch(run_dir: Path, model_names: Sequence[str]) -> Optional[int]:
+class DeployedCheckpointError(CheckpointMissingError):
+    """The checkpoint a finished run deployed is missing or broken; no other epoch stands in for it."""
+
+
+def _checkpoint_epoch(run_dir: Path, model_names: Sequence[str], final_epoch: Optional[int],
+                      best_val: bool) -> Optional[int]:
+    """The epoch to load (None: ``model-best.pth.tar``), checked to be there and whole for every model.
+
+    ``final_epoch``: a finished run's last epoch; None for an unfinished run (its latest checkpoint).
+    """
+    if not model_names:
+        return None
+    if best_val and all((run_dir / name / BEST_FILE).is_file() for name in model_names):
+        return None  # the trainer loads it; a broken one is named there
+    if final_epoch is not None:
+        for name in model_names:
+            _check_final(run_dir / name / epoch_file(final_epoch))
+        return final_epoch
     epochs = []
     for name in model_names:
-        path = latest_checkpoint(run_dir / name)
+        path = written_checkpoint(run_dir / name)
         if path is None:
             raise UserFileNotFoundError(f"No checkpoint of model '{name}' under {run_dir / name}: was the run trained?")
-        epochs.append(int(path.name.rsplit("-", 1)[1]))
-    return min(epochs) if epochs else None
+        epochs.append(int(EPOCH_FILE.match(path.name).group(1)))
+    return min(epochs)
+
+
+def _check_final(path: Path) -> None:
+    if path.is_file() and is_complete(path):
+        return
+    state = "is missing" if not path.is_file() else "is empty or truncated"
+    whole = sorted(e for e, p in epoch_files(path.parent).items() if is_complete(p))
+    raise DeployedCheckpointError(
+        f"{path} {state}: it is the finished run's final checkpoint (results.json says finished), and no "
+        f"earlier epoch stands in for it (whole epochs there: {', '.join(map(str, whole)) or 'none'}). Restore "
+        "the file, pass --load-epoch N to evaluate an earlier epoch, or re-train (train.py --force)")
 
 
 def _class_specific(cfg: Any) -> bool:
@@ -98,14 +133,15 @@ def load_run(run_dir: Path, dataset: Optional[str] = None, root: str = "", batch
     ``subsample`` ("base", "new", "all") picks the classes of the test set
     (CoOp's base-to-new; default: the run's own ``DATASET.SUBSAMPLE_CLASSES``).
     ``load_epoch`` picks a checkpoint; by default the model the run deployed
-    (best-val with ``TEST.FINAL_MODEL best_val``, else the latest epoch).
+    (best-val with ``TEST.FINAL_MODEL best_val``, else the latest epoch),
+    which must be there and whole (:class:`DeployedCheckpointError`).
     """
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
         raise UserFileNotFoundError(f"{cfg_path} not found: RUN_DIR must be a folder written by train.py")
-    engine = RunResults(run_dir).run.get("engine", "builtin")
-    load_plugins(engine)
+    run_info = RunResults(run_dir).run
+    load_plugins(run_info.get("engine", "builtin"))
     api = active_api()
     with open(cfg_path, "r", encoding="utf-8") as f:
         name = (CfgNode.load_cfg(f).get("TRAINER") or {}).get("NAME", "")
@@ -137,8 +173,9 @@ def load_run(run_dir: Path, dataset: Optional[str] = None, root: str = "", batch
     set_random_seed(seed)
     trainer = api.build_trainer(cfg)
     epoch = load_epoch
-    if epoch is None and not (cfg.TEST.FINAL_MODEL == "best_val"):
-        epoch = _latest_epoch(run_dir, trainer.get_model_names())
+    if epoch is None:
+        final_epoch = int(cfg.OPTIM.MAX_EPOCH) if run_info.get("finished") else None
+        epoch = _checkpoint_epoch(run_dir, trainer.get_model_names(), final_epoch, cfg.TEST.FINAL_MODEL == "best_val")
     trainer.load_model(str(run_dir), epoch=epoch)
     trainer.set_model_mode("eval")
     return LoadedRun(trainer, epoch, train_dataset, bool(getattr(trainer, "adversarial", False)))

@@ -31,6 +31,10 @@ class BackboneError(UserError):
     """A backbone the toolkit cannot use, with the reason and the supported choices (one line)."""
 
 
+class BackboneWeightsError(BackboneError, RuntimeError):
+    """Backbone weights that cannot be loaded or downloaded (also a RuntimeError, as they were raised before)."""
+
+
 class Tokenizer:
     """CLIP's byte-pair tokenizer: ``tokenize(texts) -> [N, context_length]`` ids, ``encode(text)``.
 

@@ -71,7 +71,8 @@ def load_clip(
     try:
         model = build_model(state_dict)
     except (KeyError, RuntimeError) as err:
-        raise RuntimeError(f'"{path}" does not hold the weights of a CLIP model: {err}') from err
+        reason = " ".join(str(err).split())[:600]
+        raise BackboneWeightsError(f'"{path}" does not hold the weights of a CLIP model: {reason}') from err
     # build_model loads into fp16 layers; reload so fp32 checkpoints keep full precision
     model = model.float()
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()})
@@ -89,10 +90,13 @@ def load_clip(
 
 def _resolve_checkpoint(name_or_path: str, download_root: str) -> str:
     if name_or_path in clip.available_models():
-        root = download_root or os.path.expanduser("~/.cache/clip")
-        return clip.clip._download(clip.clip._MODELS[name_or_path], root)
+        return _download_openai(name_or_path, download_root or os.path.expanduser("~/.cache/clip"))
     if os.path.isfile(name_or_path):
         return name_or_path
+    if os.path.isdir(name_or_path):
+        raise UserFileNotFoundError(
+            f'MODEL.BACKBONE.NAME "{name_or_path}" is a folder without open_clip_config.json: an open_clip '
+            "folder needs its config next to its weights (an incomplete download?); a clip package model is a file")
     raise UserFileNotFoundError(
         f'Unknown CLIP backbone "{name_or_path}": it is neither an OpenAI model name '
         f'({", ".join(clip.available_models())}) nor an existing file. MODEL.BACKBONE.NAME '
@@ -100,6 +104,17 @@ def _resolve_checkpoint(name_or_path: str, download_root: str) -> str:
         "open_clip:<arch> (with MODEL.BACKBONE.PRETRAINED <tag or file>), hf-hub:<org>/<name>, "
         "or a folder holding an open_clip_config.json."
     )
+
+
+def _download_openai(name: str, root: str) -> str:
+    """The clip package's download (its SHA256 checked); a failed or corrupt download is one line."""
+    try:
+        return clip.clip._download(clip.clip._MODELS[name], root)
+    except (OSError, RuntimeError) as err:  # URLError is an OSError; a checksum mismatch a RuntimeError
+        reason = " ".join(str(err).split())[:300] or type(err).__name__
+        raise BackboneWeightsError(
+            f'Could not get the weights of "{name}" into {root} ({reason}): check your connection, or put '
+            f"the file there (or pass its path as MODEL.BACKBONE.NAME)") from err
 
 
 def is_torchscript_archive(path: Union[str, Path]) -> bool:
@@ -134,7 +149,7 @@ def _torch_load_weights(path: Union[str, Path]) -> object:
     except pickle.UnpicklingError as err:
         if "Weights only load failed" not in str(err):
             raise load_error(path, err, what="weights file") from None
-        raise RuntimeError(
+        raise BackboneWeightsError(
             f'"{path}" is not a plain weights file: loading it would need to unpickle '
             f"arbitrary Python objects, which is refused. Re-save it as a state dict of tensors. ({err})"
         ) from err
@@ -145,13 +160,13 @@ def _unwrap_state_dict(obj: object, path: Union[str, Path]) -> Dict[str, torch.T
     while isinstance(obj, Mapping) and not _is_tensor_dict(obj):
         inner = next((k for k in _NESTING_KEYS if k in obj), None)
         if inner is None:
-            raise RuntimeError(
+            raise BackboneWeightsError(
                 f'"{path}" holds no state dict: top-level keys {sorted(map(str, obj))[:10]}; '
                 f"expected tensors or one of {_NESTING_KEYS}"
             )
         obj = obj[inner]
     if not isinstance(obj, Mapping):
-        raise RuntimeError(f'"{path}" holds a {type(obj).__name__}, not a state dict')
+        raise BackboneWeightsError(f'"{path}" holds a {type(obj).__name__}, not a state dict')
     return strip_prefix(dict(obj), "module.")
 
 
@@ -167,5 +182,5 @@ def strip_prefix(state_dict: Dict[str, torch.Tensor], prefix: str) -> Dict[str, 
 
 
 # imported last: these modules use the helpers above
-from .backbone import BackboneError, attach_info, backbone_info, clip_info  # noqa: E402
+from .backbone import BackboneError, BackboneWeightsError, attach_info, backbone_info, clip_info  # noqa: E402
 from .robust_weights import ROBUST_KEY, load_robust_visual_weights  # noqa: E402,F401

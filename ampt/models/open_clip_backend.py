@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import UserFileNotFoundError
+from ..utils.torchfile import check_torch_file
 from .backbone import BackboneError, BackboneInfo, Tokenizer, attach_info
 from .text_tower import SUPPORTED, text_tower
 
@@ -31,6 +32,12 @@ HUB_PREFIX = "hf-hub:"
 LOCAL_DIR_PREFIX = "local-dir:"
 CONFIG_FILE = "open_clip_config.json"
 INSTALL_HINT = 'open_clip is not installed: pip install -e ".[openclip]" (or pip install open_clip_torch)'
+# the weights files open_clip looks for in a folder, in its order of preference (open_clip.factory)
+FOLDER_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors", "open_clip_pytorch_model.bin",
+                  "open_clip_pytorch_model.pth", "model.safetensors", "pytorch_model.bin", "pytorch_model.pth",
+                  "model.pth")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth")
+NO_WEIGHTS = "Required pretrained weights"  # open_clip's RuntimeError under require_pretrained=True
 
 
 def is_open_clip_name(name: str) -> bool:
@@ -53,25 +60,88 @@ def load_open_clip(name: str, pretrained: str = "", download_root: str = "",
     """An open_clip model in fp32 and eval mode, with its :class:`BackboneInfo` attached."""
     open_clip = import_open_clip()
     model_name, tag = _open_clip_arguments(open_clip, name, pretrained)
-    cache_dir = download_root or None
+    display = _display_name(name, tag)
+    _refuse_hf_text(open_clip.get_model_config(model_name) or {}, display)
+    weights = _weights_source(name, tag)
+    model = _create_model(open_clip, model_name, tag, download_root or None, display, weights)
+    text_tower(model)  # refuses unsupported text towers before anything else runs
+    tokenizer = _tokenizer(open_clip, model_name, model, download_root or None)
+    info = _info(open_clip, model, display, tokenizer)
+    model = attach_info(model.float().eval(), info)
+    logger.info("Loaded %s", info.describe())
+    return model.to(device)
+
+
+def _create_model(open_clip, model_name: str, tag: Optional[str], cache_dir: Optional[str], display: str,
+                  weights: str) -> nn.Module:
+    """``open_clip.create_model`` with its pretrained weights, or a one-line refusal: never a random model."""
     quick_gelu = _tag_needs_quick_gelu(open_clip, model_name, tag)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="QuickGELU mismatch")
         try:
-            _refuse_hf_text(open_clip.get_model_config(model_name) or {}, _display_name(name, tag))
-            model = open_clip.create_model(model_name, pretrained=tag, cache_dir=cache_dir,
-                                           force_quick_gelu=quick_gelu, weights_only=True)
-        except BackboneError:
-            raise
-        except (RuntimeError, OSError, ValueError) as err:
-            reason = " ".join(str(err).split())[:600] or type(err).__name__
-            raise BackboneError(f'open_clip could not load "{_display_name(name, tag)}": {reason}') from err
-    text_tower(model)  # refuses unsupported text towers before anything else runs
-    tokenizer = _tokenizer(open_clip, model_name, model, cache_dir)
-    info = _info(open_clip, model, _display_name(name, tag), tokenizer)
-    model = attach_info(model.float().eval(), info)
-    logger.info("Loaded %s", info.describe())
-    return model.to(device)
+            return open_clip.create_model(model_name, pretrained=tag, cache_dir=cache_dir, force_quick_gelu=quick_gelu,
+                                          weights_only=True, require_pretrained=True)
+        except _load_errors() as err:
+            raise _load_error(display, weights, err) from err
+
+
+def _load_errors() -> Tuple[type, ...]:
+    """What open_clip raises for weights it cannot load (AssertionError: another architecture's weights)."""
+    errors: Tuple[type, ...] = (RuntimeError, OSError, ValueError, KeyError, EOFError, AssertionError)
+    try:
+        from safetensors import SafetensorError
+    except ImportError:
+        return errors
+    return errors + (SafetensorError,)
+
+
+def _load_error(display: str, weights: str, err: BaseException) -> BackboneError:
+    reason = " ".join(str(err).split())[:600] or type(err).__name__
+    if NO_WEIGHTS in str(err):
+        return BackboneError(
+            f'open_clip found no weights for "{display}" ({weights}): it would be a randomly initialised '
+            "CLIP, which is refused. Check the name, your connection and MODEL.BACKBONE.DOWNLOAD_ROOT")
+    if isinstance(err, AssertionError) or "Error(s) in loading state_dict" in str(err):
+        return BackboneError(
+            f'open_clip could not load "{display}": {weights} holds the weights of another architecture '
+            f"({reason}); use the weights of that architecture, or the architecture (config) the weights were "
+            "saved from")
+    return BackboneError(f'open_clip could not load "{display}" ({weights}): {reason}')
+
+
+def _weights_source(name: str, tag: Optional[str]) -> str:
+    """Where the weights come from, in words; a folder's weights file is checked before open_clip reads it."""
+    if tag:
+        return _checked_file(Path(tag)) if Path(tag).is_file() else f'the pretrained tag "{tag}"'
+    if name.startswith(HUB_PREFIX):
+        return "the hub repository's weights file"
+    folder = Path(name[len(LOCAL_DIR_PREFIX):] if name.startswith(LOCAL_DIR_PREFIX) else name)
+    if not (folder / CONFIG_FILE).is_file():
+        return f'the folder "{folder}"'  # open_clip names what is missing
+    return _checked_file(folder_weights(folder))
+
+
+def _checked_file(weights: Path) -> str:
+    """An empty, truncated or foreign PyTorch weights file is named before open_clip reads it."""
+    if weights.suffix not in (".safetensors", ".npz", ".npy"):  # those are not torch.save files
+        check_torch_file(weights, what="open_clip weights file")
+    return f'the weights file "{weights}"'
+
+
+def folder_weights(folder: Path) -> Path:
+    """The weights file open_clip loads from ``folder``; a folder with none (a partial download) is refused."""
+    found = sorted((p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file()), key=_preference)
+    if found:
+        return found[0]
+    raise UserFileNotFoundError(
+        f'open_clip folder "{folder}" holds {CONFIG_FILE} but no weights file ({FOLDER_WEIGHTS[2]} or '
+        f"{FOLDER_WEIGHTS[0]}; any *.safetensors, *.bin or *.pth): an incomplete download? Download the "
+        "weights into that folder; a model without them would be a randomly initialised CLIP")
+
+
+def _preference(path: Path) -> Tuple[int, bool, str]:
+    rank = FOLDER_WEIGHTS.index(path.name) if path.name in FOLDER_WEIGHTS else len(FOLDER_WEIGHTS)
+    return rank, path.suffix != ".safetensors", path.name
 
 
 def _open_clip_arguments(open_clip, name: str, pretrained: str) -> Tuple[str, Optional[str]]:
