@@ -151,7 +151,7 @@ def test_ctrl_c_during_a_report_is_one_line_and_exit_130(tmp_path, capsys, monke
     monkeypatch.setattr("ampt.report.load_report", interrupted)
     monkeypatch.setattr(sys, "argv", ["ampt.report", str(tmp_path)])
     assert cli() == 130
-    assert capsys.readouterr().err == "interrupted\n"
+    assert capsys.readouterr().err == "interrupted (Ctrl-C)\n"
 
 
 def test_output_onto_a_folder_is_one_line(tmp_path, capsys, monkeypatch):

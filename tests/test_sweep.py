@@ -252,11 +252,12 @@ def test_evaluate_entries_are_checked_before_anything_runs(tmp_path):
 
 
 def test_a_sweep_asks_for_field_attack_columns_and_an_audit(tmp_path, assets, capsys):
-    """One zero-shot cell (nothing to train) evaluated by apgd-t and aa-rand and audited, then reported."""
+    """One zero-shot cell (nothing to train) evaluated by apgd-t and aa-rand (one evaluate.py call: the entries
+    differ only in their attack) and audited, then reported."""
     root, backbone = assets
     spec = base_sweep(root, tmp_path / "out", backbone, evaluate=[
-        {"attack": "apgd-t", "eps": 4, "steps": 2, "n_samples": 6},
-        {"attack": "aa-rand", "eps": 16, "n_samples": 2},
+        {"attack": "apgd-t", "eps": 16, "steps": 2, "n_samples": 2},
+        {"attack": "aa-rand", "eps": 16, "steps": 2, "n_samples": 2},
         {"audit": {"eps": 4, "n_samples": 6, "pgd_steps": 3, "strong_steps": 3, "restarts": 1, "queries": 20,
                    "large_eps": 255, "checks": ["determinism", "convergence", "black_box"]}}])
     spec["grid"]["seed"] = [1]
@@ -265,15 +266,17 @@ def test_a_sweep_asks_for_field_attack_columns_and_an_audit(tmp_path, assets, ca
     assert sweep_cli.main(["run", path]) == 0
     (cell,) = expand(load_sweep(path))
     data = json.loads((Path(cell.run_dir) / "results.json").read_text())
-    assert sorted(r["column"] for r in data["records"] if r["n_samples"] <= 6) == ["aa-rand@16", "apgd-t-2@4"]
+    assert sorted(r["column"] for r in data["records"] if r["n_samples"] <= 6) == ["aa-rand@16", "apgd-t-2@16"]
+    log = next((tmp_path / "out" / ".sweep").rglob("*.log")).read_text()
+    assert log.count("evaluate.py") == 1 and "--attack apgd-t aa-rand" in log
     (audit,) = data["audit"]
     assert [c["name"] for c in audit["checks"]] == ["determinism", "convergence", "black_box"]
     assert audit["settings"]["square_queries"] == 20 and audit["n_samples"] == 6
     capsys.readouterr()
     assert sweep_cli.main(["run", path]) == 0 and "this call: 1 skipped" in capsys.readouterr().out
-    assert sweep_cli.main(["report", path, "--columns", "aa-rand@16", "apgd-t-2@4"]) == 0
+    assert sweep_cli.main(["report", path, "--columns", "aa-rand@16", "apgd-t-2@16"]) == 0
     header = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| Method"))
-    assert "aa-rand@16" in header and "apgd-t-2@4" in header
+    assert "aa-rand@16" in header and "apgd-t-2@16" in header
 
 
 def test_the_router_study_sweep_expands_to_its_cells():

@@ -90,16 +90,9 @@ def main(argv: Optional[List[str]] = None, method_labels: Optional[Mapping[str, 
     return 0
 
 
-INTERRUPTED = 130  # the shell's status for a command ended by Ctrl-C (128 + SIGINT)
-
-
 def cli() -> int:
     """``main`` with one-line user errors (exit 2) and one line for Ctrl-C (exit 130), no traceback."""
-    try:
-        return run_cli(main)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return INTERRUPTED
+    return run_cli(main)
 
 
 if __name__ == "__main__":

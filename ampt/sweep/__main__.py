@@ -138,11 +138,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def cli(argv: Optional[List[str]] = None) -> int:
-    try:
-        return run_cli(lambda: main(argv), (SweepError, FileNotFoundError))
-    except KeyboardInterrupt:  # before or after the cells ran (while they run, run_local stops them)
-        print(f"interrupted ({RESUME_HINT})", file=sys.stderr)
-        return INTERRUPTED_EXIT
+    # Ctrl-C before or after the cells ran is run_cli's one line; while they run, run_local stops them.
+    return run_cli(lambda: main(argv), (SweepError, FileNotFoundError), interrupt_hint=RESUME_HINT)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Set
 
 from ..errors import UserError
 from ..results import RunResults
-from .requests import audit_answers, audit_command, is_audit, record_answers, split_sizes
+from .requests import audit_answers, audit_command, group_evaluations, is_audit, record_answers, split_sizes
 from .requests import evaluate_command as build_evaluate_command
 from .runspec import REPO_ROOT
 from .spec import Cell
@@ -199,7 +199,7 @@ def _train(cell: Cell, state: CellState, env: Mapping[str, str], stop: StopReque
 
 def _attempt(cell: Cell, state: CellState, env: Mapping[str, str], stop: StopRequest) -> None:
     _train(cell, state, env, stop)
-    for entry in missing_evaluations(cell):
+    for entry in group_evaluations(missing_evaluations(cell)):
         _run_step("python -m ampt.audit" if is_audit(entry) else "evaluate.py", evaluate_command(cell, entry),
                   state.log_path, env, stop)
     unanswered = missing_evaluations(cell)

@@ -157,8 +157,28 @@ def audit_answers(audit: Mapping[str, Any], entry: Mapping[str, Any], train_eps:
     return True
 
 
+def group_evaluations(entries: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Evaluation entries that differ only in their attack, as one entry with a list of attacks (one
+    ``evaluate.py`` call loads the run once for all of them); audits and the order otherwise kept."""
+    groups: Dict[str, Dict[str, Any]] = {}
+    out: List[Dict[str, Any]] = []
+    for entry in entries:
+        if is_audit(entry):
+            out.append(entry)
+            continue
+        settings = repr(sorted((k, v) for k, v in entry.items() if k != "attack"))
+        if settings in groups:
+            groups[settings]["attack"].append(entry["attack"])
+            continue
+        groups[settings] = {**entry, "attack": [entry["attack"]]}
+        out.append(groups[settings])
+    return out
+
+
 def evaluate_command(run_dir: str, data_root: str, entry: Mapping[str, Any]) -> List[str]:
-    cmd = [sys.executable, str(REPO_ROOT / "evaluate.py"), run_dir, "--attack", str(entry["attack"]),
+    """``evaluate.py`` for an entry; its ``attack`` is a name or a list of names (:func:`group_evaluations`)."""
+    attacks = entry["attack"] if isinstance(entry["attack"], list) else [entry["attack"]]
+    cmd = [sys.executable, str(REPO_ROOT / "evaluate.py"), run_dir, "--attack", *map(str, attacks),
            "--root", data_root]
     for key in ("eps", "steps", "alpha", "n_samples", "prompt", "batch_size", "subsample", "seed", "restarts",
                 "eot_iter", "aa_attacks", "image_ids", "precision"):

@@ -27,12 +27,13 @@ class OneLineArgumentParser(argparse.ArgumentParser):
 
 
 def run_cli(main: Callable[[], int], user_errors: Tuple[Type[BaseException], ...] = (), *,
-            argv: Optional[Sequence[str]] = None) -> int:
+            argv: Optional[Sequence[str]] = None, interrupt_hint: str = "") -> int:
     """Run ``main``; a user error prints one line and returns 2 (unless ``--debug`` is in ``argv``).
 
     ``argv`` defaults to ``sys.argv[1:]``. User errors are :class:`UserError`
     (a missing Dassl too: :class:`~ampt.errors.MissingDependencyError`) and
     ``user_errors`` (extra types a tool has not yet moved to :class:`UserError`).
+    ``interrupt_hint`` is added to the Ctrl-C line (e.g. how to resume).
     """
     debug = DEBUG_FLAG in (sys.argv[1:] if argv is None else argv)
     try:
@@ -44,7 +45,7 @@ def run_cli(main: Callable[[], int], user_errors: Tuple[Type[BaseException], ...
     except KeyboardInterrupt:
         if debug:
             raise
-        print("interrupted (Ctrl-C)", file=sys.stderr)
+        print(f"interrupted (Ctrl-C){'; ' + interrupt_hint if interrupt_hint else ''}", file=sys.stderr)
         return 130
     print(f"error: {' '.join(message.split())}", file=sys.stderr)
     return 2
