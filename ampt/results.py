@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .errors import UserError
 from .utils.io import read_json, write_json
@@ -72,15 +72,25 @@ def record_key(record: Mapping[str, Any]) -> Tuple[Any, ...]:
     return tuple(_norm(record.get(field, KEY_DEFAULTS.get(field))) for field in RECORD_KEY_FIELDS)
 
 
-def same_key(stored: Mapping[str, Any], record: Mapping[str, Any]) -> bool:
-    """Whether ``stored`` holds the number ``record`` asks for (see the module docstring for the rule)."""
-    for field in RECORD_KEY_FIELDS:
+def key_matches(stored: Mapping[str, Any], query: Mapping[str, Any],
+                fields: Sequence[str] = RECORD_KEY_FIELDS) -> bool:
+    """Whether ``stored`` holds the number ``query`` asks for, on ``fields`` (see the module docstring for the rule).
+
+    The one rule "this record answers this request": :meth:`RunResults.get` (evaluate.py's skip) compares every
+    key field; the sweep (:mod:`ampt.sweep.requests`) the fields its entry fixes, defaults resolved.
+    """
+    for field in fields:
         if field in LATER_KEY_FIELDS and stored.get(field) is None:
             continue
         default = KEY_DEFAULTS.get(field)
-        if _norm(stored.get(field, default)) != _norm(record.get(field, default)):
+        if _norm(stored.get(field, default)) != _norm(query.get(field, default)):
             return False
     return True
+
+
+def same_key(stored: Mapping[str, Any], record: Mapping[str, Any]) -> bool:
+    """Whether ``stored`` and ``record`` have the same key (:func:`key_matches` on every key field)."""
+    return key_matches(stored, record)
 
 
 def same_weights(stored: Mapping[str, Any], provenance: Mapping[str, Any]) -> bool:

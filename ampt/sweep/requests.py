@@ -29,7 +29,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 from ..evaluation.image_lists import list_digest, read_image_ids
 from ..evaluation.robust_accuracy import CLEAN, AttackSpec
-from ..results import KEY_DEFAULTS, LATER_KEY_FIELDS, _norm
+from ..results import _norm, key_matches
 from .runspec import REPO_ROOT
 
 EVAL_KEYS = ("attack", "eps", "steps", "alpha", "n_samples", "prompt", "batch_size", "subsample", "seed",
@@ -127,13 +127,8 @@ def record_answers(record: Mapping[str, Any], entry: Mapping[str, Any], train_ep
     """Whether a results.json record answers an evaluation entry (see the module docstring)."""
     if record.get("split") != "test":
         return False
-    for field, value in requested_key(entry, train_eps, sizes).items():
-        stored = record.get(field, KEY_DEFAULTS.get(field))
-        if field in LATER_KEY_FIELDS and stored is None:
-            continue  # the trainer's clean test has no seed, older records no alpha: any value
-        if _norm(stored) != _norm(value):
-            return False
-    return True
+    query = requested_key(entry, train_eps, sizes)
+    return key_matches(record, query, fields=tuple(query))
 
 
 def audit_answers(audit: Mapping[str, Any], entry: Mapping[str, Any], train_eps: Optional[float] = None) -> bool:
