@@ -23,18 +23,10 @@ from .pgd import PGD, ce_loss, margin_loss, pgd_linf
 from .tpgd import TPGD, trades_kl_loss
 
 ATTACK_REGISTRY = Registry("attack")
-ATTACK_REGISTRY.register(PGD, name="pgd")
-ATTACK_REGISTRY.register(CW, name="cw")
-ATTACK_REGISTRY.register(TPGD, name="tpgd")
-ATTACK_REGISTRY.register(AutoAttack, name="aa")
-ATTACK_REGISTRY.register(AutoAttackPlus, name="aa-plus")
-ATTACK_REGISTRY.register(AutoAttackRand, name="aa-rand")
-ATTACK_REGISTRY.register(AutoAttackCustom, name="aa-custom")
-ATTACK_REGISTRY.register(APGDCE, name="apgd-ce")
-ATTACK_REGISTRY.register(APGDDLR, name="apgd-dlr")
-ATTACK_REGISTRY.register(APGDT, name="apgd-t")
-ATTACK_REGISTRY.register(FABT, name="fab-t")
-ATTACK_REGISTRY.register(Square, name="square")
+for _name, _cls in (("pgd", PGD), ("cw", CW), ("tpgd", TPGD), ("aa", AutoAttack), ("aa-plus", AutoAttackPlus),
+                    ("aa-rand", AutoAttackRand), ("aa-custom", AutoAttackCustom), ("apgd-ce", APGDCE),
+                    ("apgd-dlr", APGDDLR), ("apgd-t", APGDT), ("fab-t", FABT), ("square", Square)):
+    ATTACK_REGISTRY.register(_cls, name=_name)
 
 # Evaluation default (docs/method.md section 5): PGD-100, CW-100, TPGD-100.
 DEFAULT_STEPS = 100
