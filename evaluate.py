@@ -7,12 +7,15 @@ Examples::
     python evaluate.py RUN_DIR --attack pgd --steps 100 --n-samples 5000 --dataset ImageNetR
     python evaluate.py RUN_DIR --attack clean pgd --prompt "a photo of a {}."
     python evaluate.py RUN_DIR --attack clean pgd --subsample new   # base-to-new
+    python evaluate.py RUN_DIR --attack aa-custom --aa-attacks apgd-ce,apgd-t --eps 1
+    python evaluate.py RUN_DIR --attack pgd apgd-t --restarts 5 --image-ids ids.txt
 
 eps and alpha are in 1/255 units (4 means 4/255). The eps defaults to the
 run's training eps (adversarial trainers); other runs need --eps. A record
 already in results.json (same dataset, split, attack, eps, steps, n_samples,
-prompt, subsample, alpha, seed) of the same weights is skipped unless
---force; one of another checkpoint is recomputed. Several evaluate.py
+prompt, subsample, alpha, seed, precision, restarts, EOT, attack list, BPDA,
+image list) of the same weights is skipped unless --force; one of another
+checkpoint is recomputed. Several evaluate.py
 processes may write to one run. An interrupted evaluation resumes at its
 first unfinished batch.
 
