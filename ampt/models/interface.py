@@ -55,6 +55,8 @@ MODEL_FEATURES = {
     "frozen_zero_shot": "frozen_image_features(x) and template_features give the zero-shot CLIP without prompts",
     "learned_image_features": "encode_image depends on learned parameters (deep or visual prompts)",
     "router_weights": "router_weights() returns the mixture weights of the latest forward",
+    "perturb_shield": "shield_outputs(features) gives DEFEAT's PerturbShield tensors (patch map, VQ-VAE "
+                      "reconstruction, encodings, codes) of the latest encode_image call, which returned features",
 }
 
 
@@ -101,6 +103,10 @@ class PromptModel(abc.ABC):
     def frozen_image_features(self, x: torch.Tensor) -> torch.Tensor:
         """Normalized ``[B, D]`` features of the image tower without learned prompts (``frozen_zero_shot``)."""
         raise NotImplementedError(f"{type(self).__name__} does not declare frozen_zero_shot")
+
+    def shield_outputs(self, features: torch.Tensor):
+        """DEFEAT's PerturbShield tensors of the forward that returned ``features`` (``perturb_shield``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not declare perturb_shield")
 
 
 def check_prompt_model(model: nn.Module) -> None:

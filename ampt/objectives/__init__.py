@@ -15,6 +15,7 @@ from .step import FrozenZeroShot, TrainingStep, model_features
 from . import (  # noqa: F401  (each file registers its term)
     clean_adv_kl, clean_ce, cross_entropy, fap, feature_l2, mart, renyi, router_balance, trades, zs_kl,
 )
+from . import feature_l1, text_l1, vq_loss  # noqa: F401,E402  (DEFEAT's terms)
 
 __all__ = ["FrozenZeroShot", "InnerLoss", "OBJECTIVE_REGISTRY", "Objective", "TrainingObjective", "TrainingStep",
            "add_objective_configs", "check_inner_differentiable", "model_features", "register_objective"]
