@@ -13,6 +13,8 @@ the tiny CLIP and the toy data, with the trained modules' own weights:
   (same seed); every loss term bit-identical; the total and the gradients of
   every learned tensor equal to 1e-6 relative (the toolkit adds the terms in
   one sum, DEFEAT in two groups: the association differs);
+- the final test records the fused-model attack and its BPDA twin with their
+  labels (the same number); the audit's declared-parts check finds no gap;
 - a tower without patch features (ResNet) is refused in one line; open_clip's
   ViT gives the same global feature as its own forward.
 """
@@ -271,3 +273,18 @@ def test_final_test_records_the_fused_attack_and_bpda_with_their_labels(trainer)
     assert by_label["none"]["model_parts"][0]["own_backward"].startswith("identity")
     # the quantizer's own gradient is the declared BPDA backward: the same attack, the same number
     assert by_label["none"]["accuracy"] == by_label["bpda"]["accuracy"]
+
+
+def test_audit_attacks_through_the_quantizer_and_finds_no_gap(trainer):
+    from ampt.audit.checks import AuditSettings
+    from ampt.audit.runner import run_audit
+    from ampt.models import FixedTextFeatures
+    model = trainer.model.eval()
+    images, labels = trainer.parse_batch_train(one_batch(trainer))
+    with torch.no_grad():
+        wrapped = FixedTextFeatures(model, model.text_features())
+    entry = run_audit(wrapped, images, labels, trainer.num_classes,
+                      AuditSettings(eps=4.0, pgd_steps=3, checks=("declared_parts",)))
+    (check,) = entry["checks"]
+    assert check["status"] == "pass" and "BPDA" in check["why"]
+    assert check["numbers"]["plain_pgd_acc"] == check["numbers"]["adaptive_pgd_acc"]
