@@ -230,7 +230,7 @@ def test_training_update_is_defeats(trainer, monkeypatch):
     total.backward()
     for name, value in terms.items():
         if name != "ce":
-            assert summary[name] == float(value), name
+            assert summary[name] == float(value.detach()), name
     assert torch.allclose(captured["loss"], total.detach(), rtol=1e-6, atol=0)
     for p, g in zip(params, captured["grads"]):
         assert torch.allclose(g, p.grad, rtol=1e-5, atol=1e-8)
