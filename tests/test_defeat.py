@@ -270,7 +270,7 @@ def test_final_test_records_the_fused_attack_and_bpda_with_their_labels(trainer)
     assert set(by_label) == {"none", "bpda"}
     assert by_label["bpda"]["bpda"] is True and "BPDA" in by_label["bpda"]["label"]
     assert "BPDA" not in by_label["none"]["label"]
-    assert by_label["none"]["model_parts"][0]["own_backward"].startswith("identity")
+    assert by_label["none"]["model_parts"][0]["forward_is_straight_through"] is True
     # the quantizer's own gradient is the declared BPDA backward: the same attack, the same number
     assert by_label["none"]["accuracy"] == by_label["bpda"]["accuracy"]
 

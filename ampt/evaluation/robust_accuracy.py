@@ -217,10 +217,10 @@ def attack_provenance(attack: Any, model: nn.Module) -> Dict[str, Any]:
     parts = declared_parts(model)
     if parts:
         out["model_parts"] = parts
-    if "non_differentiable" in kinds and not attack.bpda and attack.access != "black-box":
+    blocking = [p["path"] for p in parts if p["kind"] == "non_differentiable" and not p.get("forward_is_straight_through")]
+    if blocking and not attack.bpda and attack.access != "black-box":
         logger.warning("The model declares non-differentiable parts (%s) and the attack did not go through them "
-                       "(add --bpda): this number may overstate robustness",
-                       ", ".join(p["path"] for p in parts if p["kind"] == "non_differentiable"))
+                       "(add --bpda): this number may overstate robustness", ", ".join(blocking))
     if "random" in kinds and getattr(attack, "eot_iter", 1) <= 1:
         logger.warning("The model declares random parts and the attack used no EOT (add --eot-iter N or use aa-rand)")
     return out

@@ -56,12 +56,18 @@ class NonDifferentiable(DeclaredPart):
     ``fn`` were the identity; needs ``fn(x)`` of ``x``'s shape) or a
     differentiable surrogate ``g`` (the gradient of ``g`` at ``x``). Outside
     :func:`straight_through` the gradient is ``fn``'s own (zero for rounding).
+    ``forward_is_straight_through`` declares that ``fn`` already passes its
+    gradient by the declared backward (``x + (q(x) - x).detach()``, DEFEAT's
+    quantizer): an attack without BPDA then gets the same gradient, and
+    evaluations do not warn about it.
     """
 
     part_kind = "non_differentiable"
 
-    def __init__(self, fn: Callable[[Tensor], Tensor], backward: object = "identity", name: str = "") -> None:
+    def __init__(self, fn: Callable[[Tensor], Tensor], backward: object = "identity", name: str = "",
+                 forward_is_straight_through: bool = False) -> None:
         super().__init__()
+        self.forward_is_straight_through = bool(forward_is_straight_through)
         if backward != "identity" and not callable(backward):
             raise ValueError(f'backward must be "identity" or a differentiable callable (got {backward!r})')
         self.fn = fn
@@ -78,7 +84,10 @@ class NonDifferentiable(DeclaredPart):
 
     def describe(self) -> Dict[str, str]:
         backward = "identity" if self.backward_rule == "identity" else getattr(self.backward_rule, "__name__", "surrogate")
-        return {**super().describe(), "name": self.name, "backward": backward}
+        out = {**super().describe(), "name": self.name, "backward": backward}
+        if self.forward_is_straight_through:
+            out["forward_is_straight_through"] = True
+        return out
 
 
 class RandomPart(DeclaredPart):

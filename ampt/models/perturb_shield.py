@@ -123,12 +123,13 @@ class CodebookQuantizer(NonDifferentiable):
     the model as written (what DEFEAT's PGD attacks, and what it trains with)
     is the identity through this part, which is also the declared BPDA
     backward: with or without ``--bpda`` an attack gets the same gradient,
-    and records say so (``own_backward`` in :meth:`describe`).
+    and records say so (``forward_is_straight_through`` in :meth:`describe`).
     :meth:`codes` gives ``zq`` with gradient to the codebook (the VQ losses).
     """
 
     def __init__(self, n_codes: int, dim: int) -> None:
-        super().__init__(self._straight_through_codes, backward="identity", name="VQ codebook (nearest code)")
+        super().__init__(self._straight_through_codes, backward="identity", name="VQ codebook (nearest code)",
+                         forward_is_straight_through=True)
         self.codebook = nn.Embedding(n_codes, dim)
         self.codebook.weight.data.uniform_(-1.0 / n_codes, 1.0 / n_codes)
 
@@ -151,9 +152,6 @@ class CodebookQuantizer(NonDifferentiable):
     def forward(self, ze: Tensor) -> Tensor:
         """The decoder's input; the same with or without BPDA (the declared backward is already the forward's)."""
         return self.quantize(ze)[0]
-
-    def describe(self):
-        return {**super().describe(), "own_backward": "identity (straight-through estimator in the forward)"}
 
 
 @dataclass
