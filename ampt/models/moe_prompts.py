@@ -1,0 +1,222 @@
+"""Mixture-of-experts deep prompts (MoEAdvVLP): K expert prompt sets per prompted block, mixed by a gate.
+
+Layout as :mod:`ampt.models.deep_prompt_learner` (independent V-L deep
+prompts, IVLP): block 0 of each tower reads one learned prompt (the text
+``ctx``, the image tokens appended after the positional embedding). Each
+deeper prompted block j = 1..J-1 holds K expert prompts ``E_j [K, n, d]``
+and a gate ``Linear_j(d, K)``; at the input of block j the gate reads the
+block's input tokens other than the prompt positions and gives weights
+``w [N, K]`` (N = images on the image side, class prompts on the text side),
+and the block's prompt is ``sum_k w_k E_j[k]`` (xinwong/MMoP ``clip/model.py``,
+``ResidualAttentionBlock_VPT_MoE`` / ``ResidualAttentionBlock_MaPLe_MoE``).
+
+Gate modes (``GATE``):
+
+- ``token_softmax``: ``mean_t softmax(Linear(x_t))`` over the tokens (MMoP's
+  VPT and MaPLe MoE blocks);
+- ``token_mean``: ``softmax(Linear(mean_t ln_1(x_t)))`` (MMoP's later
+  ``ResidualAttentionBlock_IVLP_MoE`` with ``gate_mode token_mean``, without
+  its base prompt, residual scale alpha and learned temperature).
+
+Cost: the experts are mixed in token space before each block, so one pass of
+each tower per forward (not K); the gates add ``N x L x d x K`` multiply-adds
+per prompted block. The text side depends only on the parameters and the
+class names, so it is computed once per step and reused by the attack.
+"""
+from __future__ import annotations
+
+from typing import Dict, FrozenSet, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .clip_loader import clip
+from .deep_prompt_learner import DeepTextLayout
+from .prompted_clip import PromptedCLIP, l2_normalize
+from ..errors import UserError
+
+GATE_MODES = ("token_softmax", "token_mean")
+
+
+class PromptGate(nn.Module):
+    """``forward(tokens [N, L, d], mask [N, L] or None, ln) -> weights [N, K]`` (rows on the simplex), fp32."""
+
+    def __init__(self, width: int, n_experts: int, mode: str = "token_softmax") -> None:
+        super().__init__()
+        if mode not in GATE_MODES:
+            raise UserError(f'Unknown gate mode "{mode}"; valid: {", ".join(GATE_MODES)}')
+        self.mode = mode
+        self.linear = nn.Linear(width, n_experts)  # PyTorch's default init, as MMoP's nn.Linear gate
+
+    def forward(self, tokens: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                ln: Optional[nn.Module] = None) -> torch.Tensor:
+        weight = None if mask is None else mask.to(torch.float32).unsqueeze(-1)
+        count = tokens.shape[1] if mask is None else weight.sum(dim=1).clamp_min(1.0)
+
+        def mean(values: torch.Tensor) -> torch.Tensor:
+            return (values.sum(dim=1) if weight is None else (values * weight).sum(dim=1)) / count
+
+        if self.mode == "token_softmax":
+            return mean(F.softmax(self.linear(tokens.float()), dim=-1))
+        h = ln(tokens).float() if ln is not None else tokens.float()
+        return F.softmax(self.linear(mean(h)), dim=-1)
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode}"
+
+
+def _normal(*shape: int) -> nn.Parameter:
+    return nn.Parameter(nn.init.normal_(torch.empty(*shape), std=0.02))
+
+
+class MoEDeepPromptLearner(nn.Module):
+    """Block-0 prompts of both towers, and K experts plus a gate at each deeper prompted block.
+
+    ``depth_text`` / ``depth_vision`` count the prompted blocks (block 0
+    included); a tower with depth 0 (or 0 tokens) has no prompt at all.
+    """
+
+    n_prompts = 1
+
+    def __init__(self, text_width: int, vision_width: int, n_experts: int, n_ctx_text: int, n_ctx_vision: int,
+                 depth_text: int, depth_vision: int, gate: str = "token_softmax",
+                 ctx_init: Optional[torch.Tensor] = None) -> None:
+        super().__init__()
+        if n_experts < 1:
+            raise UserError(f"A mixture of prompt experts needs at least 1 expert (got {n_experts})")
+        self.n_experts = n_experts
+        self.depth_text = depth_text if n_ctx_text else 0
+        self.depth_vision = depth_vision if n_ctx_vision else 0
+        if max(self.depth_text, self.depth_vision) < 2:
+            raise UserError("A prompt gate needs deep prompts: PROMPT_DEPTH_TEXT or PROMPT_DEPTH_VISION >= 2 "
+                            f"with tokens (got text {n_ctx_text} x {depth_text}, image {n_ctx_vision} x {depth_vision})")
+        self.n_ctx_text, self.n_ctx_vision = n_ctx_text, n_ctx_vision
+        self.ctx = None
+        if self.depth_text:
+            self.ctx = _normal(n_ctx_text, text_width)
+            if ctx_init is not None:
+                with torch.no_grad():
+                    self.ctx.copy_(ctx_init)
+        self.vision = nn.ParameterList([_normal(n_ctx_vision, vision_width)] if self.depth_vision else [])
+        self.text_experts = nn.ParameterList(
+            [_normal(n_experts, n_ctx_text, text_width) for _ in range(max(self.depth_text - 1, 0))])
+        self.text_gates = nn.ModuleList(
+            [PromptGate(text_width, n_experts, gate) for _ in range(max(self.depth_text - 1, 0))])
+        self.vision_experts = nn.ParameterList(
+            [_normal(n_experts, n_ctx_vision, vision_width) for _ in range(max(self.depth_vision - 1, 0))])
+        self.vision_gates = nn.ModuleList(
+            [PromptGate(vision_width, n_experts, gate) for _ in range(max(self.depth_vision - 1, 0))])
+
+    def extra_repr(self) -> str:
+        return (f"experts={self.n_experts}, text: {self.n_ctx_text} tokens x {self.depth_text} blocks, "
+                f"image: {self.n_ctx_vision} tokens x {self.depth_vision} blocks")
+
+
+def _mix(weights: torch.Tensor, experts: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``[N, n, d]``: per row, ``sum_k weights[:, k] experts[k]``."""
+    return torch.einsum("bk,knd->bnd", weights, experts.float()).to(dtype)
+
+
+class MoEDeepPromptCLIP(PromptedCLIP):
+    """A :class:`PromptedCLIP` whose deep prompts are gated mixtures of experts (one text prompt, K = 1).
+
+    ``gate_weights()`` gives the image gates' weights of the latest
+    ``encode_image`` (``[B, K]`` per gated block, with gradient) and
+    ``router_weights()`` their mean over blocks; ``text_gate_weights`` holds
+    the text gates' ``[C, K]`` of the latest ``text_features``, detached.
+    """
+
+    def __init__(self, clip_model: nn.Module, learner: MoEDeepPromptLearner, layout: DeepTextLayout,
+                 dtype: Optional[torch.dtype] = None) -> None:
+        super().__init__(clip_model, prompt_learner=None, dtype=dtype)
+        self.prompt_learner = learner
+        self.text_layout = layout
+        self._vision_weights: List[torch.Tensor] = []
+        self.text_gate_weights: List[torch.Tensor] = []
+        self.snapshot: List[torch.Tensor] = []
+
+    # ------------------------------------------------------------ text
+    def text_features(self) -> torch.Tensor:
+        """Normalized ``[1, C, D]`` features; each class prompt's deeper tokens mixed by its own gate weights."""
+        learner, encoder = self.prompt_learner, self.text_encoder
+        tower = encoder.tower
+        embeddings, token_ids = self.text_layout.embeddings(learner.ctx)
+        dtype = encoder.dtype
+        pooled = tower.pool_index(token_ids)
+        length = tower.kept_length(token_ids)
+        x = embeddings[:, :length].type(dtype) + encoder.positional_embedding[:length].type(dtype)
+        mask = None if encoder.causal_mask is None else encoder.causal_mask[:length, :length].to(dtype)
+        n = learner.n_ctx_text if learner.depth_text else 0
+        # the gate reads each prompt's own tokens up to its pooled (EOT) token, prompt positions excluded
+        positions = torch.arange(length, device=x.device)
+        own = (positions[None, :] <= pooled[:, None]) & ~((positions >= 1) & (positions <= n))[None, :]
+        weights_log = []
+        *blocks, last = encoder.transformer.resblocks
+        for index, block in enumerate([*blocks, last]):
+            if 1 <= index < learner.depth_text:
+                w = learner.text_gates[index - 1](x, own, getattr(block, "ln_1", None))
+                weights_log.append(w.detach())
+                x = torch.cat([x[:, :1], _mix(w, learner.text_experts[index - 1], x.dtype), x[:, 1 + n:]], dim=1)
+            if index < len(blocks):
+                x = tower.run_block(block, x, mask)
+        features = tower.project(tower.run_block_at(last, x, pooled)).float()
+        self.text_gate_weights = weights_log
+        return l2_normalize(features).unsqueeze(0)
+
+    # ------------------------------------------------------------ image
+    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+        learner, visual = self.prompt_learner, self.image_encoder
+        pixels = self.normalizer(x).type(self.dtype)
+        self._vision_weights = []
+        if not learner.depth_vision:
+            return l2_normalize(visual(pixels).float())
+        if not isinstance(visual, clip.model.VisionTransformer):
+            raise ValueError(f"Visual deep prompts need a ViT backbone; {type(visual).__name__} has no tokens")
+        b = pixels.shape[0]
+        h = visual.conv1(pixels)
+        h = h.reshape(b, h.shape[1], -1).permute(0, 2, 1)
+        cls = visual.class_embedding.to(h.dtype) + torch.zeros(b, 1, h.shape[-1], dtype=h.dtype, device=h.device)
+        h = torch.cat([cls, h], dim=1) + visual.positional_embedding.to(h.dtype)
+        n = learner.n_ctx_vision
+        h = torch.cat([h, learner.vision[0].to(h.dtype).unsqueeze(0).expand(b, -1, -1)], dim=1)
+        h = visual.ln_pre(h).permute(1, 0, 2)  # NLD -> LND
+        for index, block in enumerate(visual.transformer.resblocks):
+            if 1 <= index < learner.depth_vision:
+                tokens = h[: h.shape[0] - n].permute(1, 0, 2)  # [B, L, d], the previous prompt outputs dropped
+                w = learner.vision_gates[index - 1](tokens, None, getattr(block, "ln_1", None))
+                self._vision_weights.append(w)
+                mixed = _mix(w, learner.vision_experts[index - 1], h.dtype).permute(1, 0, 2)
+                h = torch.cat([h[: h.shape[0] - n], mixed], dim=0)
+            h = block(h)
+        h = visual.ln_post(h.permute(1, 0, 2)[:, 0, :])
+        features = h @ visual.proj if visual.proj is not None else h
+        return l2_normalize(features.float())
+
+    # ------------------------------------------------------------ interface
+    def gate_weights(self) -> List[torch.Tensor]:
+        return list(self._vision_weights)
+
+    def router_weights(self) -> Optional[torch.Tensor]:
+        """Mean over the gated image blocks of their weights ``[B, K]`` (None before a forward)."""
+        if not self._vision_weights:
+            return None
+        self.snapshot = [w.detach() for w in self._vision_weights]
+        return torch.stack(self._vision_weights).mean(dim=0)
+
+    @property
+    def last_weights(self) -> Optional[torch.Tensor]:
+        weights = self.router_weights()
+        return None if weights is None else weights.detach()
+
+    def model_features(self) -> FrozenSet[str]:
+        learner = self.prompt_learner
+        extra = {"learned_image_features"} if learner.depth_vision else set()
+        if learner.depth_vision >= 2:
+            extra.add("router_weights")
+        return super().model_features() | extra
+
+    def word_prompts(self) -> Dict[str, torch.Tensor]:
+        """The text prompt's first-block tokens (the experts of deeper blocks are not word embeddings)."""
+        ctx = self.prompt_learner.ctx
+        return {"ctx": ctx.unsqueeze(0)} if ctx is not None else {}

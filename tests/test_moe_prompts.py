@@ -1,0 +1,165 @@
+"""MoEAdvVLP's mixture-of-experts deep prompts: equal experts are AdvVLP, the gate routes per image, bad input refused."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from yacs.config import CfgNode as CN
+
+from ampt.api import TRAINER_REGISTRY
+from ampt.errors import UserError
+from ampt.models import DeepPromptCLIP, DeepPromptLearner, DeepTextLayout, PromptedCLIP, template_text_features
+from ampt.models.moe_prompts import MoEDeepPromptCLIP, MoEDeepPromptLearner, PromptGate
+from ampt.models.tiny import build_tiny_clip
+
+MoEAdvVLP = TRAINER_REGISTRY.get("MoEAdvVLP")  # the plug-in as loaded (trainers/moe_prompts.py)
+check_moe_cfg = sys.modules[MoEAdvVLP.__module__].check_moe_cfg
+NAMES = ["cat", "dog", "small_bird"]
+TEXT_W, VISION_W = 64, 96  # the demo's tiny CLIP: text 64 x 2 blocks, vision 96 x 3 blocks
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = build_tiny_clip(seed=0, vision_width=96, vision_layers=3)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _moe(tiny, k=3, depth_text=2, depth_vision=3, gate="token_softmax", names=NAMES):
+    layout = DeepTextLayout(tiny, names, 2 if depth_text else 0, "a photo of a")
+    torch.manual_seed(0)
+    learner = MoEDeepPromptLearner(TEXT_W, VISION_W, k, 2, 2, depth_text, depth_vision, gate, layout.initial_ctx())
+    return MoEDeepPromptCLIP(tiny, learner, layout).eval()
+
+
+def _images(n=4):
+    return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("gate", ["token_softmax", "token_mean"])
+def test_equal_experts_are_the_independent_deep_prompts(tiny, gate):
+    """Every expert of a block set to AdvVLP's token of that block: whatever the gate says, AdvVLP's logits."""
+    moe = _moe(tiny, gate=gate)
+    layout = DeepTextLayout(tiny, NAMES, 2, "a photo of a")
+    plain = DeepPromptCLIP(tiny, DeepPromptLearner(TEXT_W, VISION_W, "independent", 2, 2, 2, 3,
+                                                   layout.initial_ctx()), layout).eval()
+    with torch.no_grad():
+        moe.prompt_learner.ctx.copy_(plain.prompt_learner.ctx)
+        moe.prompt_learner.vision[0].copy_(plain.prompt_learner.vision[0])
+        for experts, token in zip(moe.prompt_learner.text_experts, plain.prompt_learner.text_deep):
+            experts.copy_(token.expand_as(experts))
+        for experts, token in zip(moe.prompt_learner.vision_experts, list(plain.prompt_learner.vision)[1:]):
+            experts.copy_(token.expand_as(experts))
+        x = _images()
+        torch.testing.assert_close(moe(x), plain(x), rtol=1e-4, atol=1e-4)
+
+
+def test_gate_routes_per_image_and_gradients_reach_experts_and_gates(tiny):
+    moe = _moe(tiny)
+    x = _images()
+    logits = moe(x)
+    weights = moe.router_weights()
+    assert weights.shape == (4, 3) and torch.allclose(weights.sum(dim=1), torch.ones(4))
+    assert len(moe.gate_weights()) == 2 and (weights - weights.mean(dim=0)).abs().max() > 0  # per image
+    assert [w.shape for w in moe.text_gate_weights] == [(3, 3)]  # one gated text block, one row per class
+    assert {"router_weights", "learned_image_features"} <= moe.model_features()
+    (logits.logsumexp(dim=1).sum() + weights[:, 0].sum()).backward()
+    learner = moe.prompt_learner
+    for p in [*learner.vision_experts, *learner.text_experts, *learner.vision_gates.parameters(),
+              *learner.text_gates.parameters()]:
+        assert p.grad is not None and p.grad.abs().sum() > 0
+    assert all(p.grad is None for p in tiny.parameters())
+
+
+def test_a_class_prompt_does_not_depend_on_the_other_classes(tiny):
+    """The text gate reads each prompt's own tokens (up to its EOT), so trimming to the longest prompt changes nothing."""
+    with torch.no_grad():
+        alone = _moe(tiny, names=["cat"]).text_features()[0, 0]
+        together = _moe(tiny, names=["cat", "small_bird"]).text_features()[0, 0]
+    torch.testing.assert_close(alone, together, rtol=1e-5, atol=1e-5)
+
+
+def test_visual_only_keeps_the_hand_written_text_prompt(tiny):
+    moe = _moe(tiny, depth_text=0)
+    plain = PromptedCLIP(tiny, None)
+    with torch.no_grad():
+        expected = template_text_features(plain.text_encoder, NAMES, "a photo of a {}.")
+        torch.testing.assert_close(moe.text_features()[0], expected.reshape(len(NAMES), -1), rtol=1e-5, atol=1e-5)
+    assert moe.word_prompts() == {} and moe(_images()).shape == (4, 3)
+
+
+def test_gate_modes_give_rows_on_the_simplex():
+    tokens = torch.randn(2, 5, 8)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    for mode in ("token_softmax", "token_mean"):
+        w = PromptGate(8, 4, mode)(tokens, mask, torch.nn.LayerNorm(8))
+        assert w.shape == (2, 4) and torch.allclose(w.sum(dim=1), torch.ones(2))
+    # masked positions are not read
+    changed = tokens.clone()
+    changed[0, 3:] = 100.0
+    gate = PromptGate(8, 4)
+    torch.testing.assert_close(gate(tokens, mask)[0], gate(changed, mask)[0])
+
+
+def _node(**values):
+    cfg = CN()
+    cfg.TRAINER = CN()
+    MoEAdvVLP.add_config(cfg)
+    cfg.TRAINER.MOEADVVLP.update(values)
+    return cfg.TRAINER.MOEADVVLP
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"N_EXPERTS": 0}, "N_EXPERTS must be >= 1"),
+    ({"PROMPT_DEPTH_TEXT": 1, "PROMPT_DEPTH_VISION": 1}, "a gate needs deep prompts"),
+    ({"PROMPT_DEPTH_TEXT": 9, "N_CTX_TEXT": 0, "PROMPT_DEPTH_VISION": 0}, "a gate needs deep prompts"),
+    ({"GATE": "cls"}, "GATE"),
+])
+def test_bad_input_is_refused_in_one_line(values, message):
+    with pytest.raises(UserError, match=message) as err:
+        check_moe_cfg(_node(**values))
+    assert "\n" not in str(err.value)
+    check_moe_cfg(_node())  # the defaults (3 experts, depth 9) pass
+
+
+def test_the_learner_refuses_too():
+    with pytest.raises(UserError, match="at least 1 expert"):
+        MoEDeepPromptLearner(TEXT_W, VISION_W, 0, 2, 2, 2, 3)
+    with pytest.raises(UserError, match="gate needs deep prompts"):
+        MoEDeepPromptLearner(TEXT_W, VISION_W, 3, 2, 2, 1, 1)
+
+
+@pytest.mark.parametrize("override, message", [
+    (["TRAINER.MOEADVVLP.N_EXPERTS", "0"], "N_EXPERTS must be >= 1"),
+    (["TRAINER.MOEADVVLP.PROMPT_DEPTH_TEXT", "1", "TRAINER.MOEADVVLP.PROMPT_DEPTH_VISION", "1"], "a gate needs deep"),
+])
+def test_train_py_refuses_before_any_data_in_one_line(tmp_path, monkeypatch, capsys, override, message):
+    import train
+
+    monkeypatch.setattr(sys, "argv", ["train.py", "--root", str(tmp_path / "data"), "--trainer", "MoEAdvVLP",
+                                      "--config-file", "configs/trainers/MoEAdvVLP/digits.yaml",
+                                      "--output-dir", str(tmp_path / "run"), *override])
+    code, err = train.cli(), capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and message in err
+    assert not (tmp_path / "run" / "prompt_learner").exists()  # refused at the config check, before training
+
+
+@pytest.mark.parametrize("config", sorted((Path(__file__).resolve().parent.parent / "configs" / "trainers" / "MoEAdvVLP").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_configs_merge_and_pass_the_checks(config):
+    from ampt.config import setup_cfg
+    from ampt.objectives import TrainingObjective
+
+    args = argparse.Namespace(config_file=str(config), dataset_config_file="", trainer="MoEAdvVLP", opts=[])
+    cfg = setup_cfg(args, MoEAdvVLP)
+    check_moe_cfg(cfg.TRAINER.MOEADVVLP)
+    TrainingObjective(cfg)  # ADV.TRAIN.LOSS parses
+    assert cfg.TRAINER.NAME == "MoEAdvVLP" and cfg.TRAINER.MOEADVVLP.N_EXPERTS == 3
+    if config.stem.startswith("vit_b32"):  # MAPT 926889f's MoEAdvIVLP ViT-B/32 values
+        node = cfg.TRAINER.MOEADVVLP
+        assert (node.N_CTX_TEXT, node.N_CTX_VISION, node.PROMPT_DEPTH_TEXT, node.PROMPT_DEPTH_VISION) == (2, 2, 9, 9)
+        assert (cfg.ADV.TRAIN.EPS, cfg.ADV.TRAIN.STEPS, cfg.ADV.TEST.STEPS) == (1.0, 2, 100)
+        assert (cfg.OPTIM.LR, cfg.OPTIM.MAX_EPOCH, cfg.DATALOADER.TRAIN_X.BATCH_SIZE) == (0.0035, 100, 32)
