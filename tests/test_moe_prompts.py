@@ -29,10 +29,11 @@ def tiny():
     return model
 
 
-def _moe(tiny, k=3, depth_text=2, depth_vision=3, gate="token_softmax", names=NAMES):
+def _moe(tiny, k=3, depth_text=2, depth_vision=3, gate="token_softmax", names=NAMES, coupling="independent"):
     layout = DeepTextLayout(tiny, names, 2 if depth_text else 0, "a photo of a")
     torch.manual_seed(0)
-    learner = MoEDeepPromptLearner(TEXT_W, VISION_W, k, 2, 2, depth_text, depth_vision, gate, layout.initial_ctx())
+    learner = MoEDeepPromptLearner(TEXT_W, VISION_W, k, 2, 2, depth_text, depth_vision, gate, layout.initial_ctx(),
+                                   coupling)
     return MoEDeepPromptCLIP(tiny, learner, layout).eval()
 
 
@@ -56,6 +57,25 @@ def test_equal_experts_are_the_independent_deep_prompts(tiny, gate):
             experts.copy_(token.expand_as(experts))
         x = _images()
         torch.testing.assert_close(moe(x), plain(x), rtol=1e-4, atol=1e-4)
+
+
+def test_maple_coupling_is_maple_at_block_0_and_gated_experts_deeper(tiny):
+    """Equal experts: MaPLe's deep prompts (image tokens of block 0 = Linear(ctx)), as AdvMaPLeOrig's learner."""
+    moe = _moe(tiny, depth_text=2, depth_vision=2, coupling="maple")
+    layout = DeepTextLayout(tiny, NAMES, 2, "a photo of a")
+    plain = DeepPromptCLIP(tiny, DeepPromptLearner(TEXT_W, VISION_W, "maple", 2, 2, 2, 2, layout.initial_ctx()),
+                           layout).eval()
+    learner, reference = moe.prompt_learner, plain.prompt_learner
+    assert len(learner.vision) == 0 and learner.to_vision is not None
+    with torch.no_grad():
+        learner.ctx.copy_(reference.ctx)
+        learner.to_vision.load_state_dict(reference.to_vision[0].state_dict())
+        learner.text_experts[0].copy_(reference.text_deep[0].expand_as(learner.text_experts[0]))
+        learner.vision_experts[0].copy_(reference.to_vision[1](reference.text_deep[0]).expand_as(learner.vision_experts[0]))
+        torch.testing.assert_close(moe(_images()), plain(_images()), rtol=1e-4, atol=1e-4)
+    logits = moe(_images())
+    logits.sum().backward()
+    assert learner.to_vision.weight.grad.abs().sum() > 0 and learner.ctx.grad.abs().sum() > 0
 
 
 def test_gate_routes_per_image_and_gradients_reach_experts_and_gates(tiny):
@@ -118,6 +138,8 @@ def _node(**values):
     ({"PROMPT_DEPTH_TEXT": 1, "PROMPT_DEPTH_VISION": 1}, "a gate needs deep prompts"),
     ({"PROMPT_DEPTH_TEXT": 9, "N_CTX_TEXT": 0, "PROMPT_DEPTH_VISION": 0}, "a gate needs deep prompts"),
     ({"GATE": "cls"}, "GATE"),
+    ({"COUPLING": "fap"}, "COUPLING"),
+    ({"COUPLING": "maple", "PROMPT_DEPTH_TEXT": 2, "PROMPT_DEPTH_VISION": 3}, "maple needs"),
 ])
 def test_bad_input_is_refused_in_one_line(values, message):
     with pytest.raises(UserError, match=message) as err:
@@ -131,6 +153,8 @@ def test_the_learner_refuses_too():
         MoEDeepPromptLearner(TEXT_W, VISION_W, 0, 2, 2, 2, 3)
     with pytest.raises(UserError, match="gate needs deep prompts"):
         MoEDeepPromptLearner(TEXT_W, VISION_W, 3, 2, 2, 1, 1)
+    with pytest.raises(UserError, match="maple coupling needs"):
+        MoEDeepPromptLearner(TEXT_W, VISION_W, 3, 2, 1, 3, 3, coupling="maple")
 
 
 @pytest.mark.parametrize("override, message", [
@@ -158,8 +182,9 @@ def test_shipped_configs_merge_and_pass_the_checks(config):
     check_moe_cfg(cfg.TRAINER.MOEADVVLP)
     TrainingObjective(cfg)  # ADV.TRAIN.LOSS parses
     assert cfg.TRAINER.NAME == "MoEAdvVLP" and cfg.TRAINER.MOEADVVLP.N_EXPERTS == 3
-    if config.stem.startswith("vit_b32"):  # MAPT 926889f's MoEAdvIVLP ViT-B/32 values
+    if config.stem.startswith("vit_b32"):  # MAPT 926889f's MoEAdvIVLP / MoEAdvMaPLe ViT-B/32 values
         node = cfg.TRAINER.MOEADVVLP
         assert (node.N_CTX_TEXT, node.N_CTX_VISION, node.PROMPT_DEPTH_TEXT, node.PROMPT_DEPTH_VISION) == (2, 2, 9, 9)
         assert (cfg.ADV.TRAIN.EPS, cfg.ADV.TRAIN.STEPS, cfg.ADV.TEST.STEPS) == (1.0, 2, 100)
         assert (cfg.OPTIM.LR, cfg.OPTIM.MAX_EPOCH, cfg.DATALOADER.TRAIN_X.BATCH_SIZE) == (0.0035, 100, 32)
+        assert node.COUPLING == ("maple" if config.stem.endswith("_maple") else "independent")

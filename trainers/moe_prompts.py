@@ -14,7 +14,8 @@ gate over the block's input tokens; the block's prompt is the gate-weighted
 sum of its experts (per image on the image side, per class prompt on the
 text side). One pass of each tower per forward. ``PROMPT_DEPTH_TEXT 0``
 gives the visual-only variant (MMoP's ``MoEAdvVPT`` outline: a hand-written
-text prompt ``CTX_INIT {class}.``).
+text prompt ``CTX_INIT {class}.``); ``COUPLING maple`` the MaPLe-coupled one
+(MAPT's ``MoEAdvMaPLe``: block 0's image tokens are ``Linear(text ctx)``).
 
 Router diagnostics: the image gates' weights (mean over gated blocks, and
 per block) go to ``OUTPUT_DIR/router_stats.json`` each epoch (the training
@@ -38,7 +39,7 @@ from ampt.evaluation.robust_accuracy import CLEAN, AttackSpec, accuracy_under_at
 from ampt.method_kits.deep_prompts import _check_depths, add_independent_keys
 from ampt.models import DeepTextLayout
 from ampt.models.interface import LEARNED
-from ampt.models.moe_prompts import GATE_MODES, MoEDeepPromptCLIP, MoEDeepPromptLearner
+from ampt.models.moe_prompts import GATE_MODES, MOE_COUPLINGS, MoEDeepPromptCLIP, MoEDeepPromptLearner
 from ampt.models.router import weight_entropy
 from ampt.models.router_stats import EpochAccumulator, TestWeightLog, eval_split_stats
 from ampt.objectives import TrainingStep
@@ -57,6 +58,13 @@ def check_moe_cfg(node: CN) -> None:
         raise UserError(f"TRAINER.MOEADVVLP.N_EXPERTS must be >= 1 (got {node.N_EXPERTS})")
     if node.GATE not in GATE_MODES:
         raise UserError(f'TRAINER.MOEADVVLP.GATE "{node.GATE}" is not one of {", ".join(GATE_MODES)}')
+    if node.COUPLING not in MOE_COUPLINGS:
+        raise UserError(f'TRAINER.MOEADVVLP.COUPLING "{node.COUPLING}" is not one of {", ".join(MOE_COUPLINGS)}')
+    if node.COUPLING == "maple" and (node.N_CTX_TEXT != node.N_CTX_VISION or node.N_CTX_TEXT < 1
+                                     or node.PROMPT_DEPTH_TEXT != node.PROMPT_DEPTH_VISION):
+        raise UserError("TRAINER.MOEADVVLP.COUPLING maple needs N_CTX_TEXT = N_CTX_VISION >= 1 and PROMPT_DEPTH_TEXT = "
+                        f"PROMPT_DEPTH_VISION (got {node.N_CTX_TEXT}/{node.N_CTX_VISION}, "
+                        f"{node.PROMPT_DEPTH_TEXT}/{node.PROMPT_DEPTH_VISION})")
     text = node.PROMPT_DEPTH_TEXT if node.N_CTX_TEXT else 0
     vision = node.PROMPT_DEPTH_VISION if node.N_CTX_VISION else 0
     if max(text, vision) < 2:
@@ -77,6 +85,7 @@ class MoEAdvVLP(AdversarialClipTrainer):
         node = cfg.TRAINER.MOEADVVLP
         add_independent_keys(node)
         node.N_EXPERTS = 3  # K expert prompts per deeper prompted block (>= 1); MAPT commit 926889f's NUM_EXPERTS
+        node.COUPLING = "independent"  # independent (IVLP, MAPT's MoEAdvIVLP) | maple (block 0's image tokens = Linear(ctx))
         node.GATE = "token_softmax"  # token_softmax (mean of per-token softmax, MMoP) | token_mean (MMoP's later IVLP gate)
 
     def check_cfg(self, cfg: Any) -> None:
@@ -85,7 +94,7 @@ class MoEAdvVLP(AdversarialClipTrainer):
 
     def run_metadata(self) -> Dict[str, Any]:
         node = self.cfg.TRAINER.MOEADVVLP
-        return {**super().run_metadata(), "n_experts": node.N_EXPERTS, "gate": node.GATE}
+        return {**super().run_metadata(), "n_experts": node.N_EXPERTS, "gate": node.GATE, "coupling": node.COUPLING}
 
     def build_model(self) -> None:
         node = self.cfg.TRAINER.MOEADVVLP
@@ -96,7 +105,7 @@ class MoEAdvVLP(AdversarialClipTrainer):
         layout = DeepTextLayout(clip_model, self.classnames, node.N_CTX_TEXT if depth_text else 0, node.CTX_INIT)
         learner = MoEDeepPromptLearner(clip_model.ln_final.weight.shape[0], clip_model.visual.conv1.weight.shape[0],
                                        node.N_EXPERTS, node.N_CTX_TEXT, node.N_CTX_VISION, depth_text, depth_vision,
-                                       node.GATE, layout.initial_ctx())
+                                       node.GATE, layout.initial_ctx(), node.COUPLING)
         self.install_model(MoEDeepPromptCLIP(clip_model, learner, layout), trainable=["prompt_learner"])
         logger.info("MoE deep prompts: %s", learner)
 

@@ -10,6 +10,13 @@ block's input tokens other than the prompt positions and gives weights
 and the block's prompt is ``sum_k w_k E_j[k]`` (xinwong/MMoP ``clip/model.py``,
 ``ResidualAttentionBlock_VPT_MoE`` / ``ResidualAttentionBlock_MaPLe_MoE``).
 
+``maple`` coupling (``MoEAdvMaPLe`` of the MAPT repository, MMoP's
+``ResidualAttentionBlock_MaPLe_MoE``): block 0's image tokens are
+``Linear(text ctx)``, as MaPLe's; the deeper blocks' experts and gates are
+each tower's own. MMoP's block inserts MaPLe's coupled deep prompts and then
+overwrites them with the experts' mixture, so only block 0 stays coupled,
+as here.
+
 Gate modes (``GATE``):
 
 - ``token_softmax``: ``mean_t softmax(Linear(x_t))`` over the tokens (MMoP's
@@ -37,6 +44,7 @@ from .prompted_clip import PromptedCLIP, l2_normalize
 from ..errors import UserError
 
 GATE_MODES = ("token_softmax", "token_mean")
+MOE_COUPLINGS = ("independent", "maple")
 
 
 class PromptGate(nn.Module):
@@ -81,8 +89,14 @@ class MoEDeepPromptLearner(nn.Module):
 
     def __init__(self, text_width: int, vision_width: int, n_experts: int, n_ctx_text: int, n_ctx_vision: int,
                  depth_text: int, depth_vision: int, gate: str = "token_softmax",
-                 ctx_init: Optional[torch.Tensor] = None) -> None:
+                 ctx_init: Optional[torch.Tensor] = None, coupling: str = "independent") -> None:
         super().__init__()
+        if coupling not in MOE_COUPLINGS:
+            raise UserError(f'Unknown MoE prompt coupling "{coupling}"; valid: {", ".join(MOE_COUPLINGS)}')
+        if coupling == "maple" and (n_ctx_text != n_ctx_vision or depth_text != depth_vision or not n_ctx_text
+                                    or not depth_text):
+            raise UserError("maple coupling needs the same token count (>= 1) and depth (>= 1) in both towers "
+                            f"(got tokens {n_ctx_text}/{n_ctx_vision}, depths {depth_text}/{depth_vision})")
         if n_experts < 1:
             raise UserError(f"A mixture of prompt experts needs at least 1 expert (got {n_experts})")
         self.n_experts = n_experts
@@ -98,7 +112,11 @@ class MoEDeepPromptLearner(nn.Module):
             if ctx_init is not None:
                 with torch.no_grad():
                     self.ctx.copy_(ctx_init)
-        self.vision = nn.ParameterList([_normal(n_ctx_vision, vision_width)] if self.depth_vision else [])
+        self.coupling = coupling
+        # block 0's image tokens: learned (independent) or Linear(text ctx) (maple, MaPLe's shallow coupling)
+        self.vision = nn.ParameterList(
+            [_normal(n_ctx_vision, vision_width)] if self.depth_vision and coupling == "independent" else [])
+        self.to_vision = nn.Linear(text_width, vision_width) if coupling == "maple" else None
         self.text_experts = nn.ParameterList(
             [_normal(n_experts, n_ctx_text, text_width) for _ in range(max(self.depth_text - 1, 0))])
         self.text_gates = nn.ModuleList(
@@ -108,8 +126,12 @@ class MoEDeepPromptLearner(nn.Module):
         self.vision_gates = nn.ModuleList(
             [PromptGate(vision_width, n_experts, gate) for _ in range(max(self.depth_vision - 1, 0))])
 
+    def first_vision_tokens(self) -> torch.Tensor:
+        """``[n, d_v]``: block 0's image tokens."""
+        return self.to_vision(self.ctx) if self.coupling == "maple" else self.vision[0]
+
     def extra_repr(self) -> str:
-        return (f"experts={self.n_experts}, text: {self.n_ctx_text} tokens x {self.depth_text} blocks, "
+        return (f"coupling={self.coupling}, experts={self.n_experts}, text: {self.n_ctx_text} tokens x {self.depth_text} blocks, "
                 f"image: {self.n_ctx_vision} tokens x {self.depth_vision} blocks")
 
 
@@ -179,7 +201,7 @@ class MoEDeepPromptCLIP(PromptedCLIP):
         cls = visual.class_embedding.to(h.dtype) + torch.zeros(b, 1, h.shape[-1], dtype=h.dtype, device=h.device)
         h = torch.cat([cls, h], dim=1) + visual.positional_embedding.to(h.dtype)
         n = learner.n_ctx_vision
-        h = torch.cat([h, learner.vision[0].to(h.dtype).unsqueeze(0).expand(b, -1, -1)], dim=1)
+        h = torch.cat([h, learner.first_vision_tokens().to(h.dtype).unsqueeze(0).expand(b, -1, -1)], dim=1)
         h = visual.ln_pre(h).permute(1, 0, 2)  # NLD -> LND
         for index, block in enumerate(visual.transformer.resblocks):
             if 1 <= index < learner.depth_vision:
