@@ -42,6 +42,8 @@ ATTACKS = sorted(ATTACK_REGISTRY.registered_names())
 # AutoAttack's "plus" and "rand" versions run the class and library path of "aa" with more restarts and EOT
 # (minutes on a tiny model): tests/test_attacks.py runs them; here every other attack runs on every trainer.
 SLOW_VERSIONS = ("aa-plus", "aa-rand")
+# Trainers whose models declare an input-dependent router (AMPT's router, the mixture-of-experts gates).
+ROUTED_TRAINERS = ("AMPT", "MoEAdvVLP")
 # Settings an attack cannot run without.
 REQUIRED_OPTIONS = {"aa-custom": {"options": "apgd-ce,apgd-t"}}
 
@@ -126,7 +128,7 @@ def test_trains_saves_reloads_and_every_attack_evaluates(runs, name):
     assert {r["attack"] for r in records} >= {"clean", *ATTACKS} - set(SLOW_VERSIONS)
     # every evaluate.py record says how the attack went through the model's declared parts (AMPT: its router)
     attacked = [r for r in records if r["attack"] != "clean" and "attack_config" in r]
-    expected = "through-router" if CASES[name][0] == "AMPT" else "none"
+    expected = "through-router" if CASES[name][0] in ROUTED_TRAINERS else "none"
     assert attacked and {r["adaptive"] for r in attacked} == {expected}
     reloaded_clean = next(r["accuracy"] for r in records if r["attack"] == "clean" and r["n_samples"] == 12)
     assert reloaded_clean == own_clean  # the checkpoint restored what was trained

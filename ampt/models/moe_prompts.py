@@ -40,6 +40,7 @@ from torch import nn
 
 from .clip_loader import clip
 from .deep_prompt_learner import DeepTextLayout
+from .parts import RouterPart
 from .prompted_clip import PromptedCLIP, l2_normalize
 from ..errors import UserError
 
@@ -47,8 +48,11 @@ GATE_MODES = ("token_softmax", "token_mean")
 MOE_COUPLINGS = ("independent", "maple")
 
 
-class PromptGate(nn.Module):
-    """``forward(tokens [N, L, d], mask [N, L] or None, ln) -> weights [N, K]`` (rows on the simplex), fp32."""
+class PromptGate(RouterPart):
+    """``forward(tokens [N, L, d], mask [N, L] or None, ln) -> weights [N, K]`` (rows on the simplex), fp32.
+
+    A declared router part (:mod:`ampt.models.parts`): attacks go through it by autograd, and records say so.
+    """
 
     def __init__(self, width: int, n_experts: int, mode: str = "token_softmax") -> None:
         super().__init__()
