@@ -349,3 +349,26 @@ def test_run_folder_levels_fit_the_file_system_limit_and_stay_distinct():
     assert folders[0] != folders[1]
     assert fit_component("short") == "short"
     assert len(fit_component("é" * 200).encode()) <= 255  # multi-byte characters are not cut in half
+
+
+def test_the_mixtures_sweep_compares_16_learned_tokens():
+    cells = expand(load_sweep(str(REPO / "configs/sweeps/mixtures-digits.yaml")))
+    assert len(cells) == 24 and len({c.run_dir for c in cells}) == 24
+
+    def tokens(cell) -> int:
+        cfg = cell.spec.config_node()
+        if cell.spec.trainer == "AMPT":
+            return cfg.TRAINER.AMPT.N_PROMPTS * cfg.TRAINER.AMPT.N_CTX
+        if cell.spec.trainer == "MoEAdvVLP":
+            node = cfg.TRAINER.MOEADVVLP
+            text = node.N_CTX_TEXT * (1 + node.N_EXPERTS * (node.PROMPT_DEPTH_TEXT - 1)) if node.PROMPT_DEPTH_TEXT else 0
+            gated_vision = node.N_CTX_VISION * node.N_EXPERTS * (node.PROMPT_DEPTH_VISION - 1)
+            coupled = node.COUPLING == "maple"  # block-0 image tokens are a projection of the text tokens
+            return text + gated_vision + (0 if coupled else node.N_CTX_VISION)
+        return cfg.TRAINER.get(cell.spec.trainer.upper()).N_CTX
+
+    budget = {c.method: tokens(c) for c in cells if c.method != "FAP"}
+    assert budget == {"APT-16": 16, "AMPT-4x4-router": 16, "AMPT-4x4-uniform": 16, "DEFEAT-16": 16, "MoE-VLP": 16,
+                      "MoE-visual": 16, "MoE-MaPLe": 14}
+    assert [(e["attack"], e.get("eps")) for e in cells[0].evaluate] == [("clean", None), ("pgd", 4), ("pgd", 8),
+                                                                        ("aa", 4)]
