@@ -38,7 +38,7 @@ from ampt.models.router import ROUTER_KINDS, Router, weight_entropy
 from ampt.utils import distributed
 from ampt.models.router_stats import EpochAccumulator, TestWeightLog, bank_summary, eval_split_stats
 from ampt.sweep.layout import num
-from ampt.utils.io import read_json, write_json
+from ampt.models.router_stats import update_router_stats_file
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,6 @@ WORDLESS_INITS = ("random", "orthogonal")
 ROUTER_INPUTS = ("adversarial", "clean")
 # ATTACK_ROUTER -> the model's route mode during the training attack
 ATTACK_ROUTES = {"full": "learned", "uniform": "uniform", "detached": "detached"}
-ROUTER_STATS_FILE = "router_stats.json"
 
 
 def check_ampt_cfg(node: CN) -> None:
@@ -274,21 +273,7 @@ class AMPT(AdversarialClipTrainer):
         super().after_epoch()
 
     def _update_router_stats_file(self, epoch: Optional[Dict[str, Any]] = None, **sections: Any) -> None:
-        """Update ``OUTPUT_DIR/router_stats.json``: ``epochs`` (one entry each, replaced on resume), ``init``, ``test``.
-
-        Written by rank 0 only under torchrun (its share of the images).
-        """
-        if not distributed.is_main():
-            return
-        path = f"{self.output_dir}/{ROUTER_STATS_FILE}"
-        try:
-            data = read_json(path)
-        except FileNotFoundError:
-            data = {"epochs": []}
-        if epoch is not None:
-            data["epochs"] = [h for h in data["epochs"] if h["epoch"] < epoch["epoch"]] + [epoch]
-        data.update(sections)
-        write_json(data, path)
+        update_router_stats_file(self.output_dir, epoch=epoch, **sections)
 
     _test_weights: Optional[TestWeightLog] = None  # set while final_evaluation runs
 

@@ -45,11 +45,10 @@ from ampt.models.router_stats import EpochAccumulator, TestWeightLog, eval_split
 from ampt.objectives import TrainingStep
 from ampt.trainer_base.adversarial import AdversarialClipTrainer
 from ampt.utils import distributed
-from ampt.utils.io import read_json, write_json
+from ampt.models.router_stats import update_router_stats_file
 
 logger = logging.getLogger(__name__)
 
-ROUTER_STATS_FILE = "router_stats.json"
 
 
 def check_moe_cfg(node: CN) -> None:
@@ -151,18 +150,7 @@ class MoEAdvVLP(AdversarialClipTrainer):
         super().after_epoch()
 
     def _update_router_stats_file(self, epoch: Optional[Dict[str, Any]] = None, **sections: Any) -> None:
-        """Update ``OUTPUT_DIR/router_stats.json`` (``epochs``, one entry each, replaced on resume; ``test``); rank 0."""
-        if not distributed.is_main():
-            return
-        path = f"{self.output_dir}/{ROUTER_STATS_FILE}"
-        try:
-            data = read_json(path)
-        except FileNotFoundError:
-            data = {"epochs": []}
-        if epoch is not None:
-            data["epochs"] = [h for h in data["epochs"] if h["epoch"] < epoch["epoch"]] + [epoch]
-        data.update(sections)
-        write_json(data, path)
+        update_router_stats_file(self.output_dir, epoch=epoch, **sections)
 
     _test_weights: Optional[TestWeightLog] = None
 

@@ -183,3 +183,27 @@ def bank_summary(text_features: torch.Tensor) -> Dict[str, List]:
     matrix = bank_cosine(text_features)
     return {"bank_cosine": round(mean_offdiagonal(matrix), 5) if matrix.shape[0] > 1 else None,
             "bank_cosine_matrix": [[round(float(v), 4) for v in row] for row in matrix]}
+
+
+ROUTER_STATS_FILE = "router_stats.json"
+
+
+def update_router_stats_file(output_dir: str, epoch: Optional[Dict] = None, **sections: object) -> None:
+    """Update ``output_dir/router_stats.json``: ``epochs`` (one entry each, replaced on resume) and other sections.
+
+    Written by rank 0 only under torchrun (its share of the images).
+    """
+    from ..utils import distributed
+    from ..utils.io import read_json, write_json
+
+    if not distributed.is_main():
+        return
+    path = f"{output_dir}/{ROUTER_STATS_FILE}"
+    try:
+        data = read_json(path)
+    except FileNotFoundError:
+        data = {"epochs": []}
+    if epoch is not None:
+        data["epochs"] = [h for h in data["epochs"] if h["epoch"] < epoch["epoch"]] + [epoch]
+    data.update(sections)
+    write_json(data, path)
