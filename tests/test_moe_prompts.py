@@ -12,7 +12,9 @@ from yacs.config import CfgNode as CN
 from ampt.api import TRAINER_REGISTRY
 from ampt.errors import UserError
 from ampt.models import DeepPromptCLIP, DeepPromptLearner, DeepTextLayout, PromptedCLIP, template_text_features
-from ampt.models.moe_prompts import MoEDeepPromptCLIP, MoEDeepPromptLearner, PromptGate
+from ampt.models.moe_prompts import (AnchoredPromptGate, AnchorSettings, MoEDeepPromptCLIP, MoEDeepPromptLearner,
+                                     PromptGate)
+from ampt.objectives import OBJECTIVE_REGISTRY, TrainingStep
 from ampt.models.tiny import build_tiny_clip
 
 MoEAdvVLP = TRAINER_REGISTRY.get("MoEAdvVLP")  # the plug-in as loaded (trainers/moe_prompts.py)
@@ -29,11 +31,12 @@ def tiny():
     return model
 
 
-def _moe(tiny, k=3, depth_text=2, depth_vision=3, gate="token_softmax", names=NAMES, coupling="independent"):
+def _moe(tiny, k=3, depth_text=2, depth_vision=3, gate="token_softmax", names=NAMES, coupling="independent",
+         anchor=None):
     layout = DeepTextLayout(tiny, names, 2 if depth_text else 0, "a photo of a")
     torch.manual_seed(0)
     learner = MoEDeepPromptLearner(TEXT_W, VISION_W, k, 2, 2, depth_text, depth_vision, gate, layout.initial_ctx(),
-                                   coupling)
+                                   coupling, anchor)
     return MoEDeepPromptCLIP(tiny, learner, layout).eval()
 
 
@@ -41,7 +44,7 @@ def _images(n=4):
     return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
 
-@pytest.mark.parametrize("gate", ["token_softmax", "token_mean"])
+@pytest.mark.parametrize("gate", ["token_softmax", "token_mean", "anchored"])
 def test_equal_experts_are_the_independent_deep_prompts(tiny, gate):
     """Every expert of a block set to AdvVLP's token of that block: whatever the gate says, AdvVLP's logits."""
     moe = _moe(tiny, gate=gate)
@@ -125,6 +128,94 @@ def test_gate_modes_give_rows_on_the_simplex():
     torch.testing.assert_close(gate(tokens, mask)[0], gate(changed, mask)[0])
 
 
+def _mmop_anchored_block(gate, tokens, ln, experts, routing, lam, tau_range, alpha_range):
+    """MMoP's ResidualAttentionBlock_IVLP_MoE prompt, restated from its formulas (image side, [B, L, d] tokens)."""
+    x = ln(tokens)
+    cls_logits = x[:, 0] @ gate.linear.weight.T + gate.linear.bias
+    mean_logits = x.mean(dim=1) @ gate.linear.weight.T + gate.linear.bias
+    logits = {"cls": cls_logits, "token_mean": mean_logits, "hybrid": lam * cls_logits + (1 - lam) * mean_logits}[routing]
+    tau = torch.nn.functional.softplus(gate.tau).clamp(*tau_range)
+    w = torch.softmax(logits / tau, dim=-1)
+    mixed = (w[:, :, None, None] * experts[None]).sum(dim=1)
+    alpha = torch.nn.functional.softplus(gate.alpha).clamp(*alpha_range)
+    return w, gate.base + alpha * (mixed - gate.base)
+
+
+@pytest.mark.parametrize("routing", ["cls", "token_mean", "hybrid"])
+def test_anchored_gate_is_mmops_block(routing):
+    torch.manual_seed(1)
+    experts, tokens, ln = torch.randn(5, 2, 8), torch.randn(3, 6, 8), torch.nn.LayerNorm(8)
+    settings = AnchorSettings(routing=routing, hybrid_lambda=0.7, alpha_init=0.1, alpha_range=(0.0, 2.0),
+                              tau_range=(0.7, 1.3))
+    gate = AnchoredPromptGate(8, 5, experts.mean(dim=0), settings)
+    assert torch.equal(gate.base, experts.mean(dim=0))  # MMoP: base prompt = the experts' mean at the start
+    torch.testing.assert_close(torch.nn.functional.softplus(gate.alpha), torch.tensor([0.1]))
+    torch.testing.assert_close(torch.nn.functional.softplus(gate.tau), torch.tensor([1.0]))
+    with torch.no_grad():  # move off the start; tau beyond its range is clamped
+        gate.tau.fill_(3.0)
+        gate.alpha.fill_(0.4)
+        gate.base.add_(0.3)
+    w, prompt = gate.mix(tokens, None, ln, experts, torch.float32)
+    w_ref, prompt_ref = _mmop_anchored_block(gate, tokens, ln, experts, routing, 0.7, (0.7, 1.3), (0.0, 2.0))
+    torch.testing.assert_close(w, w_ref, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(prompt, prompt_ref, rtol=1e-6, atol=1e-7)
+    with torch.no_grad():
+        gate.tau.fill_(0.2)  # softplus 0.80, inside the range: the temperature learns
+    gate.mix(tokens, None, ln, experts, torch.float32)[1].pow(2).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in gate.parameters())
+
+
+def _step(model, x):
+    step = TrainingStep(model, x, torch.tensor([0, 1, 2, 0]))
+    step.text_features = model.text_features()
+    step.adv_features = model.encode_image(x)
+    step.adv_logits = model.combine(step.adv_features, step.text_features)
+    step.adv_outputs = model.latest_outputs()
+    return step
+
+
+def test_gate_losses_are_mmops_and_read_the_adversarial_forward(tiny):
+    """gate_balance / expert_diversity equal MMoP's load_balance_loss / expert_diversity_loss summed over blocks,
+    and keep the step's adversarial forward whatever other forward a term runs."""
+    moe = _moe(tiny, gate="anchored").train()
+    x = _images()
+    step = _step(moe, x)
+    image_w, text_w = step.adv_outputs["image_gates"], step.adv_outputs["text_gates"]
+    assert len(image_w) == 2 and len(text_w) == 1 and image_w[0].shape == (4, 3) and text_w[0].shape == (3, 3)
+    expected_balance = sum(((w.mean(dim=0) - 1 / 3) ** 2).mean() for w in [*image_w, *text_w])
+    expected_diversity = 0.0
+    for experts in [*moe.prompt_learner.text_experts, *moe.prompt_learner.vision_experts]:
+        flat = torch.nn.functional.normalize(experts.reshape(3, -1), dim=-1)
+        sim = flat @ flat.T
+        expected_diversity = expected_diversity + torch.stack([sim[0, 1], sim[0, 2], sim[1, 2]]).clamp(min=0).mean()
+    balance = OBJECTIVE_REGISTRY.get("gate_balance")(None)
+    diversity = OBJECTIVE_REGISTRY.get("expert_diversity")(None)
+    value = balance.value(step)
+    torch.testing.assert_close(value, expected_balance)
+    torch.testing.assert_close(diversity.value(step), expected_diversity)
+    step.clean_features()  # another forward (clean_ce's) before the term: the step's gates are unchanged
+    torch.testing.assert_close(balance.value(step), value)
+    (value + diversity.value(step)).backward()
+    learner = moe.prompt_learner
+    assert learner.vision_gates[0].linear.weight.grad.abs().sum() > 0
+    assert learner.text_gates[0].linear.weight.grad.abs().sum() > 0
+    assert learner.vision_experts[0].grad.abs().sum() > 0
+
+
+def test_gate_losses_are_refused_on_a_model_without_experts(tiny):
+    from ampt.config import get_cfg_default
+    from ampt.objectives import TrainingObjective
+
+    cfg = get_cfg_default()
+    cfg.ADV.TRAIN.LOSS = "ce+0.1*gate_balance+0.1*expert_diversity"
+    objective = TrainingObjective(cfg)
+    objective.check_model(_moe(tiny, gate="anchored"))
+    plain = PromptedCLIP(tiny, None)
+    with pytest.raises(UserError, match='"gate_balance" needs prompt_experts') as err:
+        objective.check_model(plain)
+    assert "\n" not in str(err.value)
+
+
 def _node(**values):
     cfg = CN()
     cfg.TRAINER = CN()
@@ -139,6 +230,10 @@ def _node(**values):
     ({"PROMPT_DEPTH_TEXT": 9, "N_CTX_TEXT": 0, "PROMPT_DEPTH_VISION": 0}, "a gate needs deep prompts"),
     ({"GATE": "cls"}, "GATE"),
     ({"COUPLING": "fap"}, "COUPLING"),
+    ({"GATE": "anchored", "ANCHOR": CN({"ROUTING": "attention", "HYBRID_LAMBDA": 0.7, "ALPHA_INIT": 1.0,
+                                         "ALPHA_RANGE": [0.0, 2.0], "TAU_RANGE": [0.7, 1.3]})}, "ANCHOR.ROUTING"),
+    ({"GATE": "anchored", "ANCHOR": CN({"ROUTING": "cls", "HYBRID_LAMBDA": 0.7, "ALPHA_INIT": 1.0,
+                                         "ALPHA_RANGE": [0.0, 2.0], "TAU_RANGE": [1.3, 0.7]})}, "ANCHOR.TAU_RANGE"),
     ({"COUPLING": "maple", "PROMPT_DEPTH_TEXT": 2, "PROMPT_DEPTH_VISION": 3}, "maple needs"),
 ])
 def test_bad_input_is_refused_in_one_line(values, message):
@@ -181,7 +276,13 @@ def test_shipped_configs_merge_and_pass_the_checks(config):
     cfg = setup_cfg(args, MoEAdvVLP)
     check_moe_cfg(cfg.TRAINER.MOEADVVLP)
     TrainingObjective(cfg)  # ADV.TRAIN.LOSS parses
-    assert cfg.TRAINER.NAME == "MoEAdvVLP" and cfg.TRAINER.MOEADVVLP.N_EXPERTS == 3
+    anchored = config.stem.endswith("_anchored")  # MMoP 7bcc367's MoEAdvIVLP ViT-B/32 config
+    assert cfg.TRAINER.NAME == "MoEAdvVLP" and cfg.TRAINER.MOEADVVLP.N_EXPERTS == (5 if anchored else 3)
+    if anchored:
+        anchor = cfg.TRAINER.MOEADVVLP.ANCHOR
+        assert cfg.TRAINER.MOEADVVLP.GATE == "anchored" and anchor.ROUTING == "token_mean"
+        assert (anchor.ALPHA_INIT, list(anchor.ALPHA_RANGE), list(anchor.TAU_RANGE)) == (1.0, [0.0, 2.0], [0.7, 1.3])
+        assert cfg.OPTIM.WARMUP_EPOCH == 5
     if config.stem.startswith("vit_b32"):  # MAPT 926889f's MoEAdvIVLP / MoEAdvMaPLe ViT-B/32 values
         node = cfg.TRAINER.MOEADVVLP
         assert (node.N_CTX_TEXT, node.N_CTX_VISION, node.PROMPT_DEPTH_TEXT, node.PROMPT_DEPTH_VISION) == (2, 2, 9, 9)

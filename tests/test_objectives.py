@@ -100,7 +100,9 @@ def _by_hand(name, s):
 
 
 # DEFEAT's PerturbShield terms need DEFEAT's model: tests/test_defeat.py re-states them there.
-HAND_COMPUTED = [n for n in TERMS if "perturb_shield" not in OBJECTIVE_REGISTRY.get(n).model_features]
+# DEFEAT's and the prompt experts' terms need their own models: tests/test_defeat.py, tests/test_moe_prompts.py
+OWN_MODEL = {"perturb_shield", "prompt_experts"}
+HAND_COMPUTED = [n for n in TERMS if not OWN_MODEL & set(OBJECTIVE_REGISTRY.get(n).model_features)]
 
 
 @pytest.mark.parametrize("name", HAND_COMPUTED)
@@ -183,13 +185,17 @@ def test_term_keys_count_as_settings_on_resume():
 
 # ---------------------------------------------------------------- on every kind of prompt model
 
-ZOO_CONFIGS = {"APT": "APT", "FAP": "FAP", "AdvVP": "AdvVP", "AMPT": "AMPT"}
-TRAINABLE = {"APT": "prompt_learner.", "FAP": "prompt_learner.", "AdvVP": "visual_prompt.", "AMPT": ""}
+ZOO_CONFIGS = {"APT": "APT", "FAP": "FAP", "AdvVP": "AdvVP", "AMPT": "AMPT", "MoEAdvVLP": "MoEAdvVLP"}
+TRAINABLE = {"APT": "prompt_learner.", "FAP": "prompt_learner.", "AdvVP": "visual_prompt.", "AMPT": "",
+             "MoEAdvVLP": "prompt_learner."}
+
+
+FIT_TOY_TOWER = {"MoEAdvVLP": ["TRAINER.MOEADVVLP.PROMPT_DEPTH_VISION", "2"]}  # the toy CLIP's 2 image blocks
 
 
 def _make(toy_env, tmp_path, trainer, loss, *opts):
     return make_trainer(toy_env, tmp_path, trainer=trainer, config=REPO / "configs" / "trainers" / trainer / "digits.yaml",
-                        opts=["ADV.TRAIN.LOSS", loss, *opts])
+                        opts=["ADV.TRAIN.LOSS", loss, *FIT_TOY_TOWER.get(trainer, []), *opts])
 
 
 def _grad_check(trainer):
@@ -210,10 +216,12 @@ def _supported(trainer_name, term):
     needs = OBJECTIVE_REGISTRY.get(term).model_features
     if "perturb_shield" in needs:
         return trainer_name == "DEFEAT"
+    if "prompt_experts" in needs:
+        return trainer_name == "MoEAdvVLP"
     if "router_weights" in needs:
-        return trainer_name == "AMPT"
+        return trainer_name in ("AMPT", "MoEAdvVLP")
     if "learned_image_features" in needs:
-        return trainer_name in ("FAP", "AdvVP")
+        return trainer_name in ("FAP", "AdvVP", "MoEAdvVLP")
     return True
 
 

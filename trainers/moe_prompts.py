@@ -16,6 +16,10 @@ text side). One pass of each tower per forward. ``PROMPT_DEPTH_TEXT 0``
 gives the visual-only variant (MMoP's ``MoEAdvVPT`` outline: a hand-written
 text prompt ``CTX_INIT {class}.``); ``COUPLING maple`` the MaPLe-coupled one
 (MAPT's ``MoEAdvMaPLe``: block 0's image tokens are ``Linear(text ctx)``).
+``GATE anchored`` is MMoP's later IVLP gate (a learned base prompt, residual
+scale and temperature; ``ANCHOR`` keys), and its two auxiliary losses are the
+registered terms ``gate_balance`` and ``expert_diversity``
+(``ADV.TRAIN.LOSS ce+0.1*gate_balance+0.1*expert_diversity``).
 
 Router diagnostics: the image gates' weights (mean over gated blocks, and
 per block) go to ``OUTPUT_DIR/router_stats.json`` each epoch (the training
@@ -39,7 +43,8 @@ from ampt.evaluation.robust_accuracy import CLEAN, AttackSpec, accuracy_under_at
 from ampt.method_kits.deep_prompts import _check_depths, add_independent_keys
 from ampt.models import DeepTextLayout
 from ampt.models.interface import LEARNED
-from ampt.models.moe_prompts import GATE_MODES, MOE_COUPLINGS, MoEDeepPromptCLIP, MoEDeepPromptLearner
+from ampt.models.moe_prompts import (GATE_MODES, MOE_COUPLINGS, ROUTINGS, AnchorSettings, MoEDeepPromptCLIP,
+                                     MoEDeepPromptLearner)
 from ampt.models.router import weight_entropy
 from ampt.models.router_stats import EpochAccumulator, TestWeightLog, eval_split_stats
 from ampt.objectives import TrainingStep
@@ -57,6 +62,13 @@ def check_moe_cfg(node: CN) -> None:
         raise UserError(f"TRAINER.MOEADVVLP.N_EXPERTS must be >= 1 (got {node.N_EXPERTS})")
     if node.GATE not in GATE_MODES:
         raise UserError(f'TRAINER.MOEADVVLP.GATE "{node.GATE}" is not one of {", ".join(GATE_MODES)}')
+    if node.ANCHOR.ROUTING not in ROUTINGS:
+        raise UserError(f'TRAINER.MOEADVVLP.ANCHOR.ROUTING "{node.ANCHOR.ROUTING}" is not one of {", ".join(ROUTINGS)}')
+    for key in ("ALPHA_RANGE", "TAU_RANGE"):
+        bounds = list(node.ANCHOR[key])
+        if len(bounds) != 2 or not 0 <= bounds[0] <= bounds[1] or (key == "TAU_RANGE" and bounds[1] <= 0):
+            raise UserError(f"TRAINER.MOEADVVLP.ANCHOR.{key} must be [min, max] with 0 <= min <= max"
+                            f"{' and max > 0' if key == 'TAU_RANGE' else ''} (got {bounds})")
     if node.COUPLING not in MOE_COUPLINGS:
         raise UserError(f'TRAINER.MOEADVVLP.COUPLING "{node.COUPLING}" is not one of {", ".join(MOE_COUPLINGS)}')
     if node.COUPLING == "maple" and (node.N_CTX_TEXT != node.N_CTX_VISION or node.N_CTX_TEXT < 1
@@ -72,6 +84,12 @@ def check_moe_cfg(node: CN) -> None:
                         f"image {node.N_CTX_VISION} tokens x {node.PROMPT_DEPTH_VISION} blocks")
 
 
+def anchor_settings(node: CN) -> AnchorSettings:
+    a = node.ANCHOR
+    return AnchorSettings(a.ROUTING, float(a.HYBRID_LAMBDA), float(a.ALPHA_INIT),
+                          tuple(float(v) for v in a.ALPHA_RANGE), tuple(float(v) for v in a.TAU_RANGE))
+
+
 @TRAINER_REGISTRY.register()
 class MoEAdvVLP(AdversarialClipTrainer):
     """Adversarial independent V-L deep prompts whose deeper prompts are gated mixtures of K experts."""
@@ -85,7 +103,13 @@ class MoEAdvVLP(AdversarialClipTrainer):
         add_independent_keys(node)
         node.N_EXPERTS = 3  # K expert prompts per deeper prompted block (>= 1); MAPT commit 926889f's NUM_EXPERTS
         node.COUPLING = "independent"  # independent (IVLP, MAPT's MoEAdvIVLP) | maple (block 0's image tokens = Linear(ctx))
-        node.GATE = "token_softmax"  # token_softmax (mean of per-token softmax, MMoP) | token_mean (MMoP's later IVLP gate)
+        node.GATE = "token_softmax"  # token_softmax (mean of per-token softmax, MMoP) | token_mean | anchored (MMoP's IVLP MoE)
+        node.ANCHOR = CN()  # the anchored gate's settings (GATE anchored); defaults: MMoP's MoEAdvIVLP ViT-B/32 config
+        node.ANCHOR.ROUTING = "token_mean"  # cls | token_mean | hybrid (HYBRID_LAMBDA x cls + (1 - HYBRID_LAMBDA) x mean)
+        node.ANCHOR.HYBRID_LAMBDA = 0.7
+        node.ANCHOR.ALPHA_INIT = 1.0  # MMoP's DELTA_SCALE_INIT: the start of alpha in b + alpha (mixture - b)
+        node.ANCHOR.ALPHA_RANGE = [0.0, 2.0]  # MMoP's ALPHA_MIN, ALPHA_MAX
+        node.ANCHOR.TAU_RANGE = [0.7, 1.3]  # MMoP's TAU_MIN, TAU_MAX (the gate's softmax temperature, starts at 1)
 
     def check_cfg(self, cfg: Any) -> None:
         check_moe_cfg(cfg.TRAINER.MOEADVVLP)
@@ -93,7 +117,10 @@ class MoEAdvVLP(AdversarialClipTrainer):
 
     def run_metadata(self) -> Dict[str, Any]:
         node = self.cfg.TRAINER.MOEADVVLP
-        return {**super().run_metadata(), "n_experts": node.N_EXPERTS, "gate": node.GATE, "coupling": node.COUPLING}
+        meta = {**super().run_metadata(), "n_experts": node.N_EXPERTS, "gate": node.GATE, "coupling": node.COUPLING}
+        if node.GATE == "anchored":
+            meta["anchor"] = {k.lower(): (list(v) if isinstance(v, (list, tuple)) else v) for k, v in node.ANCHOR.items()}
+        return meta
 
     def build_model(self) -> None:
         node = self.cfg.TRAINER.MOEADVVLP
@@ -104,7 +131,7 @@ class MoEAdvVLP(AdversarialClipTrainer):
         layout = DeepTextLayout(clip_model, self.classnames, node.N_CTX_TEXT if depth_text else 0, node.CTX_INIT)
         learner = MoEDeepPromptLearner(clip_model.ln_final.weight.shape[0], clip_model.visual.conv1.weight.shape[0],
                                        node.N_EXPERTS, node.N_CTX_TEXT, node.N_CTX_VISION, depth_text, depth_vision,
-                                       node.GATE, layout.initial_ctx(), node.COUPLING)
+                                       node.GATE, layout.initial_ctx(), node.COUPLING, anchor_settings(node))
         self.install_model(MoEDeepPromptCLIP(clip_model, learner, layout), trainable=["prompt_learner"])
         logger.info("MoE deep prompts: %s", learner)
 

@@ -34,6 +34,11 @@ never looks for attributes such as ``prompt_learner`` or ``template``.
 - ``frozen_image_features(x)``: normalized features of the frozen image
   tower without any learned prompt (the zero-shot model's), for a model that
   declares ``frozen_zero_shot``.
+- ``latest_outputs()``: the side tensors of the latest forward, by name
+  (DEFEAT's ``shield``, the mixture-of-experts ``image_gates`` /
+  ``text_gates``), with gradient; the training step keeps those of its
+  adversarial forward, so a loss term reads them whatever other forwards
+  the other terms run.
 """
 from __future__ import annotations
 
@@ -49,7 +54,7 @@ LEARNED = "learned"
 ATTACK_PROMPT_MODES = ("onfly", "constant", "perturbed", "perturbed_rms")
 REQUIRED = ("text_features", "encode_image", "combine", "forward", "prompt_parameters", "word_prompts", "prompt_label",
             "attack_prompt_modes", "template_features", "n_prompts", "model_features", "router_weights",
-            "frozen_image_features")
+            "frozen_image_features", "latest_outputs")
 # What model_features() may declare:
 MODEL_FEATURES = {
     "frozen_zero_shot": "frozen_image_features(x) and template_features give the zero-shot CLIP without prompts",
@@ -57,6 +62,9 @@ MODEL_FEATURES = {
     "router_weights": "router_weights() returns the mixture weights of the latest forward",
     "perturb_shield": "shield_outputs(features) gives DEFEAT's PerturbShield tensors (patch map, VQ-VAE "
                       "reconstruction, encodings, codes) of the latest encode_image call, which returned features",
+    "prompt_experts": "latest_outputs() holds the gate weights [N, K] of each gated block ('image_gates' of the "
+                      "latest encode_image, 'text_gates' of the latest text_features) and expert_banks() the "
+                      "expert prompts [K, n, d] of each block",
 }
 
 
@@ -103,6 +111,10 @@ class PromptModel(abc.ABC):
     def frozen_image_features(self, x: torch.Tensor) -> torch.Tensor:
         """Normalized ``[B, D]`` features of the image tower without learned prompts (``frozen_zero_shot``)."""
         raise NotImplementedError(f"{type(self).__name__} does not declare frozen_zero_shot")
+
+    def latest_outputs(self) -> Dict[str, object]:
+        """Side tensors of the latest forward, by name, with gradient (default: none)."""
+        return {}
 
     def shield_outputs(self, features: torch.Tensor):
         """DEFEAT's PerturbShield tensors of the forward that returned ``features`` (``perturb_shield``)."""

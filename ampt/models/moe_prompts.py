@@ -22,8 +22,14 @@ Gate modes (``GATE``):
 - ``token_softmax``: ``mean_t softmax(Linear(x_t))`` over the tokens (MMoP's
   VPT and MaPLe MoE blocks);
 - ``token_mean``: ``softmax(Linear(mean_t ln_1(x_t)))`` (MMoP's later
-  ``ResidualAttentionBlock_IVLP_MoE`` with ``gate_mode token_mean``, without
-  its base prompt, residual scale alpha and learned temperature).
+  ``ResidualAttentionBlock_IVLP_MoE`` routing, without its anchoring);
+- ``anchored``: MMoP's ``ResidualAttentionBlock_IVLP_MoE`` in full
+  (:class:`AnchoredPromptGate`): routing logits from ``ln_1`` of the CLS
+  token, of the token mean, or a mix of the two (``hybrid``), a learned
+  temperature ``tau`` and a learned base prompt ``b`` (initialised to the
+  experts' mean), the block's prompt being ``b + alpha (sum_k w_k E_j[k] - b)``
+  with a learned ``alpha``; ``tau`` and ``alpha`` are ``softplus`` of a
+  parameter, clamped to their ranges.
 
 Cost: the experts are mixed in token space before each block, so one pass of
 each tower per forward (not K); the gates add ``N x L x d x K`` multiply-adds
@@ -32,7 +38,9 @@ class names, so it is computed once per step and reused by the attack.
 """
 from __future__ import annotations
 
-from typing import Dict, FrozenSet, List, Optional
+import math
+from dataclasses import dataclass
+from typing import Dict, FrozenSet, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +52,8 @@ from .parts import RouterPart
 from .prompted_clip import PromptedCLIP, l2_normalize
 from ..errors import UserError
 
-GATE_MODES = ("token_softmax", "token_mean")
+GATE_MODES = ("token_softmax", "token_mean", "anchored")
+ROUTINGS = ("cls", "token_mean", "hybrid")
 MOE_COUPLINGS = ("independent", "maple")
 
 
@@ -74,8 +83,90 @@ class PromptGate(RouterPart):
         h = ln(tokens).float() if ln is not None else tokens.float()
         return F.softmax(self.linear(mean(h)), dim=-1)
 
+    def mix(self, tokens: torch.Tensor, mask: Optional[torch.Tensor], ln: Optional[nn.Module],
+            experts: torch.Tensor, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(weights ``[N, K]``, the block's prompt ``[N, n, d]`` = ``sum_k w_k experts[k]``)."""
+        weights = self(tokens, mask, ln)
+        return weights, _mix(weights, experts, dtype)
+
     def extra_repr(self) -> str:
         return f"mode={self.mode}"
+
+
+@dataclass(frozen=True)
+class AnchorSettings:
+    """MMoP's ``ResidualAttentionBlock_IVLP_MoE`` settings (its ViT-B/32 config's values as defaults)."""
+
+    routing: str = "token_mean"
+    hybrid_lambda: float = 0.7
+    alpha_init: float = 1.0
+    alpha_range: Tuple[float, float] = (0.0, 2.0)
+    tau_range: Tuple[float, float] = (0.7, 1.3)
+
+    def check(self) -> None:
+        if self.routing not in ROUTINGS:
+            raise UserError(f'Unknown anchored-gate routing "{self.routing}"; valid: {", ".join(ROUTINGS)}')
+        for name, (low, high) in (("alpha", self.alpha_range), ("tau", self.tau_range)):
+            if not 0 <= low <= high:
+                raise UserError(f"The anchored gate's {name} range must be 0 <= min <= max (got {low}, {high})")
+        if self.tau_range[1] <= 0:
+            raise UserError(f"The anchored gate's tau range must allow tau > 0 (got {self.tau_range})")
+
+
+def _inverse_softplus(value: float) -> float:
+    return math.log(math.expm1(max(float(value), 1e-6)))
+
+
+def _clamp(value: float, low: float, high: float) -> float:
+    return min(max(value, low), high)
+
+
+class AnchoredPromptGate(RouterPart):
+    """MMoP's anchored residual gate: ``prompt = b + alpha (sum_k w_k E[k] - b)``, ``w = softmax(logits / tau)``."""
+
+    mode = "anchored"
+
+    def __init__(self, width: int, n_experts: int, base_init: torch.Tensor, settings: AnchorSettings) -> None:
+        super().__init__()
+        settings.check()
+        self.settings = settings
+        self.linear = nn.Linear(width, n_experts)
+        self.base = nn.Parameter(base_init.detach().clone())
+        tau0 = _clamp(1.0, *settings.tau_range)
+        alpha0 = _clamp(max(settings.alpha_init, settings.alpha_range[0], 1e-6), *settings.alpha_range)
+        self.tau = nn.Parameter(torch.full((1,), _inverse_softplus(tau0)))
+        self.alpha = nn.Parameter(torch.full((1,), _inverse_softplus(alpha0)))
+
+    @staticmethod
+    def bounded(raw: torch.Tensor, bounds: Tuple[float, float]) -> torch.Tensor:
+        return F.softplus(raw.float()).clamp(min=bounds[0], max=bounds[1])
+
+    def forward(self, tokens: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                ln: Optional[nn.Module] = None) -> torch.Tensor:
+        h = (ln(tokens) if ln is not None else tokens).float()
+        routing = self.settings.routing
+        logits = self.linear(h[:, 0]) if routing in ("cls", "hybrid") else None
+        if routing != "cls":
+            if mask is None:
+                mean = h.mean(dim=1)
+            else:
+                weight = mask.to(torch.float32).unsqueeze(-1)
+                mean = (h * weight).sum(dim=1) / weight.sum(dim=1).clamp_min(1.0)
+            token_mean = self.linear(mean)
+            lam = _clamp(float(self.settings.hybrid_lambda), 0.0, 1.0)
+            logits = token_mean if logits is None else lam * logits + (1.0 - lam) * token_mean
+        return F.softmax(logits / self.bounded(self.tau, self.settings.tau_range), dim=-1)
+
+    def mix(self, tokens: torch.Tensor, mask: Optional[torch.Tensor], ln: Optional[nn.Module],
+            experts: torch.Tensor, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+        weights = self(tokens, mask, ln)
+        base = self.base.float()
+        mixed = torch.einsum("bk,knd->bnd", weights, experts.float())
+        alpha = self.bounded(self.alpha, self.settings.alpha_range)
+        return weights, (base + alpha * (mixed - base)).to(dtype)
+
+    def extra_repr(self) -> str:
+        return f"mode=anchored, routing={self.settings.routing}"
 
 
 def _normal(*shape: int) -> nn.Parameter:
@@ -93,8 +184,11 @@ class MoEDeepPromptLearner(nn.Module):
 
     def __init__(self, text_width: int, vision_width: int, n_experts: int, n_ctx_text: int, n_ctx_vision: int,
                  depth_text: int, depth_vision: int, gate: str = "token_softmax",
-                 ctx_init: Optional[torch.Tensor] = None, coupling: str = "independent") -> None:
+                 ctx_init: Optional[torch.Tensor] = None, coupling: str = "independent",
+                 anchor: Optional[AnchorSettings] = None) -> None:
         super().__init__()
+        if gate not in GATE_MODES:
+            raise UserError(f'Unknown gate mode "{gate}"; valid: {", ".join(GATE_MODES)}')
         if coupling not in MOE_COUPLINGS:
             raise UserError(f'Unknown MoE prompt coupling "{coupling}"; valid: {", ".join(MOE_COUPLINGS)}')
         if coupling == "maple" and (n_ctx_text != n_ctx_vision or depth_text != depth_vision or not n_ctx_text
@@ -121,14 +215,19 @@ class MoEDeepPromptLearner(nn.Module):
         self.vision = nn.ParameterList(
             [_normal(n_ctx_vision, vision_width)] if self.depth_vision and coupling == "independent" else [])
         self.to_vision = nn.Linear(text_width, vision_width) if coupling == "maple" else None
+
+        def make_gate(width: int, experts: torch.Tensor) -> nn.Module:
+            if gate == "anchored":
+                return AnchoredPromptGate(width, n_experts, experts.mean(dim=0), anchor or AnchorSettings())
+            return PromptGate(width, n_experts, gate)
+
+        # draw order (text experts, text gates, image experts, image gates) kept: seeds give the same start
         self.text_experts = nn.ParameterList(
             [_normal(n_experts, n_ctx_text, text_width) for _ in range(max(self.depth_text - 1, 0))])
-        self.text_gates = nn.ModuleList(
-            [PromptGate(text_width, n_experts, gate) for _ in range(max(self.depth_text - 1, 0))])
+        self.text_gates = nn.ModuleList([make_gate(text_width, e) for e in self.text_experts])
         self.vision_experts = nn.ParameterList(
             [_normal(n_experts, n_ctx_vision, vision_width) for _ in range(max(self.depth_vision - 1, 0))])
-        self.vision_gates = nn.ModuleList(
-            [PromptGate(vision_width, n_experts, gate) for _ in range(max(self.depth_vision - 1, 0))])
+        self.vision_gates = nn.ModuleList([make_gate(vision_width, e) for e in self.vision_experts])
 
     def first_vision_tokens(self) -> torch.Tensor:
         """``[n, d_v]``: block 0's image tokens."""
@@ -159,7 +258,7 @@ class MoEDeepPromptCLIP(PromptedCLIP):
         self.prompt_learner = learner
         self.text_layout = layout
         self._vision_weights: List[torch.Tensor] = []
-        self.text_gate_weights: List[torch.Tensor] = []
+        self._text_weights: List[torch.Tensor] = []
         self.snapshot: List[torch.Tensor] = []
 
     # ------------------------------------------------------------ text
@@ -181,14 +280,20 @@ class MoEDeepPromptCLIP(PromptedCLIP):
         *blocks, last = encoder.transformer.resblocks
         for index, block in enumerate([*blocks, last]):
             if 1 <= index < learner.depth_text:
-                w = learner.text_gates[index - 1](x, own, getattr(block, "ln_1", None))
-                weights_log.append(w.detach())
-                x = torch.cat([x[:, :1], _mix(w, learner.text_experts[index - 1], x.dtype), x[:, 1 + n:]], dim=1)
+                w, prompt = learner.text_gates[index - 1].mix(x, own, getattr(block, "ln_1", None),
+                                                              learner.text_experts[index - 1], x.dtype)
+                weights_log.append(w)
+                x = torch.cat([x[:, :1], prompt, x[:, 1 + n:]], dim=1)
             if index < len(blocks):
                 x = tower.run_block(block, x, mask)
         features = tower.project(tower.run_block_at(last, x, pooled)).float()
-        self.text_gate_weights = weights_log
+        self._text_weights = weights_log
         return l2_normalize(features).unsqueeze(0)
+
+    @property
+    def text_gate_weights(self) -> List[torch.Tensor]:
+        """The text gates' ``[C, K]`` weights of the latest ``text_features``, detached."""
+        return [w.detach() for w in self._text_weights]
 
     # ------------------------------------------------------------ image
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
@@ -210,10 +315,10 @@ class MoEDeepPromptCLIP(PromptedCLIP):
         for index, block in enumerate(visual.transformer.resblocks):
             if 1 <= index < learner.depth_vision:
                 tokens = h[: h.shape[0] - n].permute(1, 0, 2)  # [B, L, d], the previous prompt outputs dropped
-                w = learner.vision_gates[index - 1](tokens, None, getattr(block, "ln_1", None))
+                w, prompt = learner.vision_gates[index - 1].mix(tokens, None, getattr(block, "ln_1", None),
+                                                                learner.vision_experts[index - 1], h.dtype)
                 self._vision_weights.append(w)
-                mixed = _mix(w, learner.vision_experts[index - 1], h.dtype).permute(1, 0, 2)
-                h = torch.cat([h[: h.shape[0] - n], mixed], dim=0)
+                h = torch.cat([h[: h.shape[0] - n], prompt.permute(1, 0, 2)], dim=0)
             h = block(h)
         h = visual.ln_post(h.permute(1, 0, 2)[:, 0, :])
         features = h @ visual.proj if visual.proj is not None else h
@@ -235,9 +340,19 @@ class MoEDeepPromptCLIP(PromptedCLIP):
         weights = self.router_weights()
         return None if weights is None else weights.detach()
 
+    def latest_outputs(self) -> Dict[str, object]:
+        """``image_gates``: the image gates' ``[B, K]`` of the latest ``encode_image``; ``text_gates``: the text
+        gates' ``[C, K]`` of the latest ``text_features`` (both with gradient)."""
+        return {"image_gates": list(self._vision_weights), "text_gates": list(self._text_weights)}
+
+    def expert_banks(self) -> List[torch.Tensor]:
+        """The expert prompts ``[K, n, d]`` of every gated block, text tower first."""
+        learner = self.prompt_learner
+        return [*learner.text_experts, *learner.vision_experts]
+
     def model_features(self) -> FrozenSet[str]:
         learner = self.prompt_learner
-        extra = {"learned_image_features"} if learner.depth_vision else set()
+        extra = {"learned_image_features", "prompt_experts"} if learner.depth_vision else {"prompt_experts"}
         if learner.depth_vision >= 2:
             extra.add("router_weights")
         return super().model_features() | extra

@@ -25,7 +25,7 @@ for ViT-B/32 (512 channels, a 7 x 7 grid) are read from the tower here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import FrozenSet, Optional, Tuple
+from typing import Dict, FrozenSet, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -258,6 +258,10 @@ class DefeatCLIP(PromptedCLIP):
         features = torch.cat([global_features, shield_features], dim=1)
         self._latest.value = (features, outputs)  # a loss term asks by the features it was given
         return features
+
+    def latest_outputs(self) -> Dict[str, object]:
+        latest = self._latest.value
+        return {} if latest is None else {"shield": latest[1]}
 
     def shield_outputs(self, features: Tensor) -> ShieldOutputs:
         """The shield's tensors of the latest ``encode_image`` call, which must have returned ``features``."""

@@ -5,7 +5,8 @@
 - :mod:`.expression`: the weighted-sum syntax;
 - :mod:`.objective`: :class:`TrainingObjective`, the run's sum and the attack's loss;
 - one file per term: ``ce``/``tecoa``, ``trades``, ``fap``, ``clean_ce``, ``clean_adv_kl``,
-  ``router_balance``, ``zs_kl``, ``mart``, ``renyi``, ``feature_l2``.
+  ``router_balance``, ``zs_kl``, ``mart``, ``renyi``, ``feature_l2``; DEFEAT's ``vq_*``, ``shield_l1``,
+  ``text_l1``; the mixture-of-experts prompts' ``gate_balance``, ``expert_diversity``.
 
 Plug-in folders add terms in ``<folder>/objectives/*.py`` (``ampt.plugins``).
 """
@@ -16,6 +17,7 @@ from . import (  # noqa: F401  (each file registers its term)
     clean_adv_kl, clean_ce, cross_entropy, fap, feature_l2, mart, renyi, router_balance, trades, zs_kl,
 )
 from . import feature_l1, text_l1, vq_loss  # noqa: F401,E402  (DEFEAT's terms)
+from . import gate_losses  # noqa: F401,E402  (the mixture-of-experts prompts' terms)
 
 __all__ = ["FrozenZeroShot", "InnerLoss", "OBJECTIVE_REGISTRY", "Objective", "TrainingObjective", "TrainingStep",
            "add_objective_configs", "check_inner_differentiable", "model_features", "register_objective"]

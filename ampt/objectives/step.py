@@ -70,6 +70,7 @@ class TrainingStep:
     adv_features: Optional[Tensor] = None
     adv_logits: Optional[Tensor] = None
     adv_router_weights: Optional[Tensor] = None
+    adv_outputs: Dict[str, Any] = field(default_factory=dict)
     attack_forward: Optional[Callable[[Tensor], Tensor]] = None
     zero_shot: Optional[FrozenZeroShot] = None
     notes: Dict[str, float] = field(default_factory=dict)
@@ -83,6 +84,7 @@ class TrainingStep:
         step.adv_features = step._cache["clean_features"] = model.encode_image(images)
         step.adv_logits = step._cache["clean_logits"] = model.combine(step.adv_features, text_features)
         step.adv_router_weights = model.router_weights()
+        step.adv_outputs = model.latest_outputs()
         return step
 
     def note(self, name: str, value: Tensor) -> None:

@@ -9,8 +9,9 @@ DEFEAT (``trainers/defeat.py`` of cheny02/DEFEAT-ICLR2026) adds to its loss
 - ``vq_commitment``: ``ze`` against ``sg(zq)`` (moves the encoder).
 
 The weights are the DEFEAT trainer's (``TRAINER.DEFEAT.W3``, ``W4``,
-``COMMITMENT``); the terms read the tensors through the model's
-``shield_outputs`` and so need a model that declares ``perturb_shield``.
+``COMMITMENT``); the terms read the tensors of the step's adversarial forward (the model's
+``latest_outputs()["shield"]``, kept by the step) and so need a model that
+declares ``perturb_shield``.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ PAPER = "Chen et al., ICLR 2026 (DEFEAT)"
 
 def shield(step: Any):
     """The PerturbShield tensors of the step's adversarial forward."""
-    return step.model.shield_outputs(step.adv_features)
+    return step.adv_outputs["shield"]
 
 
 @register_objective

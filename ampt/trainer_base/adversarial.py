@@ -267,6 +267,7 @@ class AdversarialClipTrainer(ClipTrainer):
             step.adv_features = self.model.encode_image(adv)
             step.adv_logits = self.model.combine(step.adv_features, text_features)
             step.adv_router_weights = self.model.router_weights()  # of this forward, before any other
+            step.adv_outputs = self.model.latest_outputs()
             loss, extra = self.objective.loss(step)
             extra.update(self.observe_step(step))
         self.model_backward_and_update(loss)
