@@ -29,7 +29,7 @@ evaluation (``text_features``) and attacks reuse it.
 from __future__ import annotations
 
 import logging
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -89,6 +89,11 @@ class DeepPromptLearner(nn.Module):
             self.vision_deep = nn.ParameterList([_normal(n_ctx_vision, vision_width) for _ in range(deeper)])
             self.to_text = nn.ModuleList([nn.Linear(vision_width, text_width) for _ in range(deeper)])
 
+    def settings(self) -> Dict[str, object]:
+        """The constructor arguments besides the tower widths and the initial context."""
+        return {"coupling": self.coupling, "n_ctx_text": self.n_ctx_text, "n_ctx_vision": self.n_ctx_vision,
+                "depth_text": self.depth_text, "depth_vision": self.depth_vision}
+
     def text_tokens(self) -> List[torch.Tensor]:
         if not self.depth_text:
             return []
@@ -133,11 +138,16 @@ class DeepTextLayout(nn.Module):
         with torch.no_grad():
             embedding = clip_model.token_embedding(token_ids.to(device)).float()
         self.n_ctx = n_ctx
+        self.ctx_init = ctx_init
         self.init_words = bool(ctx_init.strip())
         self.register_buffer("token_ids", token_ids.to(device), persistent=False)
         self.register_buffer("token_prefix", embedding[:, :1], persistent=False)
         self.register_buffer("word_ctx", embedding[0, 1:1 + n_ctx].clone(), persistent=False)
         self.register_buffer("token_suffix", embedding[:, 1 + n_ctx:], persistent=False)
+
+    def settings(self) -> Dict[str, object]:
+        """The constructor arguments besides the backbone and the class names."""
+        return {"n_ctx": self.n_ctx, "ctx_init": self.ctx_init}
 
     def initial_ctx(self) -> Optional[torch.Tensor]:
         """The embeddings of CTX_INIT's first n_ctx tokens (None without CTX_INIT: random init)."""

@@ -16,11 +16,12 @@
 """
 from __future__ import annotations
 
-from typing import Dict, FrozenSet, List, Optional, Sequence, Union
+from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
+from .exported import ExportState, load_learned_tensors
 from .interface import LEARNED
 from .deep_prompt_learner import DeepPromptLearner, DeepTextLayout, encode_image_with_prompts
 from .prompted_clip import FixedPromptCLIP, PromptedCLIP, l2_normalize
@@ -57,6 +58,22 @@ class DeepPromptCLIP(PromptedCLIP):
         ctx = self.prompt_learner.ctx
         return {"ctx": ctx.unsqueeze(0)} if ctx is not None else {}
 
+    export_graph_note = ("its image tower runs learned tokens through the blocks one by one (deep prompts); the "
+                         "ONNX export covers the fixed-prompt and AMPT heads on the backbone's own image tower")
+
+    def export_settings(self) -> Dict[str, Any]:
+        return {"learner": self.prompt_learner.settings(), "layout": self.text_layout.settings()}
+
+    @classmethod
+    def from_exported(cls, clip_model: nn.Module, classnames: Sequence[str], settings: Dict[str, Any],
+                      tensors: Dict[str, torch.Tensor]) -> "DeepPromptCLIP":
+        layout = DeepTextLayout(clip_model, classnames, **settings["layout"])
+        learner = DeepPromptLearner(clip_model.ln_final.weight.shape[0], clip_model.visual.conv1.weight.shape[0],
+                                    **settings["learner"])
+        model = cls(clip_model, learner, layout)
+        load_learned_tensors(model, cls.export_modules, tensors)
+        return model
+
 
 class VisualPrompt(nn.Module):
     """FAP's AdvVP prompt: a learned ``pad``-pixel frame added to the normalized image, and ``n_tokens`` tokens.
@@ -76,6 +93,10 @@ class VisualPrompt(nn.Module):
         self.pad_left = nn.Parameter(torch.randn(1, 3, inner, pad))
         self.pad_right = nn.Parameter(torch.randn(1, 3, inner, pad))
         self.tokens = nn.Parameter(torch.randn(n_tokens, width))
+
+    def settings(self) -> Dict[str, int]:
+        """The constructor arguments besides the image size and the token width."""
+        return {"pad": self.pad, "n_tokens": int(self.tokens.shape[0])}
 
     def frame(self) -> torch.Tensor:
         """``[1, 3, S, S]``: the learned border, zeros inside."""
@@ -126,6 +147,22 @@ class VisualPromptCLIP(FixedPromptCLIP):
         only swap one hand-written template for another."""
         return ("onfly", "perturbed")
 
+    export_modules = ("visual_prompt",)
+    export_graph_note = ("its learned frame and image tokens change the image tower's input tokens; the ONNX "
+                         "export covers the fixed-prompt and AMPT heads on the backbone's own image tower")
+
+    def export_settings(self) -> Dict[str, Any]:
+        return {"templates": list(self.templates), "visual_prompt": self.visual_prompt.settings()}
+
+    @classmethod
+    def from_exported(cls, clip_model: nn.Module, classnames: Sequence[str], settings: Dict[str, Any],
+                      tensors: Dict[str, torch.Tensor]) -> "VisualPromptCLIP":
+        visual = clip_model.visual
+        prompt = VisualPrompt(visual.input_resolution, width=visual.conv1.weight.shape[0], **settings["visual_prompt"])
+        model = cls(clip_model, classnames, settings["templates"], prompt)
+        load_learned_tensors(model, cls.export_modules, tensors)
+        return model
+
 
 class FrameUnderAttackOnly(nn.Module):
     """FAP's evaluation of AdvVP (``TRAINER.ADVVP.EVAL_FRAME False``): the frame only where a gradient is taken.
@@ -146,3 +183,10 @@ class FrameUnderAttackOnly(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x, text_features=self.text_features, frame=torch.is_grad_enabled())
+
+    def exportable_state(self) -> ExportState:
+        """The model's exportable state, evaluated as here (the frame only under a gradient)."""
+        state = self.model.exportable_state()
+        state.text_features = self.text_features.detach().cpu()
+        state.wrapper = "frame_under_attack_only"
+        return state

@@ -39,6 +39,9 @@ never looks for attributes such as ``prompt_learner`` or ``template``.
   ``text_gates``), with gradient; the training step keeps those of its
   adversarial forward, so a loss term reads them whatever other forwards
   the other terms run.
+- ``exportable_state()``: what ``python -m ampt.export`` writes and
+  :func:`ampt.load_classifier` rebuilds the model from without a trainer
+  (:class:`~ampt.models.exported.ExportState`); the default refuses in one line.
 """
 from __future__ import annotations
 
@@ -49,6 +52,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from .exported import ExportRefused, ExportState
 
 LEARNED = "learned"
 ATTACK_PROMPT_MODES = ("onfly", "constant", "perturbed", "perturbed_rms")
@@ -119,6 +123,12 @@ class PromptModel(abc.ABC):
     def shield_outputs(self, features: torch.Tensor):
         """DEFEAT's PerturbShield tensors of the forward that returned ``features`` (``perturb_shield``)."""
         raise NotImplementedError(f"{type(self).__name__} does not declare perturb_shield")
+
+    def exportable_state(self) -> ExportState:
+        """Class, settings and learned tensors an exported artifact rebuilds this model from (default: refused)."""
+        raise ExportRefused(
+            f"{type(self).__name__} declares no exportable state (PromptModel.exportable_state), so its runs cannot "
+            "be exported; implement exportable_state and a from_exported classmethod on the model class")
 
 
 def check_prompt_model(model: nn.Module) -> None:

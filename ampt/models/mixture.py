@@ -16,13 +16,14 @@ depend on the image, and attacks differentiate through both.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import FrozenSet, Iterator, Optional
+from typing import Any, Dict, FrozenSet, Iterator, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
 from ..registry import unknown_name_message
 from .prompt_learner import PromptLearner
+from .exported import load_learned_tensors
 from .prompted_clip import FixedTextFeatures, PromptedCLIP
 from .router import Router
 
@@ -120,6 +121,19 @@ class MixturePromptedCLIP(PromptedCLIP):
         weights = self.mixture_weights(image_features)
         self.routed_weights = weights
         return self.logit_scale.exp() * mix_similarities(image_features, text_features, weights, self.mix)
+
+    export_modules = ("prompt_learner", "router")
+
+    def export_settings(self) -> Dict[str, Any]:
+        return {"prompt": self.prompt_learner.settings(), "router": self.router.settings(), "mix": self.mix}
+
+    @classmethod
+    def from_exported(cls, clip_model: nn.Module, classnames: Sequence[str], settings: Dict[str, Any],
+                      tensors: Dict[str, torch.Tensor]) -> "MixturePromptedCLIP":
+        learner = PromptLearner(clip_model, classnames, **settings["prompt"])
+        model = cls(clip_model, learner, Router(**settings["router"]), mix=settings["mix"])
+        load_learned_tensors(model, cls.export_modules, tensors)
+        return model
 
 
 class FixedRouting(FixedTextFeatures):

@@ -39,8 +39,8 @@ class names, so it is computed once per step and reused by the attack.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Dict, FrozenSet, List, Optional, Tuple
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +48,7 @@ from torch import nn
 
 from .clip_loader import clip
 from .deep_prompt_learner import DeepTextLayout
+from .exported import load_learned_tensors
 from .parts import RouterPart
 from .prompted_clip import PromptedCLIP, l2_normalize
 from ..errors import UserError
@@ -198,6 +199,8 @@ class MoEDeepPromptLearner(nn.Module):
         if n_experts < 1:
             raise UserError(f"A mixture of prompt experts needs at least 1 expert (got {n_experts})")
         self.n_experts = n_experts
+        self.gate = gate
+        self.anchor = anchor or AnchorSettings()
         self.depth_text = depth_text if n_ctx_text else 0
         self.depth_vision = depth_vision if n_ctx_vision else 0
         if max(self.depth_text, self.depth_vision) < 2:
@@ -228,6 +231,13 @@ class MoEDeepPromptLearner(nn.Module):
         self.vision_experts = nn.ParameterList(
             [_normal(n_experts, n_ctx_vision, vision_width) for _ in range(max(self.depth_vision - 1, 0))])
         self.vision_gates = nn.ModuleList([make_gate(vision_width, e) for e in self.vision_experts])
+
+    def settings(self) -> Dict[str, Any]:
+        """The constructor arguments besides the tower widths and the initial context."""
+        return {"n_experts": self.n_experts, "n_ctx_text": self.n_ctx_text, "n_ctx_vision": self.n_ctx_vision,
+                "depth_text": self.depth_text, "depth_vision": self.depth_vision, "gate": self.gate,
+                "coupling": self.coupling, "anchor": {k: list(v) if isinstance(v, tuple) else v
+                                                      for k, v in asdict(self.anchor).items()}}
 
     def first_vision_tokens(self) -> torch.Tensor:
         """``[n, d_v]``: block 0's image tokens."""
@@ -361,3 +371,21 @@ class MoEDeepPromptCLIP(PromptedCLIP):
         """The text prompt's first-block tokens (the experts of deeper blocks are not word embeddings)."""
         ctx = self.prompt_learner.ctx
         return {"ctx": ctx.unsqueeze(0)} if ctx is not None else {}
+
+    export_graph_note = ("its gates mix expert prompts inside the towers' blocks per image; the ONNX export "
+                         "covers the fixed-prompt and AMPT heads on the backbone's own image tower")
+
+    def export_settings(self) -> Dict[str, Any]:
+        return {"learner": self.prompt_learner.settings(), "layout": self.text_layout.settings()}
+
+    @classmethod
+    def from_exported(cls, clip_model: nn.Module, classnames: Sequence[str], settings: Dict[str, Any],
+                      tensors: Dict[str, torch.Tensor]) -> "MoEDeepPromptCLIP":
+        learner_settings = dict(settings["learner"])
+        anchor = {k: tuple(v) if isinstance(v, list) else v for k, v in learner_settings.pop("anchor").items()}
+        layout = DeepTextLayout(clip_model, classnames, **settings["layout"])
+        learner = MoEDeepPromptLearner(clip_model.ln_final.weight.shape[0], clip_model.visual.conv1.weight.shape[0],
+                                       anchor=AnchorSettings(**anchor), **learner_settings)
+        model = cls(clip_model, learner, layout)
+        load_learned_tensors(model, cls.export_modules, tensors)
+        return model

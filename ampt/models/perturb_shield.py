@@ -25,12 +25,13 @@ for ViT-B/32 (512 channels, a 7 x 7 grid) are read from the tower here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, FrozenSet, Optional, Tuple
+from typing import Any, Dict, FrozenSet, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import UserError
+from .exported import load_learned_tensors
 from .parts import NonDifferentiable
 from .prompted_clip import PromptedCLIP, l2_normalize
 from .prompt_learner import PromptLearner
@@ -284,3 +285,21 @@ class DefeatCLIP(PromptedCLIP):
 
     def model_features(self) -> FrozenSet[str]:
         return frozenset({"frozen_zero_shot", "learned_image_features", "perturb_shield"})
+
+    export_modules = ("prompt_learner", "perturb_shield")
+    export_graph_note = ("its PerturbShield branch (patch features, VQ-VAE with a nearest-code lookup) is not "
+                         "exported; the ONNX export covers the fixed-prompt and AMPT heads")
+
+    def export_settings(self) -> Dict[str, Any]:
+        codebook = self.perturb_shield.vqvae.quantizer.codebook
+        return {"prompt": self.prompt_learner.settings(), "alpha": self.alpha, "vq_dim": codebook.embedding_dim,
+                "vq_codes": codebook.num_embeddings}
+
+    @classmethod
+    def from_exported(cls, clip_model: nn.Module, classnames: Sequence[str], settings: Dict[str, Any],
+                      tensors: Dict[str, Tensor]) -> "DefeatCLIP":
+        learner = PromptLearner(clip_model, classnames, **settings["prompt"])
+        model = cls(clip_model, learner, alpha=settings["alpha"], vq_dim=settings["vq_dim"],
+                    vq_codes=settings["vq_codes"])
+        load_learned_tensors(model, cls.export_modules, tensors)
+        return model

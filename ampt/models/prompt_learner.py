@@ -115,6 +115,11 @@ class PromptLearner(nn.Module):
         order = _position_order(self.class_token_position, self.n_ctx, self.name_lens, length)
         self.register_buffer("order", order.to(device) if order is not None else None, persistent=False)
 
+    def settings(self) -> Dict[str, object]:
+        """The constructor arguments besides the backbone and class names that rebuild this learner's layout."""
+        return {"n_ctx": self.n_ctx, "csc": self.csc, "class_token_position": self.class_token_position,
+                "n_prompts": self.n_prompts}
+
     @property
     def seq_len(self) -> int:
         """Length L of the returned sequences (the longest prompt, EOS included)."""

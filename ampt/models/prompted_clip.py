@@ -8,11 +8,12 @@ attack does not re-run the text encoder at every step.
 """
 from __future__ import annotations
 
-from typing import Dict, FrozenSet, List, Optional, Sequence, Union
+from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
+from .exported import ExportState, learned_tensors, load_learned_tensors
 from .interface import PromptModel
 from .normalizer import ImageNormalizer
 from .prompt_learner import PromptLearner
@@ -116,6 +117,28 @@ class PromptedCLIP(PromptModel, nn.Module):
             text_features = self.text_features()
         return self.combine(image_features, text_features)
 
+    # ------------------------------------------------------------ export (ampt.export, ampt.load_classifier)
+    export_modules = ("prompt_learner",)  # the learned modules, in the order the trainer registers them
+    # Why the test-time graph is not exported to ONNX ("": it is the image tower and a head on fixed text features)
+    export_graph_note = ""
+
+    def export_settings(self) -> Dict[str, Any]:
+        """What :meth:`from_exported` needs besides the backbone, the class names and the learned tensors."""
+        return {"prompt": self.prompt_learner.settings()}
+
+    def exportable_state(self) -> ExportState:
+        csc = bool(getattr(self.prompt_learner, "csc", False))
+        return ExportState(type(self).__name__, self.export_settings(), list(self.export_modules),
+                           learned_tensors(self, self.export_modules), class_specific=csc,
+                           graph_note=self.export_graph_note)
+
+    @classmethod
+    def from_exported(cls, clip_model: nn.Module, classnames: Sequence[str], settings: Dict[str, Any],
+                      tensors: Dict[str, torch.Tensor]) -> "PromptedCLIP":
+        model = cls(clip_model, PromptLearner(clip_model, classnames, **settings["prompt"]))
+        load_learned_tensors(model, cls.export_modules, tensors)
+        return model
+
 
 class FixedTextFeatures(nn.Module):
     """``forward(x) = model(x, text_features=text_features)``: a model for attacks.
@@ -131,6 +154,12 @@ class FixedTextFeatures(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x, text_features=self.text_features)
+
+    def exportable_state(self) -> ExportState:
+        """The model's exportable state with the text features this module evaluates with."""
+        state = self.model.exportable_state()
+        state.text_features = self.text_features.detach().cpu()
+        return state
 
 
 @torch.no_grad()
@@ -178,3 +207,13 @@ class FixedPromptCLIP(PromptedCLIP):
     def prompt_label(self) -> str:
         """The template (templates joined by " | " when ensembled): nothing here is learned."""
         return " | ".join(self.templates)
+
+    export_modules = ()
+
+    def export_settings(self) -> Dict[str, Any]:
+        return {"templates": list(self.templates)}
+
+    @classmethod
+    def from_exported(cls, clip_model: nn.Module, classnames: Sequence[str], settings: Dict[str, Any],
+                      tensors: Dict[str, torch.Tensor]) -> "FixedPromptCLIP":
+        return cls(clip_model, classnames, settings["templates"])

@@ -9,7 +9,7 @@ adversarial image and predicts the mixture weights.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 import torch.nn as nn
@@ -82,6 +82,12 @@ class Router(RouterPart):
             # through the input (PyTorch's default bias would favour some prompts for every image)
             output = self.net if kind == "linear" else self.net[-1]
             nn.init.zeros_(output.bias)
+
+    def settings(self) -> Dict[str, object]:
+        """The constructor arguments that rebuild this router (its weights aside)."""
+        hidden = self.net[0].out_features if self.kind == "mlp" else 0
+        return {"in_dim": self.in_dim, "n_prompts": self.n_prompts, "kind": self.kind, "hidden": hidden,
+                "temperature": self.temperature, "top_k": self.top_k, "input_scale": self.input_scale}
 
     def logits(self, image_features: torch.Tensor) -> torch.Tensor:
         """Router logits ``[B, K]`` before temperature and top-k (not for the uniform router)."""
