@@ -10,6 +10,9 @@ Examples::
     python evaluate.py RUN_DIR --attack aa-custom --aa-attacks apgd-ce,apgd-t --eps 1
     python evaluate.py RUN_DIR --attack pgd apgd-t --restarts 5 --image-ids ids.txt
 
+RUN_DIR may also be a folder written by python -m ampt.export (an exported
+model, evaluated on the test set it names; --root gives the data folder).
+
 eps and alpha are in 1/255 units (4 means 4/255). The eps defaults to the
 run's training eps (adversarial trainers); other runs need --eps. A record
 already in results.json (same dataset, split, attack, eps, steps, n_samples,
@@ -34,6 +37,7 @@ from typing import List, Optional
 import torch
 
 from ampt.attacks import ATTACK_REGISTRY, DEFAULT_STEPS, check_eps
+from ampt.deploy.as_run import is_artifact, load_exported_run
 from ampt.data.splits import SUBSAMPLE_CHOICES
 from ampt.utils import distributed
 from ampt.errors import UserError, UserFileNotFoundError
@@ -133,17 +137,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.seed < 0:
         raise UserError(f"--seed must be >= 0 (got {args.seed})")
     run_dir = args.run_dir
-    if not (run_dir / "config.yaml").is_file():  # before anything is created there
+    exported = is_artifact(run_dir)
+    if not exported and not (run_dir / "config.yaml").is_file():  # before anything is created there
         what = "does not exist" if not run_dir.exists() else "has no config.yaml"
         raise UserFileNotFoundError(f"{run_dir} {what}: RUN_DIR must be a run folder written by train.py")
     distributed.init_from_env(use_cuda=torch.cuda.is_available())
     main_rank = distributed.is_main()
     setup_logger(run_dir / LOG_FILE if main_rank else None, level=logging.INFO if main_rank else logging.WARNING)
     results = RunResults(run_dir)
-    if results.path.exists() and not results.finished:
+    if not exported and results.path.exists() and not results.finished:
         logger.warning("%s does not say the run finished: evaluating its latest checkpoint", results.path)
-    run = load_run(run_dir, dataset=args.dataset, root=args.root, batch_size=args.batch_size,
-                   load_epoch=args.load_epoch, seed=args.seed, subsample=args.subsample)
+    loader = load_exported_run if exported else load_run
+    run = loader(run_dir, dataset=args.dataset, root=args.root, batch_size=args.batch_size,
+                 load_epoch=args.load_epoch, seed=args.seed, subsample=args.subsample)
     cfg = run.trainer.cfg
     specs = _specs(args, float(cfg.ADV.TRAIN.EPS) if run.adversarial else None)
     if args.image_ids is not None and args.n_samples is not None:

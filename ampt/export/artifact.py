@@ -26,7 +26,7 @@ from ..deploy.artifact_format import (CARD_FILE, FORMAT, FORMAT_VERSION, HEADER_
 from ..engine.checkpoint import weights_digest
 from ..errors import UserError, UserFileNotFoundError
 from ..evaluation.evaluated_prompt import prompt_model
-from ..evaluation.run_loader import load_run
+from ..evaluation.run_loader import LoadedRun, load_run
 from ..models.backbone import BackboneInfo, backbone_info, pretrained_setting
 from ..models.clip_loader import load_clip
 from ..models.exported import ExportRefused, ExportState
@@ -41,8 +41,11 @@ OPENAI_LICENSE = "mit"  # github.com/openai/CLIP: code and released weights unde
 
 
 def export_run(run_dir: Path, out_dir: Path, force: bool = False, onnx: bool = False,
-               load_epoch: Optional[int] = None, license_id: str = "") -> Path:
-    """Export ``run_dir`` into ``out_dir``; returns ``out_dir``."""
+               load_epoch: Optional[int] = None, license_id: str = "", loaded: Optional[LoadedRun] = None) -> Path:
+    """Export ``run_dir`` into ``out_dir``; returns ``out_dir``.
+
+    ``loaded``: the run as :func:`~ampt.evaluation.run_loader.load_run` already rebuilt it (not rebuilt again).
+    """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     _check_paths(run_dir, out_dir, force)
     results = RunResults(run_dir)
@@ -50,7 +53,7 @@ def export_run(run_dir: Path, out_dir: Path, force: bool = False, onnx: bool = F
         raise UserError(f"{run_dir} has not finished training (its results.json does not say finished): its latest "
                         "checkpoint is not the model the run deploys. Finish the run, or pass --force to export the "
                         "latest checkpoint (the model card names its epoch)")
-    run = load_run(run_dir, load_epoch=load_epoch)
+    run = loaded or load_run(run_dir, load_epoch=load_epoch)
     trainer = run.trainer
     state = _exportable_state(prompt_model(trainer, LEARNED))
     if onnx and state.graph_note:
@@ -134,6 +137,8 @@ def _document(run: Any, results: RunResults, state: ExportState, tensors: Dict[s
             "attack": training_attack(run_info) if run.adversarial else {},
             "finished": bool(results.finished), "checkpoint_epoch": epoch, "max_epoch": int(cfg.OPTIM.MAX_EPOCH),
             "weights": weights, "engine": run_info.get("engine", "builtin"), "dataset_config": _plain(cfg.DATASET),
+            "test_loader": {"batch_size": int(cfg.DATALOADER.TEST.BATCH_SIZE),
+                            "num_workers": int(cfg.DATALOADER.NUM_WORKERS)},
         },
         "results": records_summary(results.run_dir, weights),
         "files": {TENSORS_FILE: {"tensors_sha256": tensors_digest(tensors),

@@ -54,10 +54,7 @@ def _front_matter(doc: Dict[str, Any]) -> str:
 def _body(doc: Dict[str, Any]) -> str:
     method, training, backbone, results = doc["method"], doc["training"], doc["backbone"], doc["results"]
     what = METHODS.get(method["trainer"], f"{method['trainer']}: a prompt-learning method of the ampt toolkit")
-    checkpoint = (f"epoch {training['checkpoint_epoch']} of {training['max_epoch']}, the finished run's deployed model"
-                  if training["finished"] else
-                  f"epoch {training['checkpoint_epoch']} of {training['max_epoch']}: the run had NOT finished "
-                  "training when it was exported (--force)")
+    checkpoint = _checkpoint(training, bool(method["learned_modules"]))
     attack = training.get("attack") or {}
     train = (f"adversarially at eps {training['train_eps']:g}/255 (PGD, {attack.get('train_steps', '?')} steps, "
              f"step {attack.get('train_alpha', '?')}/255, attack prompt {attack.get('train_attack_prompt', '?')}, "
@@ -119,6 +116,17 @@ def _body(doc: Dict[str, Any]) -> str:
         parts.append(f"- `model.onnx`: the image tower and head (opset {onnx['opset']}), outputs "
                      f"{', '.join(onnx['outputs'])}; max |logit difference| to torch {onnx['max_abs_diff']:.2e}.")
     return "\n".join(parts) + "\n"
+
+
+def _checkpoint(training: Dict[str, Any], learned: bool) -> str:
+    if not learned:
+        return "none: nothing is learned, the prompt is hand-written"
+    epoch = training["checkpoint_epoch"]
+    which = (f"epoch {epoch} of {training['max_epoch']}" if epoch is not None
+             else "the best-validation checkpoint (model-best.pth.tar)")
+    if training["finished"]:
+        return f"{which}, the finished run's deployed model"
+    return f"{which}: the run had NOT finished training when it was exported (--force)"
 
 
 def _model_name(doc: Dict[str, Any]) -> str:
