@@ -181,6 +181,18 @@ def test_unfinished_run_and_existing_folder_need_force(runs, tmp_path):
     assert "NOT finished" in card
 
 
+def test_predict_writes_a_csv_and_skips_an_unreadable_image(runs, demo_shape_env, tmp_path, capsys):
+    from ampt.predict import main
+
+    folder = shutil.copytree(demo_shape_env[0] / "apt_toy" / "test" / "2", tmp_path / "images")
+    (folder / "broken.png").write_text("not an image")
+    assert main([str(runs["AMPT"][1]), str(folder), "--topk", "2", "--csv", str(tmp_path / "out.csv")]) == 0
+    lines = (tmp_path / "out.csv").read_text().splitlines()
+    assert lines[0] == "image,class_1,prob_1,class_2,prob_2,router_w1,router_w2,router_w3,router_w4"
+    assert len(lines) == 1 + 3 and all(line.split(",")[1] in TOY_SETS["AptToy"][1] for line in lines[1:])
+    assert f"skipped {folder / 'broken.png'}" in capsys.readouterr().err
+
+
 def test_model_card_is_a_hub_model_card(runs):
     from huggingface_hub import ModelCard
 
