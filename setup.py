@@ -29,6 +29,7 @@ setup(
         "tqdm>=4.60",
         "scipy>=1.9",  # .mat annotations (StanfordCars, OxfordFlowers)
         "scikit-learn>=1.2",  # the embedded Digits demo data
+        "safetensors>=0.4",  # exported models (python -m ampt.export, ampt.load_classifier)
         "pyautoattack>=0.2",  # AutoAttack (fra31's code)
     ],
     extras_require={
@@ -36,6 +37,10 @@ setup(
         "openclip": ["open_clip_torch>=2.24"],  # open_clip backbones (LAION, TeCoA/FARE checkpoints)
         "slurm": ["submitit>=1.5"],  # sweeps on a SLURM cluster
         "report": ["matplotlib>=3.7", "jsonschema>=4.18"],  # the report's plots; RobustBench cards validated
-        "test": ["pytest>=7", "pytest-xdist>=3.5", "torchattacks>=3.5", "tensorboard>=2.10", "submitit>=1.5", "matplotlib>=3.7", "jsonschema>=4.18"],
+        "export": ["onnx>=1.15", "onnxruntime>=1.17"],  # python -m ampt.export --onnx
+        "app": ["gradio>=4.0"],  # python -m ampt.app
+        # the exported-model tests: ONNX (onnx, onnxruntime), the page in a headless browser (gradio, selenium)
+        "test": ["pytest>=7", "pytest-xdist>=3.5", "torchattacks>=3.5", "tensorboard>=2.10", "submitit>=1.5", "matplotlib>=3.7", "jsonschema>=4.18",
+                 "onnx>=1.15", "onnxruntime>=1.17", "gradio>=4.0", "selenium>=4.10"],
     },
 )
