@@ -337,3 +337,35 @@ def test_configs_saved_with_dassls_boolean_pretrained_still_merge_and_resume(tmp
     assert cfg.MODEL.BACKBONE.PRETRAINED == ""
     assert config_changes({"MODEL": {"BACKBONE": {"PRETRAINED": True}}}, get_cfg_default()) == []
     assert config_changes({"MODEL": {"BACKBONE": {"PRETRAINED": "openai"}}}, get_cfg_default()) != []
+
+
+def test_export_round_trip_on_an_open_clip_folder(open_clip_toy_env, tmp_path):
+    """python -m ampt.export on a run over the hub-style folder: the record names it, its weights' hash is
+    checked on loading, the loaded classifier and its ONNX graph give evaluate.py's logits."""
+    import onnxruntime
+    import train
+
+    from ampt.config_paths import find_config
+    from ampt.deploy import load_classifier
+    from ampt.evaluation.evaluated_prompt import prompt_model
+    from ampt.evaluation.run_loader import load_run
+    from ampt.export import export_run
+
+    root, folder = open_clip_toy_env
+    argv = ["--root", str(root), "--seed", "1", "--trainer", "CoOp", "--config-file",
+            str(find_config("trainers", "CoOp", "digits")), "--output-dir", str(tmp_path / "run"), "DATASET.NAME",
+            "AptToy", "MODEL.BACKBONE.NAME", str(folder), "OPTIM.MAX_EPOCH", "1", "DATALOADER.TRAIN_X.BATCH_SIZE", "8"]
+    assert train.main(argv) == 0
+    loaded = load_run(tmp_path / "run")
+    images = _images()
+    with torch.no_grad():
+        expected = prompt_model(loaded.trainer).eval()(images)
+    artifact = export_run(tmp_path / "run", tmp_path / "exported", onnx=True, loaded=loaded)
+    document = json.loads((artifact / "ampt_model.json").read_text())
+    assert document["backbone"]["kind"] == "open_clip" and document["backbone"]["name"] == str(folder)
+    assert document["preprocess"]["mean"] == pytest.approx(list(MEAN))
+    classifier = load_classifier(artifact)
+    session = onnxruntime.InferenceSession(str(artifact / "model.onnx"), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        assert (classifier(images) - expected).abs().max().item() <= 1e-6
+    assert abs(session.run(None, {"images": images.numpy()})[0] - expected.numpy()).max() <= 1e-4
