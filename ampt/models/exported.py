@@ -85,6 +85,17 @@ def exportable_models() -> Dict[str, type]:
     return {cls.__name__: cls for cls in classes}
 
 
+def check_rebuildable(model: nn.Module) -> None:
+    """Refuse a model whose class :func:`exportable_models` does not name (a plug-in's subclass inherits
+    ``exportable_state`` but could not be rebuilt as itself)."""
+    cls = type(model)
+    if exportable_models().get(cls.__name__) is not cls:
+        raise ExportRefused(
+            f"{cls.__module__}.{cls.__name__} cannot be exported: ampt.load_classifier rebuilds only the toolkit's "
+            f"model classes ({', '.join(sorted(exportable_models()))}), and this one adds to "
+            f"{cls.__mro__[1].__name__} what its exported state would not hold")
+
+
 def rebuild_model(clip_model: nn.Module, classnames: Sequence[str], model: str, settings: Dict[str, Any],
                   tensors: Dict[str, torch.Tensor]) -> nn.Module:
     """The prompt model ``model`` on ``clip_model`` for ``classnames``, its learned tensors loaded, in eval mode.

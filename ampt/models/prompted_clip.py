@@ -13,7 +13,7 @@ from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .exported import ExportState, learned_tensors, load_learned_tensors
+from .exported import ExportState, check_rebuildable, learned_tensors, load_learned_tensors
 from .interface import PromptModel
 from .normalizer import ImageNormalizer
 from .prompt_learner import PromptLearner
@@ -127,6 +127,7 @@ class PromptedCLIP(PromptModel, nn.Module):
         return {"prompt": self.prompt_learner.settings()}
 
     def exportable_state(self) -> ExportState:
+        check_rebuildable(self)
         csc = bool(getattr(self.prompt_learner, "csc", False))
         return ExportState(type(self).__name__, self.export_settings(), list(self.export_modules),
                            learned_tensors(self, self.export_modules), class_specific=csc,
