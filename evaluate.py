@@ -9,6 +9,7 @@ Examples::
     python evaluate.py RUN_DIR --attack clean pgd --subsample new   # base-to-new
     python evaluate.py RUN_DIR --attack aa-custom --aa-attacks apgd-ce,apgd-t --eps 1
     python evaluate.py RUN_DIR --attack pgd apgd-t --restarts 5 --image-ids ids.txt
+    python evaluate.py RUN_DIR --attack clean pgd --test-time tapt --threat non-adaptive adaptive
 
 RUN_DIR may also be a folder written by python -m ampt.export (an exported
 model, evaluated on the test set it names; --root gives the data folder).
@@ -41,7 +42,7 @@ from ampt.deploy.as_run import is_artifact, load_exported_run
 from ampt.data.splits import SUBSAMPLE_CHOICES
 from ampt.utils import distributed
 from ampt.errors import UserError, UserFileNotFoundError
-from ampt.evaluation.evaluate_cli import EvalPlan, evaluate_trainer, results_table
+from ampt.evaluation.evaluate_cli import EvalPlan, TestTimePlan, evaluate_trainer, results_table
 from ampt.models.interface import LEARNED
 from ampt.precision import EVAL_PRECISIONS
 from ampt.results import RunResults
@@ -49,6 +50,7 @@ from ampt.evaluation.robust_accuracy import CLEAN, AttackSpec
 from ampt.evaluation.run_loader import load_run
 from ampt.utils import setup_logger
 from ampt.utils.cli import DEBUG_FLAG, DEBUG_HELP, OneLineArgumentParser, run_cli
+from ampt.tta import THREATS, TTA_REGISTRY
 
 logger = logging.getLogger("ampt.evaluate")
 
@@ -93,6 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=EVAL_PRECISIONS, default="fp32",
                    help="precision of the forward passes and attack gradients (default fp32; bf16/fp16 are "
                         "recorded and can overstate robustness)")
+    p.add_argument("--test-time", default=None, choices=TTA_REGISTRY.registered_names(), metavar="METHOD",
+                   help=f"adapt the learned prompts per test image: {', '.join(TTA_REGISTRY.registered_names())} "
+                        "(docs/test_time.md)")
+    p.add_argument("--test-time-options", default="", metavar="K=V,...",
+                   help="the method's settings over its paper's defaults, e.g. views=32,lr=0.001")
+    p.add_argument("--threat", nargs="+", choices=THREATS, default=["non-adaptive"],
+                   help="with --test-time: non-adaptive (attack made on the run's model, the papers' protocol) "
+                        "and/or adaptive (attack through the adaptation)")
     p.add_argument(DEBUG_FLAG, action="store_true", help=DEBUG_HELP)
     return p
 
@@ -136,6 +146,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         check_eps(args.eps, "--eps")
     if args.seed < 0:
         raise UserError(f"--seed must be >= 0 (got {args.seed})")
+    test_time = TestTimePlan(args.test_time, args.test_time_options, tuple(dict.fromkeys(args.threat))) \
+        if args.test_time else None
     run_dir = args.run_dir
     exported = is_artifact(run_dir)
     if not exported and not (run_dir / "config.yaml").is_file():  # before anything is created there
@@ -156,7 +168,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         raise UserError("--image-ids and --n-samples both choose the test images: give one of them")
     plan = EvalPlan(specs=specs, prompt=args.prompt, n_samples=args.n_samples, seed=args.seed,
                     batch_size=args.batch_size, force=args.force, precision=args.precision,
-                    image_ids=args.image_ids)
+                    image_ids=args.image_ids, test_time=test_time)
     loaded = getattr(run.trainer, "loaded_checkpoint", None) or {}
     extra = {"checkpoint_epoch": loaded.get("checkpoint_epoch", run.epoch)}
     if cfg.DATASET.NAME != run.train_dataset:

@@ -44,11 +44,13 @@ logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
 RECORD_KEY_FIELDS = ("dataset", "split", "attack", "eps", "steps", "n_samples", "prompt", "subsample", "alpha", "seed",
-                     "precision", "restarts", "eot_iter", "attack_options", "bpda", "image_list")
+                     "precision", "restarts", "eot_iter", "attack_options", "bpda", "image_list",
+                     "test_time", "test_time_options", "test_time_threat")
 # What a key field a record lacks means: records written before base-to-new are of all classes; before
 # restarts, EOT, AutoAttack's versions, BPDA and image lists, every attack ran once, without EOT or BPDA,
-# on the seeded subset (image_list None).
-KEY_DEFAULTS = {"subsample": "all", "restarts": 1, "eot_iter": 1, "attack_options": "", "bpda": False}
+# on the seeded subset (image_list None); before test-time methods, nothing adapted at test time ("").
+KEY_DEFAULTS = {"subsample": "all", "restarts": 1, "eot_iter": 1, "attack_options": "", "bpda": False,
+                "test_time": "", "test_time_options": "", "test_time_threat": ""}
 # Key fields added after the first format: absent from a stored record, they match any value.
 LATER_KEY_FIELDS = ("alpha", "seed")
 REQUIRED_FIELDS = ("dataset", "split", "attack", "eps", "steps", "n_samples", "accuracy")

@@ -20,6 +20,7 @@ import pytest
 
 import ampt.evaluation.evaluate_cli as evaluation
 import ampt.evaluation.robust_accuracy as robust_accuracy
+from ampt.errors import UserError
 from ampt.results import RunResults
 from toys import APT_DIGITS, COOP_DIGITS, REPO, LazyRuns  # toy_env: conftest
 
@@ -337,3 +338,30 @@ def test_audit_refuses_unknown_checks_and_missing_eps(runs, tmp_path):
         audit([str(run), "--eps", "4", "--checks", "determinsm"])
     with pytest.raises(ValueError, match="not trained adversarially: give the audit's budget with --eps"):
         audit([str(run), "--checks", "determinism"])
+
+
+def test_test_time_records_keep_method_settings_and_threat_apart(runs, tmp_path):
+    """--test-time: clean and attacked records under both threat models, in the key, column and provenance;
+    a second call skips them; a run without learned prompts is refused in one line."""
+    run = _copy(runs["APT"], tmp_path)
+    before = len(RunResults(run).records)
+    argv = [run, "--attack", "clean", "pgd", "--steps", "2", "--n-samples", "3", "--test-time", "tapt",
+            "--test-time-options", "views=3", "--threat", "non-adaptive", "adaptive"]
+    assert evaluate(*argv) == 0
+    records = RunResults(run).records[before:]
+    by_column = {r["column"]: r for r in records}
+    assert sorted(by_column) == ["clean/tapt", "pgd-2@4/tapt", "pgd-2@4/tapt-adaptive"]
+    non_adaptive, adaptive = by_column["pgd-2@4/tapt"], by_column["pgd-2@4/tapt-adaptive"]
+    assert non_adaptive["test_time_threat"] == "non-adaptive" and "through-adaptation" not in non_adaptive["adaptive"]
+    assert non_adaptive["attacked_model"].startswith("the run's model without")
+    assert adaptive["test_time_threat"] == "adaptive" and adaptive["adaptive"].startswith("through-adaptation")
+    for record in records:
+        assert record["test_time"] == "tapt" and "views=3" in record["test_time_options"]
+        assert record["test_time_settings"]["lr"] == 5e-4 and record["test_time_cost"]["forward_multiple"] > 1
+        assert "inactive" in record["test_time_alignment"]  # APT's image tower learns nothing
+    assert by_column["clean/tapt"]["test_time_threat"] == ""
+    assert evaluate(*argv) == 0 and len(RunResults(run).records) == before + 3  # skipped, not recomputed
+    zero_shot = _copy(runs["ZeroshotCLIP"], tmp_path)
+    with pytest.raises(UserError, match="needs learned prompts") as err:
+        evaluate(zero_shot, "--attack", "clean", "--test-time", "rtpt")
+    assert "\n" not in str(err.value)

@@ -7,8 +7,10 @@ A column names everything that changes the number besides the model:
 attack's default: 100 iterations, Square's 5,000 queries);
 ``aa@4`` (standard AutoAttack), ``aa-rand@4`` (its EOT 20 is part of the
 version), ``aa-custom(apgd-ce,apgd-t)@4``; ``+bpda`` when gradients went
-through declared non-differentiable parts by their straight-through path.
-:func:`parse_column` reads such a name back (for sorting).
+through declared non-differentiable parts by their straight-through path;
+``/tapt`` after a number adapted at test time (attack made on the run's
+model, the papers' protocol) and ``/tapt-adaptive`` when the attack went
+through the adaptation. :func:`parse_column` reads such a name back (for sorting).
 """
 from __future__ import annotations
 
@@ -34,6 +36,19 @@ _COLUMN = re.compile(
 
 def column_name(record: Mapping[str, Any]) -> str:
     """The column of ``record`` (see the module docstring); prompt and precision suffixes are the report's."""
+    return _attack_column(record) + test_time_suffix(record)
+
+
+def test_time_suffix(record: Mapping[str, Any]) -> str:
+    """``/tapt`` (adapted at test time, attack made on the run's model: the papers' protocol),
+    ``/tapt-adaptive`` (attack through the adaptation), or nothing."""
+    method = record.get("test_time") or ""
+    if not method:
+        return ""
+    return f"/{method}" + ("-adaptive" if record.get("test_time_threat") == "adaptive" else "")
+
+
+def _attack_column(record: Mapping[str, Any]) -> str:
     attack = str(record.get("attack", "?"))
     if attack == CLEAN:
         return CLEAN
@@ -58,8 +73,11 @@ def column_name(record: Mapping[str, Any]) -> str:
 
 def parse_column(column: str) -> Optional[Dict[str, Any]]:
     """``"pgd-100x5@4"`` -> ``{"attack": "pgd", "steps": 100, "restarts": 5, "eot": 1, "eps": 4.0, ...}``; None if not a column."""
+    column, _, test_time = column.partition("/")
+    method, adaptive = (test_time[:-len("-adaptive")], True) if test_time.endswith("-adaptive") else (test_time, False)
+    tta = {"test_time": method, "adaptive": adaptive}
     if column == CLEAN:
-        return {"attack": CLEAN, "options": "", "steps": 0, "restarts": 1, "eot": 1, "bpda": False, "eps": 0.0}
+        return {"attack": CLEAN, "options": "", "steps": 0, "restarts": 1, "eot": 1, "bpda": False, "eps": 0.0, **tta}
     match = _COLUMN.match(column)
     if match is None:
         return None
@@ -67,4 +85,4 @@ def parse_column(column: str) -> Optional[Dict[str, Any]]:
     steps = int(match["steps"]) if match["steps"] else DEFAULT_STEPS.get(attack, 0)
     return {"attack": attack, "options": match["options"] or "", "steps": steps,
             "restarts": int(match["restarts"] or 1), "eot": int(match["eot"] or DEFAULT_EOT.get(attack, 1)),
-            "bpda": bool(match["bpda"]), "eps": float(match["eps"])}
+            "bpda": bool(match["bpda"]), "eps": float(match["eps"]), **tta}

@@ -34,6 +34,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from ..attacks.naming import column_name
 from ..engine.checkpoint import weights_digest
 from ..utils import distributed
 from ..errors import UserError
@@ -43,6 +44,8 @@ from ..models.interface import LEARNED
 from ..precision import at_precision, warn_reduced
 from ..results import RunResults, same_weights
 from ..evaluation.robust_accuracy import CLEAN, AttackSpec, Outcome, accuracy_under_attack
+from ..evaluation.test_time import TestTimeEvaluation
+from ..tta import THREATS, parse_settings, settings_text
 
 logger = logging.getLogger(__name__)
 
@@ -124,10 +127,31 @@ def make_record(dataset: str, split: str, spec: AttackSpec, prompt: str, outcome
             record["alpha"] = round(spec.alpha, 4)
     record.update(outcome.extra)
     record.update(extra)
+    if record.get("test_time"):
+        record["column"] = column_name(record)  # with the test-time method and threat model
     return record
 
 
 # ---------------------------------------------------------------- a run's evaluations
+@dataclass
+class TestTimePlan:
+    """``--test-time METHOD [--test-time-options k=v,...] [--threat ...]``: a registered test-time method."""
+
+    method: str
+    options: str = ""
+    threats: Tuple[str, ...] = ("non-adaptive",)
+
+    def __post_init__(self) -> None:
+        self.settings = parse_settings(self.method, self.options)
+        bad = [t for t in self.threats if t not in THREATS]
+        if bad:
+            raise UserError(f'--threat {bad[0]} is not one of {", ".join(THREATS)}')
+
+    def key(self, spec: AttackSpec, threat: str) -> Dict[str, Any]:
+        return {"test_time": self.method, "test_time_options": settings_text(self.settings),
+                "test_time_threat": "" if spec.name == CLEAN else threat}
+
+
 @dataclass
 class EvalPlan:
     """What ``evaluate.py`` computes on one run (eps etc. already resolved)."""
@@ -141,6 +165,7 @@ class EvalPlan:
     split: str = "test"
     precision: str = "fp32"  # of the forward passes and attack gradients: fp32 | bf16 | fp16
     image_ids: Optional[Path] = None  # a list file: exactly these test images (RobustBench's format)
+    test_time: Optional[TestTimePlan] = None  # adapt the prompts per test image (ampt.tta)
 
 
 def progress_path(run_dir: Path, key: Dict[str, Any]) -> Path:
@@ -170,9 +195,12 @@ def evaluate_trainer(trainer: Any, plan: EvalPlan, results: RunResults,
     rows: List[Tuple[Dict[str, Any], str]] = []
     todo = []
     extra = {**(extra or {}), "weights": weights_digest(trainer), **images.provenance}
-    for spec in plan.specs:
+    runs = [(spec, None) for spec in plan.specs] if plan.test_time is None else \
+        [(spec, threat) for spec in plan.specs for threat in (plan.test_time.threats if spec.name != CLEAN else ("",))]
+    for spec, threat in runs:
         key = {"dataset": dataset_name, "split": plan.split, **spec.key_fields(), "n_samples": n_samples,
-               "prompt": prompt, **subsample, "seed": plan.seed, "precision": plan.precision, **images.key}
+               "prompt": prompt, **subsample, "seed": plan.seed, "precision": plan.precision, **images.key,
+               **(plan.test_time.key(spec, threat) if plan.test_time is not None else {})}
         existing = results.get(key)
         if existing is not None and not plan.force and same_weights(existing, extra):
             logger.info("Skipping %s on %s: already in %s (--force recomputes)", spec.label, dataset_name, results.path)
@@ -181,21 +209,26 @@ def evaluate_trainer(trainer: Any, plan: EvalPlan, results: RunResults,
         if existing is not None and not plan.force:
             logger.info("The stored %s record measured other weights (checkpoint epoch %s, not %s): recomputing",
                         spec.label, existing.get("checkpoint_epoch"), extra.get("checkpoint_epoch"))
-        todo.append((spec, key))
+        todo.append((spec, key, threat))
     if not todo:
         return rows
     trainer.set_model_mode("eval")
     warn_reduced(plan.precision)
     model = at_precision(prompt_model(trainer, plan.prompt).to(trainer.device).eval(), plan.precision)
     loader = subset_loader(base_loader, images.indices, plan.batch_size)
-    for spec, key in todo:
+    test_time = None
+    if plan.test_time is not None:
+        test_time = TestTimeEvaluation.start(trainer, plan, results.run_dir, extra["weights"], model, loader)
+    for spec, key, threat in todo:
         progress_file = progress_path(results.run_dir, {**key, "batch_size": loader.batch_size, **extra,
                                                         **distributed.shard_key()})
-        outcome = accuracy_under_attack(model, loader, spec, trainer.num_classes, trainer.device,
+        predicting, attacked = (model, None) if test_time is None else test_time.models(threat)
+        outcome = accuracy_under_attack(predicting, loader, spec, trainer.num_classes, trainer.device,
                                         seed=plan.seed, desc=f"{spec.label} [{dataset_name}]",
-                                        progress_file=progress_file)
+                                        progress_file=progress_file, attack_model=attacked)
+        tta_fields = test_time.record_fields(threat) if test_time is not None else {}
         record = make_record(dataset_name, plan.split, spec, prompt, outcome, precision=plan.precision,
-                             seed=plan.seed, **subsample, **images.key, **extra)
+                             seed=plan.seed, **subsample, **images.key, **extra, **tta_fields)
         stored = results.add(record, force=plan.force) if distributed.is_main() else True
         distributed.barrier()  # the record is written before any rank drops its progress
         progress_file.unlink(missing_ok=True)
@@ -215,4 +248,8 @@ def results_table(rows: Iterable[Tuple[Dict[str, Any], str]]) -> str:
     body = [[r["dataset"], r["attack"], f"{r['eps']:g}", r["steps"], r["n_samples"], r.get("prompt", ""),
              f"{r['accuracy']:.2f}", r.get("seconds", ""), status] for r, status in rows]
     headers = ["dataset", "attack", "eps (/255)", "steps", "n", "prompt", "accuracy (%)", "seconds", ""]
+    if any(r.get("test_time") for r, _ in rows):
+        for line, (r, _) in zip(body, rows):
+            line.insert(6, f"{r.get('test_time', '')} {r.get('test_time_threat', '')}".strip())
+        headers.insert(6, "test time")
     return tabulate(body, headers=headers)

@@ -145,6 +145,7 @@ def accuracy_under_attack(
     desc: str = "",
     progress_file: Optional[Path] = None,
     observer: Optional[BatchObserver] = None,
+    attack_model: Optional[nn.Module] = None,
 ) -> Outcome:
     """Top-1 accuracy (percent) of ``model`` on ``loader``'s images, clean or attacked.
 
@@ -157,11 +158,14 @@ def accuracy_under_attack(
     rank evaluates its shard of ``loader`` (whole batches) and the counts are
     summed over ranks; ``progress_file`` is then this rank's own.
     ``observer`` sees the batches this call evaluates (this rank's shard,
-    after any resumed ones).
+    after any resumed ones). ``attack_model`` (default: ``model``) is the
+    model the attack computes its images on; ``model`` predicts on them (a
+    test-time defense under the non-adaptive threat model).
     """
     model.eval()
+    attacked = model if attack_model is None else attack_model.eval()
     loader = distributed.shard_loader(loader)
-    attack = spec.build(model, num_classes, seed)
+    attack = spec.build(attacked, num_classes, seed)
     if attack is not None:
         logger.info("Attack: %r", attack)
     state = {"batches": 0, "correct": 0, "total": 0, "seconds": 0.0}
@@ -203,7 +207,7 @@ def accuracy_under_attack(
         raise RuntimeError("The evaluation saw no images: the test split (or subset) is empty")
     extra: Dict[str, Any] = {}
     if attack is not None:
-        extra.update(attack_provenance(attack, model))
+        extra.update(attack_provenance(attack, attacked))
     return Outcome(100.0 * state["correct"] / state["total"], state["total"], state["seconds"], extra)
 
 

@@ -34,6 +34,9 @@ never looks for attributes such as ``prompt_learner`` or ``template``.
 - ``frozen_image_features(x)``: normalized features of the frozen image
   tower without any learned prompt (the zero-shot model's), for a model that
   declares ``frozen_zero_shot``.
+- ``image_blocks()``: the image tower's transformer blocks and the batch
+  dimension of their input (test-time methods read per-layer token
+  statistics there).
 - ``latest_outputs()``: the side tensors of the latest forward, by name
   (DEFEAT's ``shield``, the mixture-of-experts ``image_gates`` /
   ``text_gates``), with gradient; the training step keeps those of its
@@ -58,7 +61,7 @@ LEARNED = "learned"
 ATTACK_PROMPT_MODES = ("onfly", "constant", "perturbed", "perturbed_rms")
 REQUIRED = ("text_features", "encode_image", "combine", "forward", "prompt_parameters", "word_prompts", "prompt_label",
             "attack_prompt_modes", "template_features", "n_prompts", "model_features", "router_weights",
-            "frozen_image_features", "latest_outputs")
+            "frozen_image_features", "latest_outputs", "image_blocks")
 # What model_features() may declare:
 MODEL_FEATURES = {
     "frozen_zero_shot": "frozen_image_features(x) and template_features give the zero-shot CLIP without prompts",
@@ -119,6 +122,11 @@ class PromptModel(abc.ABC):
     def latest_outputs(self) -> Dict[str, object]:
         """Side tensors of the latest forward, by name, with gradient (default: none)."""
         return {}
+
+    def image_blocks(self) -> Tuple[List[nn.Module], int]:
+        """The image tower's transformer blocks in order, and the batch dimension of their input
+        (``[L, N, D]``: 1; ``[N, L, D]``: 0); no blocks for a tower without tokens (default: none)."""
+        return [], 0
 
     def shield_outputs(self, features: torch.Tensor):
         """DEFEAT's PerturbShield tensors of the forward that returned ``features`` (``perturb_shield``)."""

@@ -140,8 +140,11 @@ def straight_through(model: nn.Module, enabled: bool = True) -> Iterator[None]:
 
 
 def adaptive_label(kinds: List[str], bpda: bool, eot_iter: int) -> str:
-    """How an attack handled the declared parts: ``none``, ``through-router``, ``bpda``, ``eot`` (joined by ``+``)."""
+    """How an attack handled the declared parts: ``none``, ``through-adaptation`` (the attacked model runs its
+    test-time loop inside the attack), ``through-router``, ``bpda``, ``eot`` (joined by ``+``)."""
     labels = []
+    if "test_time" in kinds:
+        labels.append("through-adaptation")
     if "router" in kinds:
         labels.append("through-router")
     if bpda and "non_differentiable" in kinds:

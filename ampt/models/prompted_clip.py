@@ -8,7 +8,7 @@ attack does not re-run the text encoder at every step.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Union
+from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -80,6 +80,14 @@ class PromptedCLIP(PromptModel, nn.Module):
         return self.text_encoder(*learner())
 
     # ------------------------------------------------------------ the PromptModel interface
+    def image_blocks(self) -> Tuple[List[nn.Module], int]:
+        """The ViT tower's blocks: the ``clip`` package's take ``[L, N, D]``, open_clip's ``[N, L, D]``."""
+        transformer = getattr(self.image_encoder, "transformer", None)
+        if transformer is None or not hasattr(transformer, "resblocks"):
+            return [], 0
+        batch_first = bool(getattr(transformer, "batch_first", False))
+        return list(transformer.resblocks), 0 if batch_first else 1
+
     @property
     def n_prompts(self) -> int:
         return self.prompt_learner.n_prompts if self.prompt_learner is not None else 1

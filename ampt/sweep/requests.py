@@ -28,12 +28,14 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 from ..evaluation.image_lists import list_digest, read_image_ids
+from ..tta import parse_settings, settings_text
 from ..evaluation.robust_accuracy import CLEAN, AttackSpec
 from ..results import _norm, key_matches
 from .runspec import REPO_ROOT
 
 EVAL_KEYS = ("attack", "eps", "steps", "alpha", "n_samples", "prompt", "batch_size", "subsample", "seed",
-             "restarts", "eot_iter", "aa_attacks", "bpda", "image_ids", "precision")
+             "restarts", "eot_iter", "aa_attacks", "bpda", "image_ids", "precision", "test_time",
+             "test_time_options", "threat")
 AUDIT_KEYS = ("eps", "n_samples", "seed", "image_ids", "strong_steps", "restarts", "queries", "pgd_steps",
               "large_eps", "checks", "batch_size", "prompt")
 AUDIT_DEFAULTS = {"n_samples": 200, "seed": 0}
@@ -102,6 +104,7 @@ def requested_key(entry: Mapping[str, Any], train_eps: Optional[float],
     n_samples = requested_samples(entry, (sizes or {}).get(subsample))
     if n_samples is not None:
         key["n_samples"] = n_samples
+    key.update(test_time_key(entry))
     if attack == CLEAN:
         return key
     eps = entry.get("eps", train_eps)
@@ -115,6 +118,16 @@ def requested_key(entry: Mapping[str, Any], train_eps: Optional[float],
     if spec.alpha is not None and (eps is not None or "alpha" in entry):
         key["alpha"] = spec.alpha
     return key
+
+
+def test_time_key(entry: Mapping[str, Any]) -> Dict[str, str]:
+    """The test-time fields of the key: method, its settings (defaults resolved) and threat ("" for clean)."""
+    method = entry.get("test_time") or ""
+    if not method:
+        return {"test_time": "", "test_time_options": "", "test_time_threat": ""}
+    threat = "" if entry["attack"] == CLEAN else str(entry.get("threat", "non-adaptive"))
+    return {"test_time": method, "test_time_options": settings_text(parse_settings(method, entry.get("test_time_options", ""))),
+            "test_time_threat": threat}
 
 
 def image_list_key(entry: Mapping[str, Any]) -> Optional[str]:
@@ -176,7 +189,7 @@ def evaluate_command(run_dir: str, data_root: str, entry: Mapping[str, Any]) -> 
     cmd = [sys.executable, str(REPO_ROOT / "evaluate.py"), run_dir, "--attack", *map(str, attacks),
            "--root", data_root]
     for key in ("eps", "steps", "alpha", "n_samples", "prompt", "batch_size", "subsample", "seed", "restarts",
-                "eot_iter", "aa_attacks", "image_ids", "precision"):
+                "eot_iter", "aa_attacks", "image_ids", "precision", "test_time", "test_time_options", "threat"):
         if key in entry:
             cmd += [f"--{key.replace('_', '-')}", str(entry[key])]
     if entry.get("bpda"):

@@ -175,6 +175,23 @@ def _evaluate(path: str, raw: Any) -> List[Dict[str, Any]]:
     return [dict(e) for e in entries]
 
 
+def _check_test_time_entry(path: str, entry: Mapping[str, Any]) -> None:
+    """``test_time`` (a registered method), its ``test_time_options`` and ``threat``, checked before anything runs."""
+    from ..errors import UserError
+    from ..tta import THREATS, parse_settings
+
+    if "test_time" not in entry:
+        if "test_time_options" in entry or "threat" in entry:
+            raise _fail(path, f"evaluate entry {dict(entry)!r}: test_time_options and threat need a test_time method")
+        return
+    try:
+        parse_settings(str(entry["test_time"]), str(entry.get("test_time_options", "")))
+    except UserError as err:
+        raise _fail(path, f"evaluate entry {dict(entry)!r}: {err}") from None
+    if entry.get("threat", "non-adaptive") not in THREATS:
+        raise _fail(path, f"evaluate entry {dict(entry)!r}: threat is one of {', '.join(THREATS)}")
+
+
 def _attack_names() -> List[str]:
     from ..attacks import ATTACK_REGISTRY
 
@@ -188,6 +205,7 @@ def _check_attack_entry(path: str, entry: Mapping[str, Any]) -> None:
 
     if entry["attack"] not in _attack_names():
         raise _fail(path, unknown_name_message("attack in an evaluate entry", str(entry["attack"]), _attack_names()))
+    _check_test_time_entry(path, entry)
     if entry["attack"] == "clean":
         return
     try:
