@@ -226,6 +226,15 @@ def test_a_record_answers_an_entry_only_with_every_setting_of_its_key():
     assert not record_matches({k: v for k, v in pgd.items() if k != "precision"}, {"attack": "pgd", "eps": 4})
     aa_rand = {"split": "test", "attack": "aa-rand", "eps": 4, "steps": 0, "precision": "fp32", "eot_iter": 20}
     assert not record_matches(aa_rand, {"attack": "aa-rand", "eps": 4})  # aa-rand records eot_iter only in config
+    tapt = {**pgd, "test_time": "tapt", "test_time_threat": "adaptive",
+            "test_time_options": "align_from=0,align_to=9,align_weight=100,crop_scale_min=0.08,lr=0.0005,quantize=false,"
+                                 "select=0.1,steps=1,views=64,weight_decay=0.01"}
+    assert record_matches(tapt, {"attack": "pgd", "eps": 4, "test_time": "tapt", "threat": "adaptive"})
+    assert not record_matches(tapt, {"attack": "pgd", "eps": 4, "test_time": "tapt"})  # non-adaptive by default
+    assert not record_matches(tapt, {"attack": "pgd", "eps": 4})  # a test-time number answers no plain entry
+    assert not record_matches(pgd, {"attack": "pgd", "eps": 4, "test_time": "tapt", "threat": "adaptive"})
+    assert not record_matches(tapt, {"attack": "pgd", "eps": 4, "test_time": "tapt", "threat": "adaptive",
+                                     "test_time_options": "views=8"})
     custom = {"split": "test", "attack": "aa-custom", "eps": 4, "steps": 0, "precision": "fp32",
               "attack_options": "apgd-ce,apgd-t"}
     assert record_matches(custom, {"attack": "aa-custom", "eps": 4, "aa_attacks": "apgd-ce, apgd-t"})
@@ -240,7 +249,11 @@ def test_evaluate_entries_are_checked_before_anything_runs(tmp_path):
              ({"attack": "aa", "restarts": 3}, "attack aa takes no restarts"),
              ({"attack": "aa-custom"}, "aa-custom needs its attacks, e.g. apgd-ce,apgd-t"),
              ({"audit": {"n_sample": 3}}, 'Unknown key in an audit entry "n_sample". Did you mean "n_samples"'),
-             ({"audit": "yes"}, "audit is true or a mapping")]
+             ({"audit": "yes"}, "audit is true or a mapping"),
+             ({"attack": "pgd", "test_time": "tpt"}, 'Unknown test-time method "tpt". Did you mean "tapt"'),
+             ({"attack": "pgd", "test_time": "tapt", "test_time_options": "view=4"}, "valid: align_from"),
+             ({"attack": "pgd", "test_time": "tapt", "threat": "white-box"}, "threat is one of non-adaptive, adaptive"),
+             ({"attack": "pgd", "threat": "adaptive"}, "need a test_time method")]
     for entry, message in cases:
         path = tmp_path / "s.yaml"
         path.write_text(yaml.safe_dump({**base, "evaluate": [entry]}))
