@@ -32,7 +32,7 @@ import torch.nn as nn
 from ..errors import UserError, UserFileNotFoundError
 
 from ..utils.io import atomic_path, write_text_atomic
-from ..utils.torchfile import CheckpointFileError, CheckpointWriteError, check_torch_file, load_error, write_error
+from ..utils.torchfile import CheckpointFileError, check_torch_file, load_error, write_error
 
 logger = logging.getLogger(__name__)
 

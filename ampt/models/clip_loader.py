@@ -26,7 +26,7 @@ with warnings.catch_warnings():
     # the clip package imports pkg_resources, which warns on import
     warnings.simplefilter("ignore", UserWarning)
     import clip
-    from clip.model import CLIP, build_model
+    from clip.model import build_model
 
 from ..utils.torchfile import check_torch_file, load_error
 
@@ -182,5 +182,5 @@ def strip_prefix(state_dict: Dict[str, torch.Tensor], prefix: str) -> Dict[str, 
 
 
 # imported last: these modules use the helpers above
-from .backbone import BackboneError, BackboneWeightsError, attach_info, backbone_info, clip_info  # noqa: E402
-from .robust_weights import ROBUST_KEY, load_robust_visual_weights  # noqa: E402,F401
+from .backbone import BackboneError, BackboneWeightsError, attach_info, clip_info  # noqa: E402
+from .robust_weights import load_robust_visual_weights  # noqa: E402,F401

@@ -43,8 +43,20 @@ COUPLINGS = ("independent", "maple", "fap")
 _tokenizer = clip.clip._tokenizer
 
 
-def _normal(*shape: int) -> nn.Parameter:
+def normal_prompt(*shape: int) -> nn.Parameter:
     return nn.Parameter(nn.init.normal_(torch.empty(*shape), std=0.02))
+
+
+def first_text_prompt(depth_text: int, n_ctx_text: int, text_width: int,
+                      ctx_init: Optional[torch.Tensor]) -> Optional[nn.Parameter]:
+    """Block 0's text tokens ``ctx`` (N(0, 0.02), then ``ctx_init``'s words if given); None without text depth."""
+    if not depth_text:
+        return None
+    ctx = normal_prompt(n_ctx_text, text_width)
+    if ctx_init is not None:
+        with torch.no_grad():
+            ctx.copy_(ctx_init)
+    return ctx
 
 
 class DeepPromptLearner(nn.Module):
@@ -71,22 +83,17 @@ class DeepPromptLearner(nn.Module):
         self.coupling = coupling
         self.depth_text, self.depth_vision = depth_text if n_ctx_text else 0, depth_vision if n_ctx_vision else 0
         self.n_ctx_text, self.n_ctx_vision = n_ctx_text, n_ctx_vision
-        self.ctx = None
-        if self.depth_text:
-            self.ctx = _normal(n_ctx_text, text_width)
-            if ctx_init is not None:
-                with torch.no_grad():
-                    self.ctx.copy_(ctx_init)
+        self.ctx = first_text_prompt(self.depth_text, n_ctx_text, text_width, ctx_init)
         deeper = max(self.depth_text - 1, 0)
         if coupling == "independent":
-            self.text_deep = nn.ParameterList([_normal(n_ctx_text, text_width) for _ in range(deeper)])
-            self.vision = nn.ParameterList([_normal(n_ctx_vision, vision_width) for _ in range(self.depth_vision)])
+            self.text_deep = nn.ParameterList([normal_prompt(n_ctx_text, text_width) for _ in range(deeper)])
+            self.vision = nn.ParameterList([normal_prompt(n_ctx_vision, vision_width) for _ in range(self.depth_vision)])
         elif coupling == "maple":
-            self.text_deep = nn.ParameterList([_normal(n_ctx_text, text_width) for _ in range(deeper)])
+            self.text_deep = nn.ParameterList([normal_prompt(n_ctx_text, text_width) for _ in range(deeper)])
             self.to_vision = nn.ModuleList([nn.Linear(text_width, vision_width) for _ in range(self.depth_text)])
         else:  # fap
             self.to_vision = nn.ModuleList([nn.Linear(text_width, vision_width) for _ in range(min(self.depth_text, 1))])
-            self.vision_deep = nn.ParameterList([_normal(n_ctx_vision, vision_width) for _ in range(deeper)])
+            self.vision_deep = nn.ParameterList([normal_prompt(n_ctx_vision, vision_width) for _ in range(deeper)])
             self.to_text = nn.ModuleList([nn.Linear(vision_width, text_width) for _ in range(deeper)])
 
     def settings(self) -> Dict[str, object]:

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .clip_loader import clip
-from .deep_prompt_learner import DeepTextLayout
+from .deep_prompt_learner import DeepTextLayout, first_text_prompt, normal_prompt
 from .exported import load_learned_tensors
 from .parts import RouterPart
 from .prompted_clip import PromptedCLIP, l2_normalize
@@ -170,10 +170,6 @@ class AnchoredPromptGate(RouterPart):
         return f"mode=anchored, routing={self.settings.routing}"
 
 
-def _normal(*shape: int) -> nn.Parameter:
-    return nn.Parameter(nn.init.normal_(torch.empty(*shape), std=0.02))
-
-
 class MoEDeepPromptLearner(nn.Module):
     """Block-0 prompts of both towers, and K experts plus a gate at each deeper prompted block.
 
@@ -207,16 +203,11 @@ class MoEDeepPromptLearner(nn.Module):
             raise UserError("A prompt gate needs deep prompts: PROMPT_DEPTH_TEXT or PROMPT_DEPTH_VISION >= 2 "
                             f"with tokens (got text {n_ctx_text} x {depth_text}, image {n_ctx_vision} x {depth_vision})")
         self.n_ctx_text, self.n_ctx_vision = n_ctx_text, n_ctx_vision
-        self.ctx = None
-        if self.depth_text:
-            self.ctx = _normal(n_ctx_text, text_width)
-            if ctx_init is not None:
-                with torch.no_grad():
-                    self.ctx.copy_(ctx_init)
+        self.ctx = first_text_prompt(self.depth_text, n_ctx_text, text_width, ctx_init)
         self.coupling = coupling
         # block 0's image tokens: learned (independent) or Linear(text ctx) (maple, MaPLe's shallow coupling)
         self.vision = nn.ParameterList(
-            [_normal(n_ctx_vision, vision_width)] if self.depth_vision and coupling == "independent" else [])
+            [normal_prompt(n_ctx_vision, vision_width)] if self.depth_vision and coupling == "independent" else [])
         self.to_vision = nn.Linear(text_width, vision_width) if coupling == "maple" else None
 
         def make_gate(width: int, experts: torch.Tensor) -> nn.Module:
@@ -226,10 +217,10 @@ class MoEDeepPromptLearner(nn.Module):
 
         # draw order (text experts, text gates, image experts, image gates) kept: seeds give the same start
         self.text_experts = nn.ParameterList(
-            [_normal(n_experts, n_ctx_text, text_width) for _ in range(max(self.depth_text - 1, 0))])
+            [normal_prompt(n_experts, n_ctx_text, text_width) for _ in range(max(self.depth_text - 1, 0))])
         self.text_gates = nn.ModuleList([make_gate(text_width, e) for e in self.text_experts])
         self.vision_experts = nn.ParameterList(
-            [_normal(n_experts, n_ctx_vision, vision_width) for _ in range(max(self.depth_vision - 1, 0))])
+            [normal_prompt(n_experts, n_ctx_vision, vision_width) for _ in range(max(self.depth_vision - 1, 0))])
         self.vision_gates = nn.ModuleList([make_gate(vision_width, e) for e in self.vision_experts])
 
     def settings(self) -> Dict[str, Any]:
