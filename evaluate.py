@@ -95,9 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=EVAL_PRECISIONS, default="fp32",
                    help="precision of the forward passes and attack gradients (default fp32; bf16/fp16 are "
                         "recorded and can overstate robustness)")
-    p.add_argument("--test-time", default=None, choices=TTA_REGISTRY.registered_names(), metavar="METHOD",
+    p.add_argument("--test-time", nargs="+", default=None, choices=TTA_REGISTRY.registered_names(), metavar="METHOD",
                    help=f"adapt the learned prompts per test image: {', '.join(TTA_REGISTRY.registered_names())} "
-                        "(docs/test_time.md)")
+                        "(several share each non-adaptive attack; docs/test_time.md)")
     p.add_argument("--test-time-options", default="", metavar="K=V,...",
                    help="the method's settings over its paper's defaults, e.g. views=32,lr=0.001")
     p.add_argument("--threat", nargs="+", choices=THREATS, default=["non-adaptive"],
@@ -146,7 +146,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         check_eps(args.eps, "--eps")
     if args.seed < 0:
         raise UserError(f"--seed must be >= 0 (got {args.seed})")
-    test_time = TestTimePlan(args.test_time, args.test_time_options, tuple(dict.fromkeys(args.threat))) \
+    test_time = TestTimePlan(tuple(args.test_time), args.test_time_options, tuple(dict.fromkeys(args.threat))) \
         if args.test_time else None
     run_dir = args.run_dir
     exported = is_artifact(run_dir)

@@ -88,14 +88,14 @@ def test_writes_results_md_records_then_skips_then_force(runs, tmp_path, monkeyp
         raise AssertionError("an existing record was recomputed")
 
     before = RunResults(run).records
-    monkeypatch.setattr(evaluation, "accuracy_under_attack", fail)
+    monkeypatch.setattr(evaluation, "accuracies_under_one_attack", fail)
     assert evaluate(run, "--attack", *attacks[:-1], *eps, "--steps", "3") == 0
     assert evaluate(run, "--attack", "aa", "--eps", "128", "--n-samples", "4") == 0
     assert RunResults(run).records == before
     monkeypatch.undo()
     calls = []
-    original = evaluation.accuracy_under_attack
-    monkeypatch.setattr(evaluation, "accuracy_under_attack", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = evaluation.accuracies_under_one_attack
+    monkeypatch.setattr(evaluation, "accuracies_under_one_attack", lambda *a, **k: calls.append(1) or original(*a, **k))
     assert evaluate(run, "--attack", "clean", "pgd", *eps, "--steps", "3", "--force") == 0
     assert len(calls) == 2 and len(RunResults(run).records) == len(before)
 
@@ -345,12 +345,21 @@ def test_test_time_records_keep_method_settings_and_threat_apart(runs, tmp_path)
     a second call skips them; a run without learned prompts is refused in one line."""
     run = _copy(runs["APT"], tmp_path)
     before = len(RunResults(run).records)
-    argv = [run, "--attack", "clean", "pgd", "--steps", "2", "--n-samples", "3", "--test-time", "tapt",
+    argv = [run, "--attack", "clean", "pgd", "--steps", "2", "--n-samples", "3", "--test-time", "tapt", "rtpt",
             "--test-time-options", "views=3", "--threat", "non-adaptive", "adaptive"]
-    assert evaluate(*argv) == 0
+    attacks = []
+    original = robust_accuracy.AttackSpec.build
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(robust_accuracy.AttackSpec, "build", lambda self, *a, **k: attacks.append(self.name) or original(self, *a, **k))
+        assert evaluate(*argv) == 0
+    # one clean pass and one non-adaptive PGD for the run's model and both methods; one adaptive PGD per method
+    assert attacks == ["clean", "pgd", "pgd", "pgd"]
     records = RunResults(run).records[before:]
     by_column = {r["column"]: r for r in records}
-    assert sorted(by_column) == ["clean/tapt", "pgd-2@4/tapt", "pgd-2@4/tapt-adaptive"]
+    assert sorted(by_column) == ["clean", "clean/rtpt", "clean/tapt", "pgd-2@4", "pgd-2@4/rtpt", "pgd-2@4/rtpt-adaptive",
+                                 "pgd-2@4/tapt", "pgd-2@4/tapt-adaptive"]
+    assert "test_time" not in by_column["pgd-2@4"]  # the run's own number on the same adversarial images
+    records = [r for r in records if r.get("test_time") == "tapt"]
     non_adaptive, adaptive = by_column["pgd-2@4/tapt"], by_column["pgd-2@4/tapt-adaptive"]
     assert non_adaptive["test_time_threat"] == "non-adaptive" and "through-adaptation" not in non_adaptive["adaptive"]
     assert non_adaptive["attacked_model"].startswith("the run's model without")
@@ -360,7 +369,7 @@ def test_test_time_records_keep_method_settings_and_threat_apart(runs, tmp_path)
         assert record["test_time_settings"]["lr"] == 5e-4 and record["test_time_cost"]["forward_multiple"] > 1
         assert "inactive" in record["test_time_alignment"]  # APT's image tower learns nothing
     assert by_column["clean/tapt"]["test_time_threat"] == ""
-    assert evaluate(*argv) == 0 and len(RunResults(run).records) == before + 3  # skipped, not recomputed
+    assert evaluate(*argv) == 0 and len(RunResults(run).records) == before + 8  # skipped, not recomputed
     zero_shot = _copy(runs["ZeroshotCLIP"], tmp_path)
     with pytest.raises(UserError, match="needs learned prompts") as err:
         evaluate(zero_shot, "--attack", "clean", "--test-time", "rtpt")

@@ -264,6 +264,29 @@ def test_evaluate_entries_are_checked_before_anything_runs(tmp_path):
     assert [e.get("attack", "audit") for e in load_sweep(str(path)).evaluate] == ["aa-rand", "apgd-t", "audit", "audit"]
 
 
+def test_test_time_method_lists_are_one_entry_each_and_one_call(tmp_path):
+    from ampt.sweep.requests import evaluate_command, group_evaluations
+
+    sweep = {"name": "t", "data_root": str(tmp_path), "output_root": str(tmp_path / "out"),
+             "grid": {"dataset": ["Digits"]},
+             "methods": {"APT": {"trainer": "APT", "config": "configs/trainers/APT/digits.yaml"}},
+             "evaluate": [{"attack": "pgd", "eps": 4, "test_time": ["tapt", "rtpt"], "test_time_options": "views=8"},
+                          {"attack": "aa", "eps": 4, "test_time": ["tapt", "rtpt"], "test_time_options": "views=8"},
+                          {"attack": "pgd", "eps": 4, "test_time": "tapt", "test_time_options": "views=8",
+                           "threat": "adaptive"}]}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    entries = load_sweep(str(path)).evaluate
+    assert [(e["attack"], e["test_time"]) for e in entries] == [
+        ("pgd", "tapt"), ("pgd", "rtpt"), ("aa", "tapt"), ("aa", "rtpt"), ("pgd", "tapt")]
+    grouped = group_evaluations(entries)
+    assert [(g["attack"], g["test_time"], g.get("threat")) for g in grouped] == [
+        (["pgd", "aa"], ["tapt", "rtpt"], None), (["pgd"], ["tapt"], "adaptive")]
+    command = evaluate_command("RUN", "DATA", grouped[0])
+    assert command[command.index("--test-time"):][:3] == ["--test-time", "tapt", "rtpt"]
+    assert command[command.index("--attack") + 1:command.index("--attack") + 3] == ["pgd", "aa"]
+
+
 def test_a_sweep_asks_for_field_attack_columns_and_an_audit(tmp_path, assets, capsys):
     """One zero-shot cell (nothing to train) evaluated by apgd-t and aa-rand (one evaluate.py call: the entries
     differ only in their attack) and audited, then reported."""

@@ -43,7 +43,7 @@ from ..evaluation.image_lists import list_digest, match_image_ids, read_image_id
 from ..models.interface import LEARNED
 from ..precision import at_precision, warn_reduced
 from ..results import RunResults, same_weights
-from ..evaluation.robust_accuracy import CLEAN, AttackSpec, Outcome, accuracy_under_attack
+from ..evaluation.robust_accuracy import CLEAN, AttackSpec, Outcome, accuracies_under_one_attack
 from ..evaluation.test_time import TestTimeEvaluation
 from ..tta import THREATS, parse_settings, settings_text
 
@@ -135,20 +135,24 @@ def make_record(dataset: str, split: str, spec: AttackSpec, prompt: str, outcome
 # ---------------------------------------------------------------- a run's evaluations
 @dataclass
 class TestTimePlan:
-    """``--test-time METHOD [--test-time-options k=v,...] [--threat ...]``: a registered test-time method."""
+    """``--test-time METHOD... [--test-time-options k=v,...] [--threat ...]``: registered test-time methods.
 
-    method: str
+    The options apply to every listed method (a key one of them lacks is refused).
+    """
+
+    methods: Tuple[str, ...]
     options: str = ""
     threats: Tuple[str, ...] = ("non-adaptive",)
 
     def __post_init__(self) -> None:
-        self.settings = parse_settings(self.method, self.options)
+        self.methods = tuple(dict.fromkeys(self.methods))
+        self.settings = {m: parse_settings(m, self.options) for m in self.methods}
         bad = [t for t in self.threats if t not in THREATS]
         if bad:
             raise UserError(f'--threat {bad[0]} is not one of {", ".join(THREATS)}')
 
-    def key(self, spec: AttackSpec, threat: str) -> Dict[str, Any]:
-        return {"test_time": self.method, "test_time_options": settings_text(self.settings),
+    def key(self, method: str, spec: AttackSpec, threat: str) -> Dict[str, Any]:
+        return {"test_time": method, "test_time_options": settings_text(self.settings[method]),
                 "test_time_threat": "" if spec.name == CLEAN else threat}
 
 
@@ -179,12 +183,42 @@ def subsample_field(cfg: Any) -> Dict[str, str]:
     return {} if subsample == "all" else {"subsample": subsample}
 
 
+@dataclass
+class Job:
+    """One attack (or clean pass) and the models that predict on its images: the run's model ("") and/or
+    test-time methods; ``threat`` "" (no test time, or clean), "non-adaptive" or "adaptive"."""
+
+    spec: AttackSpec
+    threat: str
+    members: List[Tuple[str, Dict[str, Any]]]  # (method or "", record key), records still to compute
+
+
+def plan_jobs(plan: EvalPlan) -> List[Tuple[AttackSpec, str, List[str]]]:
+    """``(spec, threat, [method or ""])`` per attack pass. Without test time: one pass per attack. With it:
+    clean and each non-adaptive attack once for the run's model and every method (the images do not depend
+    on the adaptation); each adaptive attack once per method (it attacks that method's loop)."""
+    if plan.test_time is None:
+        return [(spec, "", [""]) for spec in plan.specs]
+    tt, jobs = plan.test_time, []
+    for spec in plan.specs:
+        if spec.name == CLEAN:
+            jobs.append((spec, "", ["", *tt.methods]))
+            continue
+        if "non-adaptive" in tt.threats:
+            jobs.append((spec, "non-adaptive", ["", *tt.methods]))
+        if "adaptive" in tt.threats:
+            jobs.extend((spec, "adaptive", [m]) for m in tt.methods)
+    return jobs
+
+
 def evaluate_trainer(trainer: Any, plan: EvalPlan, results: RunResults,
                      extra: Optional[Dict[str, Any]] = None) -> List[Tuple[Dict[str, Any], str]]:
     """Run ``plan`` on ``trainer``'s test set; returns ``(record, "computed" | "existing")`` pairs.
 
     Records already in ``results`` are skipped (and returned as "existing")
-    unless ``plan.force``. Text features are computed once for all attacks.
+    unless ``plan.force``. Text features are computed once for all attacks;
+    an attack's images are computed once for every model that predicts on
+    them (:func:`plan_jobs`).
     """
     dataset_name = trainer.cfg.DATASET.NAME
     prompt = record_prompt(trainer, plan.prompt)
@@ -193,24 +227,27 @@ def evaluate_trainer(trainer: Any, plan: EvalPlan, results: RunResults,
     images = evaluated_images(trainer, plan, results.run_dir)
     n_samples = len(images.indices)
     rows: List[Tuple[Dict[str, Any], str]] = []
-    todo = []
+    jobs: List[Job] = []
     extra = {**(extra or {}), "weights": weights_digest(trainer), **images.provenance}
-    runs = [(spec, None) for spec in plan.specs] if plan.test_time is None else \
-        [(spec, threat) for spec in plan.specs for threat in (plan.test_time.threats if spec.name != CLEAN else ("",))]
-    for spec, threat in runs:
-        key = {"dataset": dataset_name, "split": plan.split, **spec.key_fields(), "n_samples": n_samples,
-               "prompt": prompt, **subsample, "seed": plan.seed, "precision": plan.precision, **images.key,
-               **(plan.test_time.key(spec, threat) if plan.test_time is not None else {})}
-        existing = results.get(key)
-        if existing is not None and not plan.force and same_weights(existing, extra):
-            logger.info("Skipping %s on %s: already in %s (--force recomputes)", spec.label, dataset_name, results.path)
-            rows.append((existing, "existing"))
-            continue
-        if existing is not None and not plan.force:
-            logger.info("The stored %s record measured other weights (checkpoint epoch %s, not %s): recomputing",
-                        spec.label, existing.get("checkpoint_epoch"), extra.get("checkpoint_epoch"))
-        todo.append((spec, key, threat))
-    if not todo:
+    for spec, threat, methods in plan_jobs(plan):
+        members = []
+        for method in methods:
+            key = {"dataset": dataset_name, "split": plan.split, **spec.key_fields(), "n_samples": n_samples,
+                   "prompt": prompt, **subsample, "seed": plan.seed, "precision": plan.precision, **images.key,
+                   **(plan.test_time.key(method, spec, threat) if method else {})}
+            existing = results.get(key)
+            if existing is not None and not plan.force and same_weights(existing, extra):
+                logger.info("Skipping %s%s on %s: already in %s (--force recomputes)", spec.label,
+                            f" [{method} {threat}]" if method else "", dataset_name, results.path)
+                rows.append((existing, "existing"))
+                continue
+            if existing is not None and not plan.force:
+                logger.info("The stored %s record measured other weights (checkpoint epoch %s, not %s): recomputing",
+                            spec.label, existing.get("checkpoint_epoch"), extra.get("checkpoint_epoch"))
+            members.append((method, key))
+        if members:
+            jobs.append(Job(spec, threat, members))
+    if not jobs:
         return rows
     trainer.set_model_mode("eval")
     warn_reduced(plan.precision)
@@ -219,25 +256,33 @@ def evaluate_trainer(trainer: Any, plan: EvalPlan, results: RunResults,
     test_time = None
     if plan.test_time is not None:
         test_time = TestTimeEvaluation.start(trainer, plan, results.run_dir, extra["weights"], model, loader)
-    for spec, key, threat in todo:
-        progress_file = progress_path(results.run_dir, {**key, "batch_size": loader.batch_size, **extra,
-                                                        **distributed.shard_key()})
-        predicting, attacked = (model, None) if test_time is None else test_time.models(threat)
-        outcome = accuracy_under_attack(predicting, loader, spec, trainer.num_classes, trainer.device,
-                                        seed=plan.seed, desc=f"{spec.label} [{dataset_name}]",
-                                        progress_file=progress_file, attack_model=attacked)
-        tta_fields = test_time.record_fields(threat) if test_time is not None else {}
-        record = make_record(dataset_name, plan.split, spec, prompt, outcome, precision=plan.precision,
-                             seed=plan.seed, **subsample, **images.key, **extra, **tta_fields)
-        stored = results.add(record, force=plan.force) if distributed.is_main() else True
-        distributed.barrier()  # the record is written before any rank drops its progress
+    for job in jobs:
+        spec, threat = job.spec, job.threat
+        names = [m for m, _ in job.members]
+        progress_file = progress_path(results.run_dir, {**job.members[0][1], "batch_size": loader.batch_size,
+                                                        "models": names, **extra, **distributed.shard_key()})
+        predictors = {m: (test_time.model(m) if m else model) for m in names}
+        attacked = model if threat == "non-adaptive" else None
+        outcomes = accuracies_under_one_attack(predictors, loader, spec, trainer.num_classes, trainer.device,
+                                               seed=plan.seed, desc=f"{spec.label} [{dataset_name}]",
+                                               progress_file=progress_file, attack_model=attacked)
+        written = []
+        for method, key in job.members:
+            outcome = outcomes[method]
+            tta_fields = test_time.record_fields(method, key["test_time_threat"]) if method else {}
+            record = make_record(dataset_name, plan.split, spec, prompt, outcome, precision=plan.precision,
+                                 seed=plan.seed, **subsample, **images.key, **extra, **tta_fields)
+            stored = results.add(record, force=plan.force) if distributed.is_main() else True
+            written.append((record, stored))
+            logger.info("%s%s on %s (%d images, prompt %s): %.2f%% in %.1f s", spec.label,
+                        f" [{method} {threat}]".rstrip() if method else "", dataset_name, outcome.n_samples, prompt,
+                        outcome.accuracy, outcome.seconds)
+            if not stored:
+                logger.warning("Not written to %s: it keeps the finished run's record of its final model for this "
+                               "setting (--force replaces it)", results.path)
+            rows.append((record, "computed" if stored else "computed, not stored"))
+        distributed.barrier()  # the records are written before any rank drops its progress
         progress_file.unlink(missing_ok=True)
-        logger.info("%s on %s (%d images, prompt %s): %.2f%% in %.1f s", spec.label, dataset_name,
-                    outcome.n_samples, prompt, outcome.accuracy, outcome.seconds)
-        if not stored:
-            logger.warning("Not written to %s: it keeps the finished run's record of its final model for this "
-                           "setting (--force replaces it)", results.path)
-        rows.append((record, "computed" if stored else "computed, not stored"))
     return rows
 
 

@@ -162,53 +162,94 @@ def accuracy_under_attack(
     model the attack computes its images on; ``model`` predicts on them (a
     test-time defense under the non-adaptive threat model).
     """
-    model.eval()
-    attacked = model if attack_model is None else attack_model.eval()
+    return accuracies_under_one_attack({"": model}, loader, spec, num_classes, device, seed=seed, desc=desc,
+                                       progress_file=progress_file, observer=observer,
+                                       attack_model=attack_model)[""]
+
+
+def accuracies_under_one_attack(
+    models: Dict[str, nn.Module],
+    loader: DataLoader,
+    spec: AttackSpec,
+    num_classes: int,
+    device: torch.device,
+    seed: int = 0,
+    desc: str = "",
+    progress_file: Optional[Path] = None,
+    observer: Optional[BatchObserver] = None,
+    attack_model: Optional[nn.Module] = None,
+) -> Dict[str, Outcome]:
+    """:func:`accuracy_under_attack` of several predicting models on the same adversarial images.
+
+    The attack runs once per batch, on ``attack_model`` (default: the first
+    model); every model of ``models`` then predicts on the clean and the
+    attacked images (the run's model and its test-time adaptations, under
+    the non-adaptive threat model). ``observer`` follows the first model.
+    """
+    names = list(models)
+    for m in models.values():
+        m.eval()
+    attacked = models[names[0]] if attack_model is None else attack_model.eval()
     loader = distributed.shard_loader(loader)
     attack = spec.build(attacked, num_classes, seed)
     if attack is not None:
         logger.info("Attack: %r", attack)
-    state = {"batches": 0, "correct": 0, "total": 0, "seconds": 0.0}
+    fresh = {"batches": 0, "total": 0, "correct": {n: 0 for n in names}, "seconds": {n: 0.0 for n in names},
+             "attack_seconds": 0.0}
+    state = fresh
     if progress_file is not None and progress_file.is_file():
         state = read_json(progress_file)["state"]
+        if not isinstance(state.get("correct"), dict):  # one model's file, written before several could share
+            state = {**fresh, "batches": state["batches"], "total": state["total"],
+                     "correct": {names[0]: state["correct"]}, "seconds": {names[0]: state["seconds"]}}
         logger.info("Resuming %s after %d batches (%d images) from %s",
                     spec.label, state["batches"], state["total"], progress_file)
     bar = progress_bar(loader, total=len(loader), desc=desc or spec.label)
     for index, batch in enumerate(bar):
         if index < state["batches"]:
             continue
-        start = time.perf_counter()
         images, labels = batch["img"].to(device), batch["label"].to(device)
-        with torch.no_grad():
-            logits = model(images)
-            if observer is not None:
-                observer("clean", labels)
-        check_finite_logits(logits, f"clean images, batch {index}")
-        correct = logits.argmax(dim=1) == labels
-        if attack is not None:
-            adv = attack(images, labels)
+        start = time.perf_counter()
+        adv = attack(images, labels) if attack is not None else None
+        attack_seconds = time.perf_counter() - start
+        state["attack_seconds"] = state.get("attack_seconds", 0.0) + attack_seconds
+        for position, name in enumerate(names):
+            start = time.perf_counter()
+            model = models[name]
+            watch = observer if position == 0 else None
             with torch.no_grad():
-                logits = model(adv)
-                if observer is not None:
-                    observer("attacked", labels)
-            check_finite_logits(logits, f"{spec.label}, batch {index}")
-            correct &= logits.argmax(dim=1) == labels
-        state["correct"] += int(correct.sum())
+                logits = model(images)
+                if watch is not None:
+                    watch("clean", labels)
+            check_finite_logits(logits, f"clean images, batch {index}")
+            correct = logits.argmax(dim=1) == labels
+            if adv is not None:
+                with torch.no_grad():
+                    logits = model(adv)
+                    if watch is not None:
+                        watch("attacked", labels)
+                check_finite_logits(logits, f"{spec.label}, batch {index}")
+                correct &= logits.argmax(dim=1) == labels
+            state["correct"][name] += int(correct.sum())
+            state["seconds"][name] += time.perf_counter() - start + attack_seconds
         state["total"] += int(labels.numel())
         state["batches"] = index + 1
-        state["seconds"] += time.perf_counter() - start
-        bar.set_postfix_str(f"acc {100.0 * state['correct'] / state['total']:.2f}%", refresh=False)
+        bar.set_postfix_str(f"acc {100.0 * state['correct'][names[0]] / state['total']:.2f}%", refresh=False)
         if progress_file is not None:
             write_json({"state": state}, progress_file)
     bar.close()
-    correct, total = distributed.all_reduce_sum([state["correct"], state["total"]])
-    state = {**state, "correct": correct, "total": total, "seconds": distributed.all_reduce_max(state["seconds"])}
-    if state["total"] == 0:
+    total = distributed.all_reduce_sum([state["total"]])[0]
+    if total == 0:
         raise RuntimeError("The evaluation saw no images: the test split (or subset) is empty")
     extra: Dict[str, Any] = {}
     if attack is not None:
         extra.update(attack_provenance(attack, attacked))
-    return Outcome(100.0 * state["correct"] / state["total"], state["total"], state["seconds"], extra)
+    outcomes = {}
+    for name in names:
+        correct = distributed.all_reduce_sum([state["correct"][name]])[0]
+        seconds = distributed.all_reduce_max(state["seconds"][name])
+        outcomes[name] = Outcome(100.0 * correct / total, total, seconds, dict(extra))
+    return outcomes
 
 
 def attack_provenance(attack: Any, model: nn.Module) -> Dict[str, Any]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict
 
 import torch
 from torch import nn
@@ -24,58 +24,62 @@ from torch.utils.data import DataLoader
 
 from ..errors import UserError
 from ..models.interface import LEARNED
-from ..tta import TTA_REGISTRY, TestTimeAdapted, TestTimeContext, TestTimeMethod, settings_text
+from ..tta import TTA_REGISTRY, TestTimeAdapted, TestTimeContext, settings_text
 
 
 @dataclass
 class TestTimeEvaluation:
-    method: TestTimeMethod
-    adapted: TestTimeAdapted
-    base: nn.Module
+    """The loops of an evaluation's test-time methods, each prepared once, and what their records say."""
+
+    loops: Dict[str, TestTimeAdapted]
     seed: int
-    prepared: Dict[str, Any] = field(default_factory=dict)
+    prepared: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     plain_seconds_per_image: float = 0.0
 
     @classmethod
     def start(cls, trainer: Any, plan: Any, run_dir: Path, weights: str, base: nn.Module,
               loader: DataLoader) -> "TestTimeEvaluation":
-        """The method prepared on the run (TAPT: reference statistics), the loop built, a plain forward timed."""
+        """Each method prepared on the run (TAPT: reference statistics), its loop built, a plain forward timed."""
         tt = plan.test_time
         if plan.precision != "fp32":
             raise UserError(f"--test-time runs in fp32 (got --precision {plan.precision}): drop --precision")
         if plan.prompt != LEARNED:
             raise UserError(f"--test-time tunes the run's learned prompts; --prompt {plan.prompt} has none to tune")
         model = trainer.model.to(trainer.device).eval()
-        method = TTA_REGISTRY.get(tt.method)(tt.settings)
         device = trainer.device
 
         def train_batches():
             for batch in trainer.train_loader_x:
                 yield batch["img"].to(device)
 
-        prepared = method.prepare(model, TestTimeContext(run_dir, weights, device, train_batches))
-        adapted = TestTimeAdapted(model, method, seed=plan.seed)
-        evaluation = cls(method, adapted, base, plan.seed, prepared)
+        loops, prepared = {}, {}
+        for name in tt.methods:
+            method = TTA_REGISTRY.get(name)(tt.settings[name])
+            prepared[name] = method.prepare(model, TestTimeContext(run_dir, weights, device, train_batches))
+            loops[name] = TestTimeAdapted(model, method, seed=plan.seed)
+        evaluation = cls(loops, plan.seed, prepared)
         evaluation.plain_seconds_per_image = _plain_seconds_per_image(base, loader, device)
         return evaluation
 
-    def models(self, threat: str) -> Tuple[nn.Module, Optional[nn.Module]]:
-        """(the predicting model, the attacked one: None for the same) of ``threat``; the loop's draws restart."""
-        self.adapted.generator.manual_seed(int(self.seed))
-        self.adapted.seconds, self.adapted.images = 0.0, 0
-        return self.adapted, (self.base if threat == "non-adaptive" else None)
+    def model(self, method: str) -> TestTimeAdapted:
+        """The method's loop, its draws restarted from the seed and its clock reset."""
+        loop = self.loops[method]
+        loop.generator.manual_seed(int(self.seed))
+        loop.seconds, loop.images = 0.0, 0
+        return loop
 
-    def record_fields(self, threat: str) -> Dict[str, Any]:
-        per_image = self.adapted.seconds / max(self.adapted.images, 1)
+    def record_fields(self, method: str, threat: str) -> Dict[str, Any]:
+        loop = self.loops[method]
+        per_image = loop.seconds / max(loop.images, 1)
         fields: Dict[str, Any] = {
-            "test_time": self.method.name, "test_time_options": settings_text(self.method.settings),
-            "test_time_threat": threat, "test_time_settings": dict(self.method.settings),
-            "test_time_paper": self.method.paper,
+            "test_time": method, "test_time_options": settings_text(loop.method.settings),
+            "test_time_threat": threat, "test_time_settings": dict(loop.method.settings),
+            "test_time_paper": loop.method.paper,
             "test_time_cost": {"seconds_per_image": round(per_image, 5),
                                "plain_forward_seconds_per_image": round(self.plain_seconds_per_image, 6),
                                "forward_multiple": round(per_image / max(self.plain_seconds_per_image, 1e-9), 1),
-                               "images": self.adapted.images},
-            **{f"test_time_{k}": v for k, v in self.prepared.items()},
+                               "images": loop.images},
+            **{f"test_time_{k}": v for k, v in self.prepared[method].items()},
         }
         if threat == "non-adaptive":
             fields["attacked_model"] = "the run's model without test-time adaptation"

@@ -166,20 +166,27 @@ def audit_answers(audit: Mapping[str, Any], entry: Mapping[str, Any], train_eps:
 
 
 def group_evaluations(entries: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """Evaluation entries that differ only in their attack, as one entry with a list of attacks (one
-    ``evaluate.py`` call loads the run once for all of them); audits and the order otherwise kept."""
+    """Evaluation entries that differ only in their attack or test-time method, as one entry with a list of
+    attacks and of methods (one ``evaluate.py`` call loads the run once for all of them, and a non-adaptive
+    attack's images serve the run's model and every method); audits and the order otherwise kept."""
     groups: Dict[str, Dict[str, Any]] = {}
     out: List[Dict[str, Any]] = []
     for entry in entries:
         if is_audit(entry):
             out.append(entry)
             continue
-        settings = repr(sorted((k, v) for k, v in entry.items() if k != "attack"))
-        if settings in groups:
-            groups[settings]["attack"].append(entry["attack"])
-            continue
-        groups[settings] = {**entry, "attack": [entry["attack"]]}
-        out.append(groups[settings])
+        settings = repr(sorted((k, v) for k, v in entry.items() if k not in ("attack", "test_time")))
+        if settings not in groups:
+            groups[settings] = {**entry, "attack": []}
+            groups[settings].pop("test_time", None)
+            out.append(groups[settings])
+        group = groups[settings]
+        if entry["attack"] not in group["attack"]:
+            group["attack"].append(entry["attack"])
+        if entry.get("test_time"):
+            methods = group.setdefault("test_time", [])
+            if entry["test_time"] not in methods:
+                methods.append(entry["test_time"])
     return out
 
 
@@ -189,9 +196,12 @@ def evaluate_command(run_dir: str, data_root: str, entry: Mapping[str, Any]) -> 
     cmd = [sys.executable, str(REPO_ROOT / "evaluate.py"), run_dir, "--attack", *map(str, attacks),
            "--root", data_root]
     for key in ("eps", "steps", "alpha", "n_samples", "prompt", "batch_size", "subsample", "seed", "restarts",
-                "eot_iter", "aa_attacks", "image_ids", "precision", "test_time", "test_time_options", "threat"):
+                "eot_iter", "aa_attacks", "image_ids", "precision", "test_time_options", "threat"):
         if key in entry:
             cmd += [f"--{key.replace('_', '-')}", str(entry[key])]
+    if entry.get("test_time"):
+        methods = entry["test_time"] if isinstance(entry["test_time"], list) else [entry["test_time"]]
+        cmd += ["--test-time", *map(str, methods)]
     if entry.get("bpda"):
         cmd.append("--bpda")
     return cmd

@@ -172,7 +172,16 @@ def _evaluate(path: str, raw: Any) -> List[Dict[str, Any]]:
                               "or is an audit entry (audit: true)")
         _check_keys(path, "an evaluate entry", entry, EVAL_KEYS)
         _check_attack_entry(path, entry)
-    return [dict(e) for e in entries]
+    return [one for e in entries for one in _one_entry_per_test_time_method(e)]
+
+
+def _one_entry_per_test_time_method(entry: Mapping[str, Any]) -> List[Dict[str, Any]]:
+    """``test_time: [tapt, rtpt]`` is one entry per method (each answered by its own records); the runner
+    evaluates them in one call again (:func:`~ampt.sweep.requests.group_evaluations`)."""
+    methods = entry.get("test_time")
+    if not isinstance(methods, list):
+        return [dict(entry)]
+    return [{**entry, "test_time": m} for m in dict.fromkeys(methods)]
 
 
 def _check_test_time_entry(path: str, entry: Mapping[str, Any]) -> None:
@@ -184,8 +193,12 @@ def _check_test_time_entry(path: str, entry: Mapping[str, Any]) -> None:
         if "test_time_options" in entry or "threat" in entry:
             raise _fail(path, f"evaluate entry {dict(entry)!r}: test_time_options and threat need a test_time method")
         return
+    methods = entry["test_time"] if isinstance(entry["test_time"], list) else [entry["test_time"]]
     try:
-        parse_settings(str(entry["test_time"]), str(entry.get("test_time_options", "")))
+        if not methods:
+            raise UserError("test_time is a method or a list of methods")
+        for method in methods:
+            parse_settings(str(method), str(entry.get("test_time_options", "")))
     except UserError as err:
         raise _fail(path, f"evaluate entry {dict(entry)!r}: {err}") from None
     if entry.get("threat", "non-adaptive") not in THREATS:
