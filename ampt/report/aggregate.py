@@ -114,16 +114,18 @@ def column_id(record: Dict[str, Any], own_prompt: str) -> str:
 
 
 def column_order(column: str) -> Tuple:
-    """clean first, then by attack name, eps, steps, restarts, EOT, BPDA, options; prompt variants after.
+    """clean first, then by attack name, eps, steps, restarts, EOT, BPDA, options, test-time method (the run's
+    own number first, then each method non-adaptive, then adaptive); prompt variants after.
 
     Index 3 of the key is the eps and index 4 the steps (callers read them).
     """
     base, _, suffix = column.partition(" [")
     parsed = parse_column(base)
     if parsed is None:  # not a column name of ampt.attacks.naming: after the named ones, by text
-        return (bool(suffix), 2, base, 0.0, 0, 1, 1, False, "", suffix)
+        return (bool(suffix), 2, base, 0.0, 0, 1, 1, False, "", "", False, suffix)
     return (bool(suffix), 0 if parsed["attack"] == CLEAN else 1, parsed["attack"], parsed["eps"], parsed["steps"],
-            parsed["restarts"], parsed["eot"], parsed["bpda"], parsed["options"], suffix)
+            parsed["restarts"], parsed["eot"], parsed["bpda"], parsed["options"], parsed.get("test_time", ""),
+            parsed.get("adaptive", False), suffix)
 
 
 def dataset_order(name: str) -> Tuple[int, str]:
@@ -397,7 +399,8 @@ def robust_columns(rows: Sequence[Row], subsample: str = "all") -> List[str]:
 def default_hm_attack(rows: Sequence[Row], subsample: str = "all") -> Optional[str]:
     """The robust column most rows have: the harmonic mean's default.
 
-    Ties: the column at more rows' training eps, then more steps, then larger eps.
+    Ties: the column at more rows' training eps, then the run's own number (no test-time method), then more
+    steps, then larger eps.
     """
     counts: Dict[str, int] = defaultdict(int)
     at_train_eps: Dict[str, int] = defaultdict(int)
@@ -408,7 +411,8 @@ def default_hm_attack(rows: Sequence[Row], subsample: str = "all") -> Optional[s
                 at_train_eps[column] += column_order(column)[3] == row.train_eps
     if not counts:
         return None
-    return max(counts, key=lambda c: (counts[c], at_train_eps[c], column_order(c)[4], column_order(c)[3], c))
+    return max(counts, key=lambda c: (counts[c], at_train_eps[c], column_order(c)[9] == "", column_order(c)[4],
+                                      column_order(c)[3], c))
 
 
 def row_harmonic_mean(row: Row, attack: Optional[str], subsample: str = "all") -> Optional[float]:
