@@ -16,10 +16,20 @@ from toys import _quiet, colour_digits_env, demo_shape_env, digits_root, toy_env
 torch.set_num_threads(1)  # tiny tensors: more threads only add overhead
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    """A frozen tiny CLIP (the ``clip`` package's model class), one per test module."""
-    model = build_tiny_clip(seed=0)
+def _frozen_tiny_clip(**shape):
+    model = build_tiny_clip(seed=0, **shape)
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A frozen tiny CLIP (the ``clip`` package's model class), one per test module."""
+    return _frozen_tiny_clip()
+
+
+@pytest.fixture(scope="module")
+def tiny_demo_shape():
+    """A frozen tiny CLIP of the demo's shape: text 64 wide x 2 blocks, vision 96 wide x 3 blocks (widths differ)."""
+    return _frozen_tiny_clip(vision_width=96, vision_layers=3)

@@ -8,18 +8,14 @@ from ampt.attacks import build_attack
 from ampt.models import (DeepPromptCLIP, DeepPromptLearner, DeepTextLayout, FixedTextFeatures, PromptedCLIP,
                          VisualPrompt, VisualPromptCLIP, encode_image_with_prompts, template_text_features)
 
-from ampt.models.tiny import build_tiny_clip
 
 NAMES = ["cat", "dog", "small_bird"]
 TEXT_W, VISION_W = 64, 96  # the demo's tiny CLIP: text 64 x 2 blocks, vision 96 x 3 blocks (widths differ)
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    model = build_tiny_clip(seed=0, vision_width=96, vision_layers=3)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+def tiny(tiny_demo_shape):
+    return tiny_demo_shape
 
 
 def _model(tiny, coupling="independent", n=2, depth_text=2, depth_vision=3, ctx_init="a photo of a"):

@@ -15,7 +15,6 @@ from ampt.models import DeepPromptCLIP, DeepPromptLearner, DeepTextLayout, Promp
 from ampt.models.moe_prompts import (AnchoredPromptGate, AnchorSettings, MoEDeepPromptCLIP, MoEDeepPromptLearner,
                                      PromptGate)
 from ampt.objectives import OBJECTIVE_REGISTRY, TrainingStep
-from ampt.models.tiny import build_tiny_clip
 
 MoEAdvVLP = TRAINER_REGISTRY.get("MoEAdvVLP")  # the plug-in as loaded (trainers/moe_prompts.py)
 check_moe_cfg = sys.modules[MoEAdvVLP.__module__].check_moe_cfg
@@ -24,11 +23,8 @@ TEXT_W, VISION_W = 64, 96  # the demo's tiny CLIP: text 64 x 2 blocks, vision 96
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    model = build_tiny_clip(seed=0, vision_width=96, vision_layers=3)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+def tiny(tiny_demo_shape):
+    return tiny_demo_shape
 
 
 def _moe(tiny, k=3, depth_text=2, depth_vision=3, gate="token_softmax", names=NAMES, coupling="independent",

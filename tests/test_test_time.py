@@ -13,19 +13,15 @@ from ampt.models.parts import adaptive_label, part_kinds
 from ampt.tta import TTA_REGISTRY, TestTimeAdapted, parse_settings, settings_text
 from ampt.tta.adamw import AdamW
 from ampt.tta.entropy import confident_views, marginal_entropy, pointwise_entropy
-from ampt.tta.token_stats import alignment_distance, batch_statistics, block_inputs, reference_statistics
+from ampt.tta.token_stats import block_inputs
 from ampt.tta.views import augmented_views
-from ampt.models.tiny import build_tiny_clip
 
 NAMES = ["cat", "dog", "small_bird"]
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    model = build_tiny_clip(seed=0, vision_width=96, vision_layers=3)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+def tiny(tiny_demo_shape):
+    return tiny_demo_shape
 
 
 def _apt(tiny):

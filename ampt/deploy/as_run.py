@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..evaluation.run_loader import LoadedRun, resolve_dataset_name
+from ..evaluation.run_loader import LoadedRun, apply_test_overrides, resolve_dataset_name
 from ..models.interface import LEARNED
 from ..plugins import load_plugins
 from .artifact_format import is_artifact  # noqa: F401  (evaluate.py's test for an exported folder)
@@ -86,12 +86,7 @@ def load_exported_run(folder: Path, dataset: Optional[str] = None, root: str = "
     cfg.ADV.TRAIN.EPS = float(training["train_eps"])
     cfg.DATALOADER.TEST.BATCH_SIZE = training["test_loader"]["batch_size"]
     cfg.DATALOADER.NUM_WORKERS = training["test_loader"]["num_workers"]
-    if root:
-        cfg.DATASET.ROOT = root
-    if batch_size is not None:
-        if batch_size < 1:
-            raise UserError(f"--batch-size must be >= 1 (got {batch_size})")
-        cfg.DATALOADER.TEST.BATCH_SIZE = batch_size
+    apply_test_overrides(cfg, root, batch_size)
     if dataset is not None and resolve_dataset_name(dataset) != training["dataset"]:
         cfg.DATASET.NAME = resolve_dataset_name(dataset)
         cfg.DATASET.SUBSAMPLE_CLASSES = "all"

@@ -124,6 +124,16 @@ def _set_subsample(cfg: Any, subsample: str) -> None:
     cfg.DATASET.SUBSAMPLE_CLASSES = subsample
 
 
+def apply_test_overrides(cfg: Any, root: str, batch_size: Optional[int]) -> None:
+    """``--root`` and ``--batch-size`` of an evaluation, over the run's config."""
+    if root:
+        cfg.DATASET.ROOT = root
+    if batch_size is not None:
+        if batch_size < 1:
+            raise UserError(f"--batch-size must be >= 1 (got {batch_size})")
+        cfg.DATALOADER.TEST.BATCH_SIZE = batch_size
+
+
 def load_run(run_dir: Path, dataset: Optional[str] = None, root: str = "", batch_size: Optional[int] = None,
              load_epoch: Optional[int] = None, seed: int = 0, subsample: Optional[str] = None) -> LoadedRun:
     """Rebuild the trainer of ``run_dir`` (its ``config.yaml``) in eval mode with the run's weights.
@@ -153,12 +163,7 @@ def load_run(run_dir: Path, dataset: Optional[str] = None, root: str = "", batch
     train_dataset = cfg.DATASET.NAME
     cfg.OUTPUT_DIR = str(run_dir)
     cfg.RESUME = ""
-    if root:
-        cfg.DATASET.ROOT = root
-    if batch_size is not None:
-        if batch_size < 1:
-            raise UserError(f"--batch-size must be >= 1 (got {batch_size})")
-        cfg.DATALOADER.TEST.BATCH_SIZE = batch_size
+    apply_test_overrides(cfg, root, batch_size)
     if dataset is not None:
         target = resolve_dataset_name(dataset)
         if target != train_dataset:
