@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -31,6 +32,7 @@ from ..models.backbone import BackboneInfo, backbone_info, pretrained_setting
 from ..models.clip_loader import load_clip
 from ..models.exported import ExportRefused, ExportState
 from ..models.interface import LEARNED
+from ..utils.io import file_mode
 from ..results import RunResults, backup_stamp
 from .card import render_card
 from .summary import records_summary, training_attack
@@ -204,6 +206,7 @@ def _write(folder: Path, document: Dict[str, Any], tensors: Dict[str, torch.Tens
     text = canonical_json(document)
     (folder / METADATA_FILE).write_text(text, encoding="utf-8")
     save_file(tensors, str(folder / TENSORS_FILE), metadata={"format": FORMAT, HEADER_KEY: metadata_digest(text)})
+    os.chmod(folder / TENSORS_FILE, file_mode())  # safetensors writes 0o600; the folder's other files follow the umask
     (folder / CARD_FILE).write_text(render_card(document), encoding="utf-8")
 
 

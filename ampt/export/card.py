@@ -31,13 +31,13 @@ def render_card(document: Dict[str, Any]) -> str:
 
 
 def _front_matter(doc: Dict[str, Any]) -> str:
-    method, training, backbone = doc["method"], doc["training"], doc["backbone"]
+    method, backbone = doc["method"], doc["backbone"]
     lines = ["---", f"license: {backbone['license']}"]
     if backbone["license"] == "other":
         lines += ["license_name: backbone-weights-license-not-recorded"]
     lines += ["library_name: ampt-toolkit", "pipeline_tag: image-classification", "tags:"]
-    lines += [f"- {tag}" for tag in ("clip", "prompt-learning", "adversarial-robustness", "ampt",
-                                     method["trainer"].lower())]
+    lines += [f"- {tag}" for tag in dict.fromkeys(("clip", "prompt-learning", "adversarial-robustness", "ampt",
+                                                   method["trainer"].lower()))]
     lines += ["model-index:", f"- name: {json.dumps(_model_name(doc))}", "  results:"]
     for record in doc["results"]["records"]:
         lines += ["  - task:", "      type: image-classification",
