@@ -52,8 +52,8 @@ def test_base_and_new_records(base_run, tmp_path, monkeypatch):
     assert own["subsample"] == "base" and own["n_samples"] == 300  # 5 of 10 digits, 60 test images each
 
     calls = []
-    original = evaluation.accuracy_under_attack
-    monkeypatch.setattr(evaluation, "accuracy_under_attack", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = evaluation.accuracies_under_one_attack
+    monkeypatch.setattr(evaluation, "accuracies_under_one_attack", lambda *a, **k: calls.append(1) or original(*a, **k))
     assert evaluate(run, "--attack", "clean", "--subsample", "base") == 0
     assert calls == []  # the training's own base record has the same key
     assert evaluate(run, "--attack", "clean", "pgd", "--eps", "4", "--steps", "1", "--subsample", "new") == 0
