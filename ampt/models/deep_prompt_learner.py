@@ -168,6 +168,20 @@ class DeepTextLayout(nn.Module):
         return torch.cat([*parts, self.token_suffix], dim=1), self.token_ids
 
 
+def prompted_vit_input(visual: nn.Module, x: torch.Tensor, first_prompt: torch.Tensor) -> torch.Tensor:
+    """``[L, B, d]``: the ``clip`` package's ViT input of pixels ``x`` (class token, patches, positional
+    embedding), ``first_prompt`` (``[n, d]``) appended as the last n tokens, after ``ln_pre``."""
+    if not isinstance(visual, clip.model.VisionTransformer):
+        raise ValueError(f"Visual deep prompts need a ViT backbone; {type(visual).__name__} has no tokens")
+    b = x.shape[0]
+    x = visual.conv1(x)
+    x = x.reshape(b, x.shape[1], -1).permute(0, 2, 1)
+    cls = visual.class_embedding.to(x.dtype) + torch.zeros(b, 1, x.shape[-1], dtype=x.dtype, device=x.device)
+    x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
+    x = torch.cat([x, first_prompt.to(x.dtype).unsqueeze(0).expand(b, -1, -1)], dim=1)
+    return visual.ln_pre(x).permute(1, 0, 2)  # NLD -> LND
+
+
 def encode_image_with_prompts(visual: nn.Module, x: torch.Tensor, prompts: Sequence[torch.Tensor]) -> torch.Tensor:
     """``visual(x)`` of the ``clip`` package's ViT with ``prompts[j]`` (``[n, d]``) as the last n tokens of block j.
 
@@ -177,16 +191,8 @@ def encode_image_with_prompts(visual: nn.Module, x: torch.Tensor, prompts: Seque
     """
     if not prompts:
         return visual(x)
-    if not isinstance(visual, clip.model.VisionTransformer):
-        raise ValueError(f"Visual deep prompts need a ViT backbone; {type(visual).__name__} has no tokens")
-    b = x.shape[0]
-    x = visual.conv1(x)
-    x = x.reshape(b, x.shape[1], -1).permute(0, 2, 1)
-    cls = visual.class_embedding.to(x.dtype) + torch.zeros(b, 1, x.shape[-1], dtype=x.dtype, device=x.device)
-    x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
-    n = prompts[0].shape[0]
-    x = torch.cat([x, prompts[0].to(x.dtype).unsqueeze(0).expand(b, -1, -1)], dim=1)
-    x = visual.ln_pre(x).permute(1, 0, 2)  # NLD -> LND
+    b, n = x.shape[0], prompts[0].shape[0]
+    x = prompted_vit_input(visual, x, prompts[0])
     for index, block in enumerate(visual.transformer.resblocks):
         if 0 < index < len(prompts):
             x = torch.cat([x[: x.shape[0] - n], prompts[index].to(x.dtype).unsqueeze(1).expand(-1, b, -1)], dim=0)

@@ -46,8 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .clip_loader import clip
-from .deep_prompt_learner import DeepTextLayout, first_text_prompt, normal_prompt
+from .deep_prompt_learner import DeepTextLayout, first_text_prompt, normal_prompt, prompted_vit_input
 from .exported import load_learned_tensors
 from .parts import RouterPart
 from .prompted_clip import PromptedCLIP, l2_normalize
@@ -303,16 +302,8 @@ class MoEDeepPromptCLIP(PromptedCLIP):
         self._vision_weights = []
         if not learner.depth_vision:
             return l2_normalize(visual(pixels).float())
-        if not isinstance(visual, clip.model.VisionTransformer):
-            raise ValueError(f"Visual deep prompts need a ViT backbone; {type(visual).__name__} has no tokens")
-        b = pixels.shape[0]
-        h = visual.conv1(pixels)
-        h = h.reshape(b, h.shape[1], -1).permute(0, 2, 1)
-        cls = visual.class_embedding.to(h.dtype) + torch.zeros(b, 1, h.shape[-1], dtype=h.dtype, device=h.device)
-        h = torch.cat([cls, h], dim=1) + visual.positional_embedding.to(h.dtype)
         n = learner.n_ctx_vision
-        h = torch.cat([h, learner.first_vision_tokens().to(h.dtype).unsqueeze(0).expand(b, -1, -1)], dim=1)
-        h = visual.ln_pre(h).permute(1, 0, 2)  # NLD -> LND
+        h = prompted_vit_input(visual, pixels, learner.first_vision_tokens())
         for index, block in enumerate(visual.transformer.resblocks):
             if 1 <= index < learner.depth_vision:
                 tokens = h[: h.shape[0] - n].permute(1, 0, 2)  # [B, L, d], the previous prompt outputs dropped
