@@ -28,15 +28,12 @@ from ampt.api import TRAINER_REGISTRY
 from ampt.errors import UserError
 from ampt.precision import add_precision_key
 from ampt.models import PromptLearner
-from ampt.evaluation.evaluated_prompt import prompt_model
-from ampt.models.interface import LEARNED
-from ampt.evaluation.robust_accuracy import CLEAN, AttackSpec, accuracy_under_attack
 from ampt.objectives import TrainingStep
 from ampt.models.mixture import MIX_MODES, FixedRouting, MixturePromptedCLIP
 from ampt.models.prompt_init import orthogonal_contexts, split_templates, template_contexts
 from ampt.models.router import ROUTER_KINDS, Router, weight_entropy
 from ampt.utils import distributed
-from ampt.models.router_stats import EpochAccumulator, TestWeightLog, bank_summary, eval_split_stats
+from ampt.models.router_stats import EpochAccumulator, TestWeightLog, bank_summary
 from ampt.sweep.layout import num
 from ampt.models.router_stats import update_router_stats_file
 
@@ -294,24 +291,12 @@ class AMPT(AdversarialClipTrainer):
             log, self._test_weights = self._test_weights, None
         if log is None:
             return
-        split, loader = self.final_test_split()
-        if not log.labels:
-            self.set_model_mode("eval")
-            accuracy_under_attack(prompt_model(self, LEARNED), loader, AttackSpec(CLEAN), self.num_classes,
-                                  self.device, observer=log)
-        stats = {**self._gathered_eval_stats(log), "bank": self._bank_stats()}
-        stats = {"split": split, "attack": self.test_attack.label if self.test_attack else None, **stats}
+        stats = {**self.routing_test_stats(log), "bank": self._bank_stats()}
+        split = stats["split"]
         logger.info("router on %s (%d images): MI(weights; label) clean %.4f, attacked %s; "
                     "MI(weights; clean vs attacked) %s nats", split, stats["n_images"], stats["clean"]["mi_label"],
                     stats.get("attacked", {}).get("mi_label"), stats.get("mi_clean_vs_attacked"))
         self._update_router_stats_file(test=stats)
-
-    @staticmethod
-    def _gathered_eval_stats(log: TestWeightLog) -> Dict[str, Any]:
-        """:func:`eval_split_stats` over every rank's shard of the test (one rank: its own)."""
-        parts = distributed.all_gather_objects(log.tensors())
-        clean, attacked, labels = (None if p[0] is None else torch.cat(p) for p in zip(*parts))
-        return eval_split_stats(clean, attacked, labels)
 
     # ------------------------------------------------------------ evaluation
     def eval_prompt_model(self, prompt: str) -> Optional[nn.Module]:

@@ -38,18 +38,14 @@ from yacs.config import CfgNode as CN
 
 from ampt.api import TRAINER_REGISTRY
 from ampt.errors import UserError
-from ampt.evaluation.evaluated_prompt import prompt_model
-from ampt.evaluation.robust_accuracy import CLEAN, AttackSpec, accuracy_under_attack
 from ampt.method_kits.deep_prompts import _check_depths, add_independent_keys
 from ampt.models import DeepTextLayout
-from ampt.models.interface import LEARNED
 from ampt.models.moe_prompts import (GATE_MODES, MOE_COUPLINGS, ROUTINGS, AnchorSettings, MoEDeepPromptCLIP,
                                      MoEDeepPromptLearner)
 from ampt.models.router import weight_entropy
-from ampt.models.router_stats import EpochAccumulator, TestWeightLog, eval_split_stats
+from ampt.models.router_stats import EpochAccumulator, TestWeightLog
 from ampt.objectives import TrainingStep
 from ampt.trainer_base.adversarial import AdversarialClipTrainer
-from ampt.utils import distributed
 from ampt.models.router_stats import update_router_stats_file
 
 logger = logging.getLogger(__name__)
@@ -193,13 +189,4 @@ class MoEAdvVLP(AdversarialClipTrainer):
             log, self._test_weights = self._test_weights, None
         if log is None:
             return
-        split, loader = self.final_test_split()
-        if not log.labels:
-            self.set_model_mode("eval")
-            accuracy_under_attack(prompt_model(self, LEARNED), loader, AttackSpec(CLEAN), self.num_classes,
-                                  self.device, observer=log)
-        parts = distributed.all_gather_objects(log.tensors())
-        clean, attacked, labels = (None if p[0] is None else torch.cat(p) for p in zip(*parts))
-        stats = {"split": split, "attack": self.test_attack.label if self.test_attack else None,
-                 **eval_split_stats(clean, attacked, labels)}
-        self._update_router_stats_file(test=stats)
+        self._update_router_stats_file(test=self.routing_test_stats(log))

@@ -317,6 +317,23 @@ class AdversarialClipTrainer(ClipTrainer):
             return "val", self.val_loader
         return "test", self.test_loader
 
+    def routing_test_stats(self, log: Any) -> Dict[str, Any]:
+        """The router's (or gates') statistics on the final test split, from ``log`` (a
+        :class:`~ampt.models.router_stats.TestWeightLog` that observed the robust test); without an
+        ``ADV.TEST`` attack, a clean pass fills it. Every rank's shard is gathered."""
+        from ..evaluation.robust_accuracy import CLEAN
+        from ..models.router_stats import eval_split_stats
+
+        split, loader = self.final_test_split()
+        if not log.labels:
+            self.set_model_mode("eval")
+            accuracy_under_attack(prompt_model(self, LEARNED), loader, AttackSpec(CLEAN), self.num_classes,
+                                  self.device, observer=log)
+        parts = distributed.all_gather_objects(log.tensors())
+        clean, attacked, labels = (None if p[0] is None else torch.cat(p) for p in zip(*parts))
+        return {"split": split, "attack": self.test_attack.label if self.test_attack else None,
+                **eval_split_stats(clean, attacked, labels)}
+
     def final_evaluation(self) -> None:
         """Clean accuracy (the engine's test), then robust accuracy under ``ADV.TEST``; both recorded."""
         split, loader = self.final_test_split()
