@@ -194,8 +194,7 @@ def accuracies_under_one_attack(
     attack = spec.build(attacked, num_classes, seed)
     if attack is not None:
         logger.info("Attack: %r", attack)
-    fresh = {"batches": 0, "total": 0, "correct": {n: 0 for n in names}, "seconds": {n: 0.0 for n in names},
-             "attack_seconds": 0.0}
+    fresh = {"batches": 0, "total": 0, "correct": {n: 0 for n in names}, "seconds": {n: 0.0 for n in names}}
     state = fresh
     if progress_file is not None and progress_file.is_file():
         state = read_json(progress_file)["state"]
@@ -212,7 +211,6 @@ def accuracies_under_one_attack(
         start = time.perf_counter()
         adv = attack(images, labels) if attack is not None else None
         attack_seconds = time.perf_counter() - start
-        state["attack_seconds"] = state.get("attack_seconds", 0.0) + attack_seconds
         for position, name in enumerate(names):
             start = time.perf_counter()
             model = models[name]

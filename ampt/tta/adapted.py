@@ -91,7 +91,7 @@ class TestTimeAdapted(TestTimePart):
         super().__init__()
         self.model = model
         self.method = method
-        self.names = list(prompt_items(model))
+        self.prompts = prompt_items(model)  # name -> the run's parameter (never modified)
         self.image_tower_fixed = "learned_image_features" not in model.model_features()
         self._text = _TextFeatures(model)
         self.generator = torch.Generator().manual_seed(int(seed))
@@ -115,8 +115,7 @@ class TestTimeAdapted(TestTimePart):
         """The prompt parameters after the method's steps on the views (with a graph to the image if it needs one)."""
         s, method = self.method.settings, self.method
         unroll = batch.image.requires_grad
-        current = dict(self.model.named_parameters())
-        params = {n: current[n].detach().clone().requires_grad_(True) for n in self.names}
+        params = {n: p.detach().clone().requires_grad_(True) for n, p in self.prompts.items()}
         optimizer = AdamW(lr=float(s["lr"]), weight_decay=float(s["weight_decay"]))
         for _ in range(int(s["steps"])):
             capture = block_inputs(self.model, method.token_layers) if method.token_layers else contextlib.nullcontext([])
