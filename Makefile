@@ -20,9 +20,11 @@ $(STAMP): setup.py
 
 # Two worker processes (pytest-xdist), each test file on one worker: the subprocess-heavy files
 # (sweeps, torchrun) run beside the rest. TEST_WORKERS=auto uses every core; TEST_WORKERS=0 runs in one process.
+# The suite starts about 40 Python processes: each reuses the compiled modules in __pycache__/ (ignored by
+# git), also where PYTHONDONTWRITEBYTECODE is set in the environment.
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest tests -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	PYTHONDONTWRITEBYTECODE= $(PY) -m pytest tests -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(PY) -m ampt.demo --root $(DATA_ROOT) --output-dir $(DEMO_OUT)

@@ -13,7 +13,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import open_clip
 import pytest
 import torch
 
@@ -43,6 +42,8 @@ def _truncate(path: Path) -> None:
 @pytest.fixture(scope="module")
 def arch(tmp_path_factory):
     """``open_clip:ampt-tiny-faults`` registered with open_clip, and a weights file of that architecture."""
+    import open_clip  # here, not at collection: a second of imports for every test worker
+
     base = tmp_path_factory.mktemp("faults_arch")
     (base / "configs").mkdir()
     (base / "configs" / f"{ARCH}.json").write_text(json.dumps(TINY_OPEN_CLIP_CFG))
@@ -78,6 +79,8 @@ def test_train_refuses_a_folder_without_weights_in_one_line(toy_env, tmp_path, m
 
 def test_hub_model_whose_weights_do_not_come_is_refused(monkeypatch):
     """open_clip only warns (to the root logger) when a hub repository's weights fail to download."""
+    import open_clip
+
     config = {"model_cfg": copy.deepcopy(TINY_OPEN_CLIP_CFG), "preprocess_cfg": {}}
     monkeypatch.setattr(open_clip.factory, "_get_hf_config", lambda model_id, cache_dir=None: copy.deepcopy(config))
 

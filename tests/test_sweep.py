@@ -199,8 +199,8 @@ def test_test_time_method_lists_are_one_entry_each_and_one_call(tmp_path):
 
 
 def test_a_sweep_asks_for_field_attack_columns_and_an_audit(tmp_path, assets, capsys):
-    """One zero-shot cell (nothing to train) evaluated by apgd-t and aa-rand (one evaluate.py call: the entries
-    differ only in their attack) and audited, then reported."""
+    """One finished zero-shot cell evaluated by apgd-t and aa-rand (one evaluate.py call: the entries differ only
+    in their attack) and audited, then reported."""
     root, backbone = assets
     spec = base_sweep(root, tmp_path / "out", backbone, evaluate=[
         {"attack": "apgd-t", "eps": 16, "steps": 2, "n_samples": 2},
@@ -210,8 +210,11 @@ def test_a_sweep_asks_for_field_attack_columns_and_an_audit(tmp_path, assets, ca
     spec["grid"]["seed"] = [1]
     spec["methods"] = {"ZS": {"trainer": "ZeroshotCLIP", "config": "configs/trainers/ZeroshotCLIP/digits.yaml"}}
     path = write_sweep(tmp_path / "s.yaml", **spec)
-    assert sweep_cli.main(["run", path]) == 0
     (cell,) = expand(load_sweep(path))
+    import train  # the run trained in this process (the runner's own train.py: test_sweep_runs.py)
+
+    assert train.main(cell.spec.train_command(Path(cell.run_dir))[2:]) == 0
+    assert sweep_cli.main(["run", path]) == 0
     data = json.loads((Path(cell.run_dir) / "results.json").read_text())
     assert sorted(r["column"] for r in data["records"] if r["n_samples"] <= 6) == ["aa-rand@16", "apgd-t-2@16"]
     log = next((tmp_path / "out" / ".sweep").rglob("*.log")).read_text()
@@ -296,6 +299,23 @@ def test_run_folder_levels_fit_the_file_system_limit_and_stay_distinct():
     assert folders[0] != folders[1]
     assert fit_component("short") == "short"
     assert len(fit_component("é" * 200).encode()) <= 255  # multi-byte characters are not cut in half
+
+
+def test_the_layout_command_prints_a_folder_per_seed_and_refuses_a_bad_seed_in_one_line(capsys):
+    """What the shell scripts call once for all their seeds: the folders equal the sweep runner's."""
+    from ampt.sweep import layout
+    from ampt.sweep.runspec import RunSpec
+
+    args = ["--output", "out", "--trainer", "CoOp", "--dataset-config-file", "configs/datasets/digits.yaml",
+            "--config-file", "configs/trainers/CoOp/digits.yaml", "TRAINER.COOP.N_CTX", "8"]
+    assert layout.main(["--seed", "3 1", *args]) == 0
+    expected = [str(RunSpec("CoOp", "configs/datasets/digits.yaml", "configs/trainers/CoOp/digits.yaml", seed,
+                            ("TRAINER.COOP.N_CTX", "8")).run_dir("out")) for seed in (3, 1)]
+    assert capsys.readouterr().out.splitlines() == expected
+    with pytest.raises(SystemExit) as exit_info:
+        layout.main(["--seed", "1 x", *args])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "--seed '1 x': whole numbers" in err
 
 
 def test_the_mixtures_sweep_compares_16_learned_tokens():
