@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -49,7 +48,7 @@ from ampt.results import RunResults
 from ampt.evaluation.robust_accuracy import CLEAN, AttackSpec
 from ampt.evaluation.run_loader import load_run
 from ampt.utils import setup_logger
-from ampt.utils.cli import DEBUG_FLAG, DEBUG_HELP, OneLineArgumentParser, run_cli
+from ampt.utils.cli import DEBUG_FLAG, DEBUG_HELP, OneLineArgumentParser, exit_process, run_cli
 from ampt.tta import THREATS, TTA_REGISTRY
 
 logger = logging.getLogger("ampt.evaluate")
@@ -188,4 +187,4 @@ def cli() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    exit_process(cli())

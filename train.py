@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -35,7 +34,7 @@ from ampt.errors import UserError
 from ampt.plugins import load_plugins
 from ampt.results import RunResults, check_not_finished
 from ampt.utils import collect_env_info, set_random_seed, setup_logger
-from ampt.utils.cli import DEBUG_FLAG, DEBUG_HELP, OneLineArgumentParser, run_cli
+from ampt.utils.cli import DEBUG_FLAG, DEBUG_HELP, OneLineArgumentParser, exit_process, run_cli
 from ampt.utils.io import check_path_fits
 from ampt.utils.locks import RunLockedError, acquire_run_lock, release_run_lock
 
@@ -184,4 +183,4 @@ def cli() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    exit_process(cli())

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -21,7 +20,7 @@ import torch
 from .deploy import load_classifier
 from .deploy.classifier import Classifier
 from .errors import MissingDependencyError
-from .utils.cli import DEBUG_FLAG, DEBUG_HELP, OneLineArgumentParser, run_cli
+from .utils.cli import DEBUG_FLAG, DEBUG_HELP, OneLineArgumentParser, exit_process, run_cli
 
 ATTACKS = ("pgd", "cw", "tpgd")  # the iterative attacks with a step count (ampt.attacks)
 SHOWN_SIZE = 224  # pixels of the shown images (a 32 px input is enlarged, nearest neighbour)
@@ -153,4 +152,4 @@ def cli() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    exit_process(cli())

@@ -123,4 +123,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .utils.cli import exit_process
+
+    exit_process(main())

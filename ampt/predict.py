@@ -26,7 +26,7 @@ from .deploy import load_classifier
 from .deploy.classifier import Classifier
 from .engine.progress import progress_bar
 from .errors import UserError, UserFileNotFoundError
-from .utils.cli import DEBUG_FLAG, DEBUG_HELP, OneLineArgumentParser, run_cli
+from .utils.cli import DEBUG_FLAG, DEBUG_HELP, OneLineArgumentParser, exit_process, run_cli
 from .utils.io import write_text_atomic
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -148,4 +148,4 @@ def cli() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    exit_process(cli())

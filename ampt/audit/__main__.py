@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -30,7 +29,7 @@ from ..models.interface import LEARNED
 from ..models.templates import get_template
 from ..results import RunResults
 from ..utils import setup_logger
-from ..utils.cli import OneLineArgumentParser, run_cli
+from ..utils.cli import OneLineArgumentParser, exit_process, run_cli
 from .checks import CHECKS, AuditSettings
 from .runner import audit_table, check_names, run_audit
 
@@ -136,4 +135,4 @@ def cli() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    exit_process(cli())

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -41,6 +40,6 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    from ampt.utils.cli import run_cli
+    from ampt.utils.cli import exit_process, run_cli
 
-    sys.exit(run_cli(main))
+    exit_process(run_cli(main))

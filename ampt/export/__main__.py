@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 from typing import List, Optional
 
 from ..deploy.artifact_format import CARD_FILE, METADATA_FILE, ONNX_FILE, TENSORS_FILE
 from ..utils import setup_logger
-from ..utils.cli import DEBUG_FLAG, DEBUG_HELP, OneLineArgumentParser, run_cli
+from ..utils.cli import DEBUG_FLAG, DEBUG_HELP, OneLineArgumentParser, exit_process, run_cli
 from .artifact import export_run
 
 
@@ -59,4 +58,4 @@ def cli() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    exit_process(cli())

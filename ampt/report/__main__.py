@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import List, Mapping, Optional
 
 from ..errors import UserError
-from ..utils.cli import run_cli
+from ..utils.cli import exit_process, run_cli
 from ..utils.io import write_text_atomic
 from .aggregate import STD_KINDS
 from .tables import FORMATS
@@ -96,4 +96,4 @@ def cli() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    exit_process(cli())

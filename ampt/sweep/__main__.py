@@ -17,7 +17,7 @@ import logging
 import sys
 from typing import Any, Dict, List, Optional
 
-from ..utils.cli import run_cli
+from ..utils.cli import exit_process, run_cli
 from .cell import method_label
 from .executors import EXECUTORS, RunOptions, check_executor, run_local, run_slurm
 from .expand import expand
@@ -143,4 +143,4 @@ def cli(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    exit_process(cli())

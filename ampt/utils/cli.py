@@ -10,8 +10,9 @@ the traceback of user errors and interrupts too.
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
-from typing import Callable, Optional, Sequence, Tuple, Type
+from typing import Callable, NoReturn, Optional, Sequence, Tuple, Type
 
 from ..errors import UserError
 
@@ -49,3 +50,12 @@ def run_cli(main: Callable[[], int], user_errors: Tuple[Type[BaseException], ...
         return 130
     print(f"error: {' '.join(message.split())}", file=sys.stderr)
     return 2
+
+
+def exit_process(code: int) -> NoReturn:
+    """End a command-line process with ``code``, about a second sooner: after one collection (pending
+    finalizers run now), every object moves to the permanent GC generation, so the interpreter's shutdown
+    does not walk torch's import graph again. For ``__main__`` blocks only: frozen objects are never freed."""
+    gc.collect()
+    gc.freeze()
+    sys.exit(code)
