@@ -149,10 +149,13 @@ adversarial_settings() {
     fi
 }
 
-# The run folder of a train.py command line (without --output-dir), under ${OUTPUT}.
-# ampt.sweep.layout owns the layout; the sweep runner (python -m ampt.sweep) uses the
-# same function, so each finds the other's runs. Usage: DIR="$(run_dir train.py-arguments...)"
-run_dir() {
-    PYTHONPATH="${REPO_ROOT}${PYTHONPATH:+:${PYTHONPATH}}" "${PYTHON}" -m ampt.sweep.layout \
-        --output "${OUTPUT}" "$@" || die "cannot derive the run folder (see the message above)"
+# RUN_DIRS: the run folder of a train.py command line (without --output-dir) for each seed of its
+# --seed, which may hold several ("1 2 3"), in that order, under ${OUTPUT}, derived in one process.
+# ampt.sweep.layout owns the layout; the sweep runner (python -m ampt.sweep) uses the same function,
+# so each finds the other's runs. Usage: run_dirs train.py-arguments...; then "${RUN_DIRS[i]}".
+run_dirs() {
+    local folders
+    folders="$(PYTHONPATH="${REPO_ROOT}${PYTHONPATH:+:${PYTHONPATH}}" "${PYTHON}" -m ampt.sweep.layout \
+        --output "${OUTPUT}" "$@")" || die "cannot derive the run folders (see the message above)"
+    IFS=$'\n' read -r -d '' -a RUN_DIRS <<< "${folders}" || true
 }

@@ -19,13 +19,14 @@ ends in ``~`` and 12 hex digits of the whole level's SHA-1 (:func:`fit_component
 the run's ``config.yaml`` holds every setting.
 
 ``python -m ampt.sweep.layout --output ROOT train.py-arguments...`` prints the
-folder of a command line (what the shell scripts call).
+folder of a command line (what the shell scripts call); ``--seed "1 2 3"``
+prints one folder per seed, in that order, from one process.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
-import sys
+import re
 from pathlib import Path
 from typing import List, Optional, Sequence, Set
 
@@ -137,11 +138,13 @@ def flags_to_opts(args: argparse.Namespace) -> List[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m ampt.sweep.layout", description=__doc__.split("\n\n")[0])
+    from ..utils.cli import OneLineArgumentParser
+
+    p = OneLineArgumentParser(prog="python -m ampt.sweep.layout", description=__doc__.split("\n\n")[0])
     p.add_argument("--output", required=True, help="root of the run folders")
     for flag in ("--root", "--trainer", "--dataset-config-file", "--config-file", "--backbone", "--adv-prompt"):
         p.add_argument(flag, default="")
-    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--seed", required=True, help='a seed, or several in one argument ("1 2 3"): a folder each')
     for flag in ("--eps", "--alpha", "--prompt-alpha"):
         p.add_argument(flag, type=float, default=None)
     p.add_argument("--steps", type=int, default=None)
@@ -152,15 +155,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     from .runspec import RunSpec
 
-    args = build_parser().parse_args(argv)
-    spec = RunSpec(trainer=args.trainer, dataset_config=args.dataset_config_file, config=args.config_file,
-                   seed=args.seed, opts=tuple(flags_to_opts(args)), data_root=args.root)
-    print(spec.run_dir(args.output))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    seeds = args.seed.split()
+    if not seeds or not all(re.fullmatch(r"-?\d+", s) for s in seeds):
+        parser.error(f"--seed {args.seed!r}: whole numbers, one or several separated by spaces")
+    for seed in seeds:
+        spec = RunSpec(trainer=args.trainer, dataset_config=args.dataset_config_file, config=args.config_file,
+                       seed=int(seed), opts=tuple(flags_to_opts(args)), data_root=args.root)
+        print(spec.run_dir(args.output))
     return 0
 
 
 if __name__ == "__main__":
-    from ampt.utils.cli import run_cli
+    from ampt.utils.cli import exit_process, run_cli
     from ampt.config import ConfigKeyError
 
-    sys.exit(run_cli(main, (ConfigKeyError, FileNotFoundError, ValueError)))
+    exit_process(run_cli(main, (ConfigKeyError, FileNotFoundError, ValueError)))

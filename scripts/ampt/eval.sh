@@ -29,8 +29,11 @@ require_data
 adversarial_settings "${DATASET}" "${SHOTS}" "${EPS}"
 ampt_settings "$(trainer_config AMPT "${CFG}")"
 
+ampt_train_args "${DATASET}" "${CFG}" "${SHOTS}" "${EPS}" "${SEEDS}"
+run_dirs "${TRAIN_ARGS[@]}"  # the folder of each seed, from one process
+i=0
 for SEED in ${SEEDS}; do
     ampt_train_args "${DATASET}" "${CFG}" "${SHOTS}" "${EPS}" "${SEED}"
-    DIR="$(run_dir "${TRAIN_ARGS[@]}")"
-    evaluate_run "${DIR}"
+    evaluate_run "${RUN_DIRS[i]}"
+    i=$((i + 1))
 done

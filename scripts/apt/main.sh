@@ -30,8 +30,11 @@ EPS=$4
 require_data
 adversarial_settings "${DATASET}" "${SHOTS}" "${EPS}"
 
+apt_train_args "${DATASET}" "${CFG}" "${SHOTS}" "${EPS}" "${SEEDS}"
+run_dirs "${TRAIN_ARGS[@]}"  # the folder of each seed, from one process
+i=0
 for SEED in ${SEEDS}; do
     apt_train_args "${DATASET}" "${CFG}" "${SHOTS}" "${EPS}" "${SEED}"
-    DIR="$(run_dir "${TRAIN_ARGS[@]}")"
-    train_run "${DIR}" "${TRAIN_ARGS[@]}"
+    train_run "${RUN_DIRS[i]}" "${TRAIN_ARGS[@]}"
+    i=$((i + 1))
 done
