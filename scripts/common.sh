@@ -159,3 +159,18 @@ run_dirs() {
         --output "${OUTPUT}" "$@")" || die "cannot derive the run folders (see the message above)"
     IFS=$'\n' read -r -d '' -a RUN_DIRS <<< "${folders}" || true
 }
+
+# For each seed S of ${SEEDS}: BUILDER ARGS... S sets TRAIN_ARGS, then ACTION RUN_DIR TRAIN_ARGS... runs
+# (train_run, or evaluate_run, which reads RUN_DIR only); the folders of all seeds come from one
+# run_dirs call. Usage: for_each_seed BUILDER ACTION ARGS...
+for_each_seed() {
+    local builder="$1" action="$2" seed i=0
+    shift 2
+    "${builder}" "$@" "${SEEDS}"
+    run_dirs "${TRAIN_ARGS[@]}"
+    for seed in ${SEEDS}; do
+        "${builder}" "$@" "${seed}"
+        "${action}" "${RUN_DIRS[i]}" "${TRAIN_ARGS[@]}"
+        i=$((i + 1))
+    done
+}

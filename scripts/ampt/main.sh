@@ -31,11 +31,4 @@ require_data
 adversarial_settings "${DATASET}" "${SHOTS}" "${EPS}"
 ampt_settings "$(trainer_config AMPT "${CFG}")"
 
-ampt_train_args "${DATASET}" "${CFG}" "${SHOTS}" "${EPS}" "${SEEDS}"
-run_dirs "${TRAIN_ARGS[@]}"  # the folder of each seed, from one process
-i=0
-for SEED in ${SEEDS}; do
-    ampt_train_args "${DATASET}" "${CFG}" "${SHOTS}" "${EPS}" "${SEED}"
-    train_run "${RUN_DIRS[i]}" "${TRAIN_ARGS[@]}"
-    i=$((i + 1))
-done
+for_each_seed ampt_train_args train_run "${DATASET}" "${CFG}" "${SHOTS}" "${EPS}"

@@ -25,11 +25,4 @@ require_data
 if [ -z "${TEST_EPS:-}" ] && [ "${ATTACKS:-clean pgd}" != "clean" ]; then
     die "CoOp runs have no training eps: set TEST_EPS (in 1/255 units), e.g. TEST_EPS=4"
 fi
-coop_train_args "${DATASET}" "${CFG}" "${CTP}" "${NCTX}" "${SHOTS}" "${CSC}" "${SEEDS}"
-run_dirs "${TRAIN_ARGS[@]}"  # the folder of each seed, from one process
-i=0
-for SEED in ${SEEDS}; do
-    coop_train_args "${DATASET}" "${CFG}" "${CTP}" "${NCTX}" "${SHOTS}" "${CSC}" "${SEED}"
-    evaluate_run "${RUN_DIRS[i]}"
-    i=$((i + 1))
-done
+for_each_seed coop_train_args evaluate_run "${DATASET}" "${CFG}" "${CTP}" "${NCTX}" "${SHOTS}" "${CSC}"

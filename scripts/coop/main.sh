@@ -26,11 +26,4 @@ SHOTS=$5
 CSC=$6
 
 require_data
-coop_train_args "${DATASET}" "${CFG}" "${CTP}" "${NCTX}" "${SHOTS}" "${CSC}" "${SEEDS}"
-run_dirs "${TRAIN_ARGS[@]}"  # the folder of each seed, from one process
-i=0
-for SEED in ${SEEDS}; do
-    coop_train_args "${DATASET}" "${CFG}" "${CTP}" "${NCTX}" "${SHOTS}" "${CSC}" "${SEED}"
-    train_run "${RUN_DIRS[i]}" "${TRAIN_ARGS[@]}"
-    i=$((i + 1))
-done
+for_each_seed coop_train_args train_run "${DATASET}" "${CFG}" "${CTP}" "${NCTX}" "${SHOTS}" "${CSC}"
